@@ -1,0 +1,80 @@
+"""CLI of the local stack: ``python -m stack up|down|status|logs|install|env``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from stack import api
+from stack.config import StackConfig, StackError
+from stack.connections import airflow_env
+from stack.service import State, tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, text in [
+        ("up", "install what is missing and start services that are not running"),
+        ("down", "stop services started by the stack"),
+        ("status", "show running / stopped / unhealthy per service"),
+        ("install", "download and build without starting"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("services", nargs="*", help="default: all")
+    p = sub.add_parser("logs", help="print the end of a service's log")
+    p.add_argument("service")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    sub.add_parser("env", help="print shell exports for Airflow (AIRFLOW_HOME, AIRFLOW_CONN_*)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    try:
+        config = StackConfig.from_env()
+        names = getattr(args, "services", None) or None
+        if args.cmd == "up":
+            api.ensure(config, names)
+            return _print_status(config, names)
+        if args.cmd == "down":
+            stopped = api.down(config, names)
+            print("stopped: " + (", ".join(stopped) or "nothing was running"))
+            return 0
+        if args.cmd == "status":
+            return _print_status(config, names)
+        if args.cmd == "install":
+            api.install(config, names)
+            return 0
+        if args.cmd == "logs":
+            (svc,) = api.services(config, [args.service])
+            print(f"# {svc.log_file}")
+            print(tail(svc.log_file, args.lines))
+            return 0
+        if args.cmd == "env":
+            for key, value in airflow_env(config).items():
+                print(f"export {key}={shlex.quote(value)}")
+            return 0
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.log_tail:
+            print(f"--- last lines of the {exc.service} log ---\n{exc.log_tail}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _print_status(config: StackConfig, names) -> int:
+    rows = api.status(config, names)
+    for st in rows:
+        ports = " ".join(f"{n}={p}" for n, p in st.ports.items())
+        pid = st.pid if st.pid else "-"
+        print(f"{st.service:<14} {st.state.value:<10} pid={pid:<8} {ports:<45} {st.detail}")
+    # Exit status for scripts: 0 only when every listed service is healthy.
+    return 0 if all(st.state is State.RUNNING for st in rows) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

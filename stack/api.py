@@ -1,0 +1,69 @@
+"""Bringing services up and down as a group: what the CLI and the tests call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from stack.config import StackConfig, StackError
+from stack.service import Service, State, Status
+from stack.services import ALL, BY_NAME
+
+log = logging.getLogger(__name__)
+
+
+def services(config: StackConfig, names: Iterable[str] | None = None) -> list[Service]:
+    """Service objects in start order; unknown names raise ValueError."""
+    if names is None:
+        return [cls(config) for cls in ALL]
+    wanted = list(names)
+    unknown = [n for n in wanted if n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+    return [cls(config) for cls in ALL if cls.name in wanted]
+
+
+def install(config: StackConfig, names: Iterable[str] | None = None) -> None:
+    for svc in services(config, names):
+        log.info("installing %s", svc.name)
+        svc.install()
+
+
+def ensure(config: StackConfig, names: Iterable[str] | None = None) -> list[Service]:
+    """Start what is not running; return the services this call started.
+
+    A service that is already running and healthy is reused. One that runs but
+    is unhealthy is an error (it is not ours to restart behind a user's back).
+    If any start fails, the services started by this call are stopped again and
+    the StackError is raised: nothing is left half-started.
+    """
+    started: list[Service] = []
+    try:
+        for svc in services(config, names):
+            status = svc.status()
+            if status.state is State.RUNNING:
+                log.info("%s already running (pid %s): %s", svc.name, status.pid, status.detail)
+                continue
+            if status.state is State.UNHEALTHY:
+                raise StackError(svc.name, f"running as pid {status.pid} but unhealthy: {status.detail}")
+            svc.install()
+            svc.start()
+            started.append(svc)
+    except BaseException:
+        for svc in reversed(started):
+            svc.stop()
+        raise
+    return started
+
+
+def down(config: StackConfig, names: Iterable[str] | None = None) -> list[str]:
+    """Stop services (in reverse start order); return the names that were running."""
+    stopped = []
+    for svc in reversed(services(config, names)):
+        if svc.stop():
+            stopped.append(svc.name)
+    return stopped
+
+
+def status(config: StackConfig, names: Iterable[str] | None = None) -> list[Status]:
+    return [svc.status() for svc in services(config, names)]

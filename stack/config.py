@@ -1,0 +1,85 @@
+"""Where the local stack keeps things and which ports it binds.
+
+Everything is overridable by environment variable so two checkouts (or a test
+run beside a developer's stack) can live on one machine:
+
+* ``SLUICE_RUNTIME`` – service data, logs, pid files and generated secrets
+  (default: ``<repo>/runtime``, ignored by git).
+* ``SLUICE_CACHE`` – downloads and builds shared between checkouts
+  (default: ``~/.cache/sluice``). Maven keeps its own cache in ``~/.m2``.
+* ``SLUICE_<SERVICE>_PORT`` – one per port, see :data:`DEFAULT_PORTS`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Port name -> default. The environment variable is ``SLUICE_<NAME>_PORT``.
+DEFAULT_PORTS: dict[str, int] = {
+    "mosquitto": 1883,
+    "kafka": 9092,
+    "kafka_controller": 9093,
+    "minio": 9000,
+    "minio_console": 9001,
+    "elasticsearch": 9200,
+    "elasticsearch_transport": 9300,
+    "opentsdb": 4242,
+}
+
+#: The bucket the landing zone uses on the local MinIO.
+LANDING_BUCKET = "sluice-landing"
+
+
+class StackError(Exception):
+    """A service could not be installed, started, checked or stopped.
+
+    The message names the service and the reason; ``log_tail`` carries the last
+    lines of the service's log when there is one, so the CLI can show them.
+    """
+
+    def __init__(self, service: str, reason: str, log_tail: str = "") -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service = service
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    runtime: Path
+    cache: Path
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> StackConfig:
+        env = os.environ if environ is None else environ
+        ports = {}
+        for name, default in DEFAULT_PORTS.items():
+            var = f"SLUICE_{name.upper()}_PORT"
+            raw = env.get(var, str(default))
+            try:
+                port = int(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a port number") from None
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{var}={port} is outside 1..65535")
+            ports[name] = port
+        taken: dict[int, str] = {}
+        for name, port in ports.items():
+            if port in taken:
+                raise ValueError(
+                    f"SLUICE_{name.upper()}_PORT and SLUICE_{taken[port].upper()}_PORT "
+                    f"are both {port}; every port of the stack must differ"
+                )
+            taken[port] = name
+        runtime = Path(env.get("SLUICE_RUNTIME", REPO_ROOT / "runtime")).resolve()
+        cache = Path(env.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")).resolve()
+        return cls(runtime=runtime, cache=cache, ports=ports)
+
+    def url(self, port_name: str, scheme: str = "http") -> str:
+        return f"{scheme}://{self.host}:{self.ports[port_name]}"

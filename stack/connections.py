@@ -1,0 +1,66 @@
+"""The one place that defines the Airflow Connections of the local stack.
+
+`python -m stack env` prints these as ``export`` lines; the Makefile, the
+virtualenv's activate script and the test fixtures all use them, so the DAGs
+see the same services whichever way Airflow is started. docker-compose.yaml
+sets the same connection ids to its own service names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
+from stack.services.minio import MinIO
+
+
+def airflow_connections(config: StackConfig) -> dict[str, dict]:
+    """Connection id -> Airflow's JSON connection form."""
+    creds = MinIO(config).credentials()
+    host = config.host
+    return {
+        "aws_default": {
+            "conn_type": "aws",
+            "login": creds["access_key"],
+            "password": creds["secret_key"],
+            "extra": {"endpoint_url": config.url("minio"), "region_name": "us-east-1"},
+        },
+        "kafka_default": {
+            "conn_type": "kafka",
+            "extra": {"bootstrap.servers": f"{host}:{config.ports['kafka']}"},
+        },
+        "elasticsearch_default": {
+            "conn_type": "elasticsearch",
+            "host": host,
+            "port": config.ports["elasticsearch"],
+            "schema": "http",
+        },
+        "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
+        "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
+    }
+
+
+def landing_url(config: StackConfig) -> str:
+    return f"s3://{LANDING_BUCKET}"
+
+
+def airflow_env(config: StackConfig) -> dict[str, str]:
+    """Environment for running Airflow (and tests) against the local stack."""
+    env = {
+        "AIRFLOW_HOME": str(config.runtime / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # Two cores: a handful of task processes, not the default 32.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        # include/ is imported by DAGs and plugins; it lives at the repository root.
+        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p),
+        "SLUICE_LANDING_URL": landing_url(config),
+    }
+    for conn_id, conn in airflow_connections(config).items():
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return env
+

@@ -1,0 +1,11 @@
+"""One module per service of the local stack; ``ALL`` is the start order."""
+
+from __future__ import annotations
+
+from stack.services.elasticsearch import Elasticsearch
+from stack.services.kafka import Kafka
+from stack.services.minio import MinIO
+from stack.services.mosquitto import Mosquitto
+
+ALL = (Mosquitto, MinIO, Kafka, Elasticsearch)
+BY_NAME = {cls.name: cls for cls in ALL}

@@ -1,0 +1,106 @@
+"""Finding the JDK a service needs and fetching artifacts with Maven.
+
+Java services come from Maven Central through `mvn` itself, so downloads land
+in Maven's own cache (``~/.m2``) and are shared by every checkout.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from stack.config import StackError
+
+
+def _jdk_major(home: Path) -> int | None:
+    try:
+        text = (home / "release").read_text()
+    except OSError:
+        return None
+    match = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 else major  # "1.8" -> 8
+
+
+def find_jdk(service: str, minimum: int) -> Path:
+    """The home of an installed JDK whose major version is at least ``minimum``.
+
+    Looks at ``JAVA_HOME``, the ``java`` on PATH and ``/usr/lib/jvm/*`` and
+    prefers the newest. Raises StackError naming what was found otherwise.
+    """
+    candidates: list[Path] = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(Path(os.environ["JAVA_HOME"]))
+    java = shutil.which("java")
+    if java:
+        candidates.append(Path(os.path.realpath(java)).parent.parent)
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/jvm/*"))]
+    seen: dict[Path, int] = {}
+    for home in candidates:
+        home = home.resolve()
+        major = _jdk_major(home)
+        if major is not None and (home / "bin" / "java").exists():
+            seen[home] = major
+    fit = sorted((major, str(home)) for home, major in seen.items() if major >= minimum)
+    if not fit:
+        found = ", ".join(f"{h} (Java {m})" for h, m in seen.items()) or "none"
+        raise StackError(
+            service,
+            f"needs a JDK {minimum} or newer; found {found}. Install one "
+            f"(e.g. `apt-get install openjdk-{minimum}-jdk-headless`) or set JAVA_HOME",
+        )
+    return Path(fit[-1][1])
+
+
+def _mvn(service: str, args: list[str], what: str, cwd: Path | None = None) -> None:
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise StackError(service, "Maven (mvn) is not installed (run `make bootstrap`)")
+    proc = subprocess.run([mvn, "-B", "-q", *args], capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        out = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        raise StackError(service, f"{what} failed: mvn {' '.join(args)}", out)
+
+
+def maven_local_repo() -> Path:
+    return Path(os.environ.get("MAVEN_LOCAL_REPO", Path.home() / ".m2" / "repository"))
+
+
+def maven_artifact(service: str, group: str, artifact: str, version: str, packaging: str = "jar") -> Path:
+    """Path of one artifact in the local Maven repository, fetched when missing."""
+    path = (
+        maven_local_repo() / group.replace(".", "/") / artifact / version
+        / f"{artifact}-{version}.{packaging}"
+    )
+    if not path.exists():
+        _mvn(
+            service,
+            ["dependency:get", f"-Dartifact={group}:{artifact}:{version}:{packaging}", "-Dtransitive=false"],
+            f"downloading {group}:{artifact}:{version}",
+        )
+    if not path.exists():
+        raise StackError(service, f"Maven reported success but {path} is missing")
+    return path
+
+
+def maven_classpath(service: str, pom: Path, out: Path) -> str:
+    """Resolve the runtime classpath of ``pom`` (cached in ``out``)."""
+    if not out.exists() or out.stat().st_mtime < pom.stat().st_mtime:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _mvn(
+            service,
+            ["-f", str(pom), "dependency:build-classpath", "-Dmdep.includeScope=runtime", f"-Dmdep.outputFile={out}"],
+            f"resolving the classpath of {pom.name}",
+        )
+    classpath = out.read_text().strip()
+    missing = [p for p in classpath.split(":") if not Path(p).exists()]
+    if missing:
+        out.unlink()
+        raise StackError(service, f"classpath entries missing from the Maven cache: {missing[:3]}")
+    return classpath
