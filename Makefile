@@ -1,0 +1,47 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# Everything else is a step they run on the way. All targets are idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Airflow home, connections and PYTHONPATH for the local stack (stack/connections.py).
+STACK_ENV = eval "$$($(PY) -m stack env)"
+
+.PHONY: bootstrap venv install up down status demo test test-unit lint-dags clean
+
+bootstrap:                       ## system tools: mosquitto, Maven, JDK >= 21, Go
+	bash stack/bootstrap.sh
+
+venv: $(VENV)/.installed         ## the project's virtualenv with requirements.txt
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@# `. .venv/bin/activate` then gives `airflow` the local stack's home and connections.
+	grep -q 'python -m stack env' $(VENV)/bin/activate || \
+	  printf '\n# Sluice: Airflow home and connections of the local stack\neval "$$(python -m stack env)"\n' >> $(VENV)/bin/activate
+	touch $@
+
+install: bootstrap venv          ## download and build the services (cached)
+	$(PY) -m stack install
+
+up: install                      ## start the local stack (only what is not running)
+	$(PY) -m stack up
+
+down:                            ## stop every service of the local stack
+	$(PY) -m stack down
+
+status:
+	$(PY) -m stack status
+
+demo: install                    ## the main job, end to end on the embedded defaults
+	$(PY) -m stack up
+
+test: install                    ## the whole suite: unit, DAG integrity, real-service integration
+	$(STACK_ENV) && $(PY) -m pytest
+
+test-unit: venv
+	$(STACK_ENV) && $(PY) -m pytest -m "not integration"
+
+clean: down
+	rm -rf runtime

@@ -1,0 +1,262 @@
+"""The landing zone: where collectors put minute files and DAGs find them.
+
+One URL decides the store: ``s3://bucket/prefix`` (S3 or MinIO; the endpoint
+comes from the injected boto3 client or ``SLUICE_S3_ENDPOINT_URL``) or
+``file:///path`` (the embedded default). The key of a minute file is
+deterministic, so rewriting a minute replaces the file instead of adding one::
+
+    raw/{source}/date=YYYY-MM-DD/hour=HH/minute=MM/{device}.csv
+
+A file is complete when it appears: S3 puts are atomic, and the file store
+writes to a temporary name and renames. Object metadata (schema name and
+version, row count) travels with S3 objects; the file store keeps it in a
+``.meta.json`` sidecar written before the data file is renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from include.schemas import SOURCES
+
+_KEY = re.compile(
+    r"^(?:(?P<prefix>.*)/)?raw/(?P<source>[a-z]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/"
+    r"minute=(?P<minute>\d{2})/(?P<name>[^/]+)$"
+)
+#: Device ids become file names: keep them to a portable, unambiguous alphabet.
+_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SIDECAR = ".meta.json"
+
+
+def check_device(device: str) -> str:
+    """Return device unchanged, or raise ValueError saying what is allowed."""
+    if not _DEVICE.match(device) or device.endswith(SIDECAR):
+        raise ValueError(
+            f"device id {device!r} is not usable in a file name: use letters, digits, '.', '_' or '-' "
+            "(at most 128, starting with a letter or digit)"
+        )
+    return device
+
+
+def floor_minute(ts: datetime) -> datetime:
+    if ts.tzinfo is None:
+        raise ValueError(f"{ts!r} has no time zone; landing-zone times are UTC")
+    return ts.astimezone(timezone.utc).replace(second=0, microsecond=0)
+
+
+def minute_prefix(source: str, minute: datetime) -> str:
+    """``raw/{source}/date=…/hour=…/minute=…/`` of the minute containing ``minute``."""
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+    m = floor_minute(minute)
+    return f"raw/{source}/date={m:%Y-%m-%d}/hour={m:%H}/minute={m:%M}/"
+
+
+def minute_key(source: str, minute: datetime, device: str, suffix: str = ".csv") -> str:
+    return minute_prefix(source, minute) + check_device(device) + suffix
+
+
+@dataclass(frozen=True)
+class MinuteFile:
+    source: str
+    minute: datetime
+    name: str
+
+    @property
+    def device(self) -> str:
+        return self.name.rsplit(".", 1)[0]
+
+
+def parse_key(key: str) -> MinuteFile:
+    """Split a landing key into source, minute (UTC) and file name."""
+    match = _KEY.match(key)
+    if not match:
+        raise ValueError(f"{key!r} is not a landing-zone minute key (raw/<source>/date=…/hour=…/minute=…/<file>)")
+    minute = datetime.strptime(
+        f"{match['date']} {match['hour']}:{match['minute']}", "%Y-%m-%d %H:%M"
+    ).replace(tzinfo=timezone.utc)
+    return MinuteFile(match["source"], minute, match["name"])
+
+
+def minutes(start: datetime, end: datetime) -> Iterator[datetime]:
+    """Every minute in [start, end), UTC."""
+    m = floor_minute(start)
+    while m < end:
+        yield m
+        m += timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    metadata: dict[str, str]
+
+
+class LandingZone(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo: ...
+    def get(self, key: str) -> bytes: ...
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class FileLanding:
+    """The embedded landing zone: a folder on local disk."""
+
+    def __init__(self, root: Path, url: str | None = None) -> None:
+        self.root = Path(root)
+        self.url = url or self.root.resolve().as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key {key!r} points outside the landing zone {self.root}")
+        return path
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Sidecar first, data last: the data file appearing is the commit point.
+        self._write_atomic(path.with_name(path.name + SIDECAR), json.dumps(metadata or {}, sort_keys=True).encode())
+        self._write_atomic(path, data)
+        return self.head(key)  # type: ignore[return-value]
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(f"{key} is not in the landing zone {self.url}") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            stat = path.stat()
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            metadata = json.loads(path.with_name(path.name + SIDECAR).read_text())
+        except FileNotFoundError:
+            metadata = {}
+        return ObjectInfo(
+            key=key,
+            size=stat.st_size,
+            etag=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            last_modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc),
+            metadata=metadata,
+        )
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root / prefix
+        folder = base if prefix.endswith("/") or base.is_dir() else base.parent
+        if not folder.exists():
+            return
+        for path in sorted(folder.rglob("*")):
+            name = path.name
+            if not path.is_file() or name.startswith(".") or name.endswith(SIDECAR):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                info = self.head(key)
+                if info is not None:
+                    yield info
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
+
+
+class S3Landing:
+    """S3 or MinIO through boto3; ``client`` is a boto3 S3 client (injected)."""
+
+    def __init__(self, client, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        resp = self.client.put_object(
+            Bucket=self.bucket, Key=self.prefix + key, Body=data, Metadata=metadata or {}, ContentType="text/csv"
+        )
+        return ObjectInfo(key, len(data), resp["ETag"].strip('"'), datetime.now(timezone.utc), dict(metadata or {}))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(f"{key} is not in the landing zone {self.url}") from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key, resp["ContentLength"], resp["ETag"].strip('"'), resp["LastModified"], resp["Metadata"])
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for obj in page.get("Contents", []):
+                key = obj["Key"][len(self.prefix):]
+                # Listing carries no user metadata; head() fetches it when needed.
+                yield ObjectInfo(key, obj["Size"], obj["ETag"].strip('"'), obj["LastModified"], {})
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+
+def open_landing(url: str, *, s3_client=None) -> LandingZone:
+    """The landing zone behind ``url``.
+
+    ``s3://`` needs a boto3 client: pass one (an Airflow S3Hook's, say) or let
+    this build one from the environment (``SLUICE_S3_ENDPOINT_URL`` and the
+    usual ``AWS_*`` variables or files).
+    """
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"landing URL {url!r}: file URLs take no host; use file:///absolute/path")
+        return FileLanding(Path(parsed.path), url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"landing URL {url!r} names no bucket; use s3://bucket[/prefix]")
+        if s3_client is None:
+            import boto3
+
+            s3_client = boto3.client("s3", endpoint_url=os.environ.get("SLUICE_S3_ENDPOINT_URL") or None)
+        return S3Landing(s3_client, parsed.netloc, parsed.path)
+    raise ValueError(f"landing URL {url!r}: the scheme must be s3:// or file://")

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs the system-level tools the local stack needs, only where missing:
+#   mosquitto (Debian), Maven and a JDK >= 21 (Kafka and Elasticsearch come from
+#   Maven Central), Go (MinIO is built with `go install`), python3-venv.
+# Idempotent: on a machine that has everything it installs nothing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+jdk_ok() {
+  local home v
+  for home in "${JAVA_HOME:-}" /usr/lib/jvm/*; do
+    [ -n "$home" ] && [ -x "$home/bin/java" ] && [ -f "$home/release" ] || continue
+    v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release")
+    [ "${v:-0}" -ge 21 ] && return 0
+  done
+  return 1
+}
+
+go_ok() {
+  local go
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  [ -x "$go" ] || return 1
+  # MinIO needs Go 1.24 or newer; older toolchains from 1.21 on fetch a newer
+  # one from the Go module proxy by themselves (GOTOOLCHAIN=auto).
+  "$go" env GOVERSION | awk -F'[go.]' '{exit !($3 > 1 || ($3 == 1 && $4 >= 21))}'
+}
+
+[ -x /usr/sbin/mosquitto ] || have mosquitto || need+=(mosquitto)
+have mvn || need+=(maven)
+jdk_ok || need+=(JDK21)
+go_ok || need+=(golang-go)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+have setpriv || need+=(util-linux)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "bootstrap: system tools present (mosquitto, mvn, JDK >= 21, go, python3-venv)"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bootstrap: missing ${need[*]}; run 'sudo make bootstrap' (or install them yourself)" >&2
+  exit 1
+fi
+
+echo "bootstrap: installing ${need[*]} with apt-get"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+pkgs=()
+for p in "${need[@]}"; do
+  if [ "$p" = JDK21 ]; then
+    # The newest OpenJDK the distribution offers, at least 21.
+    jdk=$(apt-cache pkgnames openjdk- | sed -n 's/^openjdk-\([0-9]*\)-jdk-headless$/\1/p' | sort -n | awk '$1>=21' | tail -n1)
+    if [ -z "$jdk" ]; then
+      echo "bootstrap: this distribution offers no OpenJDK >= 21 (Elasticsearch 9 needs it); install one and set JAVA_HOME" >&2
+      exit 1
+    fi
+    pkgs+=("openjdk-${jdk}-jdk-headless")
+  else
+    pkgs+=("$p")
+  fi
+done
+apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+# Debian starts the packaged broker on port 1883; the stack runs its own.
+if [ -x /usr/sbin/mosquitto ] && have systemctl; then
+  systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi

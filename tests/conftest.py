@@ -1,0 +1,80 @@
+"""Session fixtures that hand tests the real services of the local stack.
+
+A fixture such as ``kafka`` makes sure the service runs: it reuses a healthy
+running stack (a developer's `make up`) or starts the service itself, and at
+the end of the session stops only what it started. A service that cannot be
+started fails the tests that need it; it is never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from stack import api
+from stack.config import StackConfig
+from stack.connections import airflow_env
+from stack.service import Service
+
+# Airflow reads its home, DAG folder and connections from the environment at
+# import time: give every test the local stack's, unless the caller set them.
+for _key, _value in airflow_env(StackConfig.from_env()).items():
+    os.environ.setdefault(_key, _value)
+
+SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch")
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.started: list[Service] = []
+
+    def ensure(self, name: str) -> Service:
+        self.started += api.ensure(self.config, [name])
+        (svc,) = api.services(self.config, [name])
+        return svc
+
+    def stop_started(self) -> None:
+        for svc in reversed(self.started):
+            svc.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_config() -> StackConfig:
+    return StackConfig.from_env()
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_config):
+    stack = LocalStack(stack_config)
+    yield stack
+    if os.environ.get("SLUICE_KEEP_STACK") != "1":
+        stack.stop_started()
+
+
+@pytest.fixture(scope="session")
+def mosquitto(local_stack) -> Service:
+    return local_stack.ensure("mosquitto")
+
+
+@pytest.fixture(scope="session")
+def minio(local_stack) -> Service:
+    return local_stack.ensure("minio")
+
+
+@pytest.fixture(scope="session")
+def kafka(local_stack) -> Service:
+    return local_stack.ensure("kafka")
+
+
+@pytest.fixture(scope="session")
+def elasticsearch(local_stack) -> Service:
+    return local_stack.ensure("elasticsearch")
+
+
+def pytest_collection_modifyitems(items):
+    # A test that asks for a real service is an integration test, by definition.
+    for item in items:
+        if any(name in SERVICE_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
