@@ -127,6 +127,10 @@ HOST_METRICS = {c.name: f"host.{c.name}" for c in HOST_SCHEMA.numeric}
 #: The sensor quantities the Arduino meters of seeds/000 send, as ``type`` tags.
 SENSOR_TYPES = ("temperature", "humidity", "dust")
 
+#: The metric the seed's Arduino meter sends its readings under (told apart by
+#: ``type=``). The simulator uses it, and the dashboards query it by default.
+SENSOR_METRIC = "mqtt.home.pcroom"
+
 
 def format_tags(tags: dict[str, str]) -> str:
     """OpenTSDB style ``k=v k=v``, sorted by key so equal tag sets compare equal."""
