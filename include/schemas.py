@@ -157,3 +157,32 @@ def reading_id(source: str, device: str, timestamp: str, metric: str, tags: str 
     """
     raw = "\x1f".join((source, device, timestamp, metric, tags))
     return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+# --- Names the lag checks, the loaders and the dashboards agree on ------------
+# (issue 6 plans them; issue 5 writes the lag metrics, the loaders the freshness one)
+
+#: Elasticsearch: daily indices ``sluice-{source}-YYYY.MM.DD`` with ``@timestamp``.
+ES_INDEX_PREFIX = "sluice"
+ES_TIME_FIELD = "@timestamp"
+#: Source name of the Kafka consumer-lag documents (index ``sluice-lag-YYYY.MM.DD``).
+LAG = "lag"
+ES_SOURCES = (HOST, SENSOR, LAG)
+
+
+def es_index_pattern(source: str) -> str:
+    """The wildcard pattern matching every daily index of ``source``."""
+    return f"{ES_INDEX_PREFIX}-{source}-*"
+
+
+#: OpenTSDB: consumer lag in messages, tagged group, topic, partition.
+LAG_METRIC = "kafka.consumer.lag"
+#: OpenTSDB: lag status of a partition as a numeric code (:data:`LAG_STATUS_CODES`), same tags.
+LAG_STATUS_METRIC = "kafka.consumer.lag_status"
+LAG_TAGS = ("group", "topic", "partition")
+#: Lag status -> the code written under :data:`LAG_STATUS_METRIC` (higher is worse).
+LAG_STATUS_CODES = {"OK": 0, "WARNING": 1, "STALL": 2, "STOP": 3, "ERROR": 4}
+#: Lag documents in Elasticsearch carry these fields besides ``@timestamp``.
+LAG_FIELDS = ("group", "topic", "partition", "lag", "status", "status_code")
+
+#: OpenTSDB: epoch seconds of the last minute loaded, tagged ``source=<host|sensor>``.
+FRESHNESS_METRIC = "sluice.pipeline.last_loaded_minute"
