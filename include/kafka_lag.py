@@ -35,6 +35,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from include.schemas import LAG_STATUS_CODES
+
 log = logging.getLogger(__name__)
 
 
@@ -69,10 +71,7 @@ class Status(str, enum.Enum):
     @property
     def code(self) -> int:
         """Numeric code for time-series sinks (dashboards plot it)."""
-        return _CODES[self]
-
-
-_CODES = {Status.OK: 0, Status.WARN: 1, Status.REWIND: 2, Status.STALL: 3, Status.STOP: 4, Status.ERR: 5}
+        return LAG_STATUS_CODES[self.value]
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,9 @@ LAG_METRIC = "kafka.consumer.lag"
 LAG_STATUS_METRIC = "kafka.consumer.lag_status"
 LAG_TAGS = ("group", "topic", "partition")
 #: Lag status -> the code written under :data:`LAG_STATUS_METRIC` (higher is worse).
-LAG_STATUS_CODES = {"OK": 0, "WARNING": 1, "STALL": 2, "STOP": 3, "ERROR": 4}
+#: Partition statuses are OK, WARN, REWIND, STALL, STOP; a group's is OK, WARN or ERR
+#: (include/kafka_lag.py has the rules).
+LAG_STATUS_CODES = {"OK": 0, "WARN": 1, "REWIND": 2, "STALL": 3, "STOP": 4, "ERR": 5}
 #: Lag documents in Elasticsearch carry these fields besides ``@timestamp``.
 LAG_FIELDS = ("group", "topic", "partition", "lag", "status", "status_code")
 
