@@ -186,5 +186,7 @@ LAG_STATUS_CODES = {"OK": 0, "WARN": 1, "REWIND": 2, "STALL": 3, "STOP": 4, "ERR
 #: Lag documents in Elasticsearch carry these fields besides ``@timestamp``.
 LAG_FIELDS = ("group", "topic", "partition", "lag", "status", "status_code")
 
-#: OpenTSDB: epoch seconds of the last minute loaded, tagged ``source=<host|sensor>``.
+#: OpenTSDB: epoch seconds of the last minute loaded, tagged ``source=<host|sensor>``,
+#: written at that minute's own timestamp (the freshness dashboard shows the time of
+#: the newest point as "last minute loaded").
 FRESHNESS_METRIC = "sluice.pipeline.last_loaded_minute"
