@@ -1,0 +1,151 @@
+"""Configuration of the collectors: one frozen dataclass per collector, read from
+flags and environment variables, validated once at start.
+
+Each dataclass field is an option. :func:`option` attaches its help text; the
+flag is ``--field-name`` and the environment variable ``SLUICE_FIELD_NAME``
+(flags win over the environment, the environment over the default). A field
+marked ``secret=True`` is never taken from the command line (it would show in
+``ps``): it comes from ``SLUICE_<NAME>_FILE`` / ``--<name>-file`` naming a file
+that holds the value, or from ``SLUICE_<NAME>`` for development.
+
+A bad value raises :class:`ConfigError` whose message names the flag and the
+environment variable, so the process fails at start and says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_PREFIX = "SLUICE_"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the option."""
+
+
+def option(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] | None = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "secret": secret, "choices": choices})
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_of(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def describe(name: str) -> str:
+    """How the user names an option: ``--landing-url / SLUICE_LANDING_URL``."""
+    return f"{flag_of(name)} / {env_of(name)}"
+
+
+def _convert(name: str, kind: str, raw: str) -> Any:
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("tuple"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if kind == "Path":
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise ConfigError(f"{describe(name)}: {raw!r} is not a valid {kind}") from None
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "(none)"
+    if value == "":
+        return "(empty)"
+    return str(value)
+
+
+def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta:
+            continue
+        if meta["secret"]:
+            parser.add_argument(
+                flag_of(f.name) + "-file",
+                dest=f.name + "_file",
+                metavar="PATH",
+                help=f"{meta['help']} Read from this file (env {env_of(f.name)}_FILE; "
+                f"or the value itself in {env_of(f.name)}). Default: unset.",
+            )
+            continue
+        kind = str(f.type)
+        text = f"{meta['help']} (env {env_of(f.name)}; default: {_fmt_default(f.default)})"
+        if kind == "bool":
+            parser.add_argument(flag_of(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag_of(f.name), dest=f.name, metavar=f.name.upper(), default=None, help=text)
+    parser.add_argument("--log-level", default=None, help="Logging level (env SLUICE_LOG_LEVEL; default: INFO)")
+    return parser
+
+
+def resolve(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Field values from parsed flags, then the environment, then the defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta:
+            continue
+        kind = str(f.type)
+        if meta["secret"]:
+            path = getattr(args, f.name + "_file", None) or env.get(env_of(f.name) + "_FILE")
+            if path:
+                try:
+                    values[f.name] = Path(path).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{flag_of(f.name)}-file / {env_of(f.name)}_FILE: cannot read {path}: {exc.strerror}") from None
+            elif env.get(env_of(f.name)):
+                values[f.name] = env[env_of(f.name)]
+            continue
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            raw = env.get(env_of(f.name))
+        if raw is None:
+            continue
+        value = raw if isinstance(raw, bool) else _convert(f.name, kind, raw)
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{describe(f.name)}: {value!r} is not one of {', '.join(meta['choices'])}")
+        values[f.name] = value
+    return values
+
+
+def default_state_dir(collector: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "sluice" / collector
+
+
+def default_host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def require(condition: bool, name: str, message: str) -> None:
+    """Raise ConfigError naming the option when ``condition`` is false."""
+    if not condition:
+        raise ConfigError(f"{describe(name)}: {message}")

@@ -1,0 +1,90 @@
+"""Kafka topics of Sluice and the producer settings the collectors share.
+
+The broker does not create topics on first use (``auto.create.topics.enable``
+is off in the local stack, and should be everywhere): :func:`ensure_topics`
+creates them on purpose, idempotently, with the partition count below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+log = logging.getLogger(__name__)
+
+#: Original MQTT payloads, value unchanged, key = device, headers = topic and receive time.
+SENSORS_RAW = "sluice.sensors.raw"
+#: One JSON object per host CSV row, key = host.
+HOST_METRICS = "sluice.host.metrics"
+#: MQTT payloads without a single valid reading, headers carry the reason.
+DEADLETTER = "sluice.deadletter"
+
+TOPICS = (SENSORS_RAW, HOST_METRICS, DEADLETTER)
+PARTITIONS = 3
+
+#: Header names on forwarded MQTT payloads.
+HEADER_MQTT_TOPIC = "mqtt_topic"
+HEADER_RECEIVED_AT = "received_at"
+HEADER_REASON = "reason"
+
+
+def producer_config(bootstrap: str, *, message_timeout_s: float = 30.0, client_id: str = "sluice", **extra) -> dict:
+    """librdkafka settings for a producer that neither loses nor duplicates on retry.
+
+    ``acks=all`` and idempotence make a broker-side retry write once; the
+    delivery report comes after the broker stored the record, or with an error
+    after ``message_timeout_s`` seconds (the caller then keeps the record).
+    """
+    config = {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 500000,
+        "message.timeout.ms": int(message_timeout_s * 1000),
+        "reconnect.backoff.max.ms": 2000,
+        "log_level": 3,
+    }
+    config.update(extra)
+    return config
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Iterable[str] = TOPICS,
+    *,
+    partitions: int = PARTITIONS,
+    replication: int = 1,
+    timeout_s: float = 15.0,
+) -> list[str]:
+    """Create whichever of ``topics`` do not exist; return the names created.
+
+    Raises RuntimeError naming the topic when the broker refuses one, and
+    KafkaException when the broker cannot be reached within ``timeout_s``.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = [t for t in dict.fromkeys(topics) if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in wanted],
+        request_timeout=timeout_s,
+    )
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(topic)
+            log.info("created Kafka topic %s (%d partitions)", topic, partitions)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise RuntimeError(f"creating Kafka topic {topic} failed: {exc.args[0].str()}") from exc
+    return created
