@@ -35,7 +35,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from include.schemas import LAG_STATUS_CODES
+from include.schemas import LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,10 @@ class LagError(Exception):
 class GroupNotFound(LagError):
     def __init__(self, group: str, known: Iterable[str]) -> None:
         known = sorted(known)
+        listed = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
         super().__init__(
             f"consumer group {group!r} does not exist on the cluster "
-            f"(known groups: {', '.join(known) or 'none'}); check the configured group names"
+            f"(known groups: {listed or 'none'}); check the configured group names"
         )
         self.group = group
 
@@ -191,6 +192,12 @@ class GroupReport:
         return d
 
 
+def report_from_dict(d: dict) -> GroupReport:
+    """Inverse of :meth:`GroupReport.to_dict` (reports travel between tasks as JSON)."""
+    parts = tuple(PartitionReport(**{**p, "status": Status(p["status"])}) for p in d["partitions"])
+    return GroupReport(d["group"], d["checked_at"], Status(d["status"]), parts, d.get("active_members", 0))
+
+
 def _partitions(parts: Sequence[PartitionReport]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}] (lag {p.lag}, committed {p.committed})" for p in parts)
 
@@ -289,3 +296,106 @@ def active_members(admin, group: str, *, timeout: float = 15.0) -> int:
     """Number of members the group has right now (0 when nobody consumes)."""
     (future,) = admin.describe_consumer_groups([group], request_timeout=timeout).values()
     return len(future.result().members)
+
+
+#: Where the lag windows live in the landing zone (one JSON document for all groups).
+STATE_KEY = "state/kafka-lag/windows.json"
+
+
+def check_groups(
+    admin,
+    landing,
+    groups: dict[str, Sequence[str] | None],
+    *,
+    window: int,
+    now: float,
+    timeout: float = 15.0,
+) -> list[GroupReport]:
+    """One lag check of every configured group, window state loaded and saved.
+
+    ``groups`` maps a group id to the topics to watch (None: whatever the group
+    committed). ``landing`` is a landing zone (include.landing), which keeps the
+    windows between runs under :data:`STATE_KEY`. A missing group or topic
+    raises after the other groups were checked and the state saved, so one bad
+    name does not blind the check to the rest.
+    """
+    if window < 2:
+        raise ValueError(f"window={window}: a lag window needs at least 2 checks")
+    try:
+        state = LagState.from_json(landing.get(STATE_KEY))
+    except KeyError:
+        state = LagState()
+    reports, errors = [], []
+    for group, topics in groups.items():
+        try:
+            offsets = fetch_offsets(admin, group, topics=topics, timeout=timeout)
+            members = active_members(admin, group, timeout=timeout)
+        except LagError as exc:
+            errors.append(exc)
+            continue
+        reports.append(state.observe(group, offsets, at=now, size=window, active_members=members))
+    landing.put(STATE_KEY, state.to_json().encode(), {"schema": "kafka-lag-windows", "version": "1"})
+    if errors:
+        raise errors[0] if len(errors) == 1 else LagError("; ".join(str(e) for e in errors))
+    return reports
+
+
+def lag_datapoints(report: GroupReport) -> list[dict]:
+    """OpenTSDB datapoints: lag and status code per partition, tagged group/topic/partition."""
+    points = []
+    for p in report.partitions:
+        tags = {"group": p.group, "topic": p.topic, "partition": str(p.partition)}
+        ts = int(report.checked_at)
+        points.append({"metric": LAG_METRIC, "timestamp": ts, "value": p.lag, "tags": tags})
+        points.append({"metric": LAG_STATUS_METRIC, "timestamp": ts, "value": p.status.code, "tags": tags})
+    return points
+
+
+def lag_documents(report: GroupReport) -> list[dict]:
+    """Elasticsearch documents (one per partition and check) for ``sluice-lag-*``."""
+    from datetime import datetime, timezone
+
+    at = datetime.fromtimestamp(report.checked_at, timezone.utc)
+    return [
+        {
+            "_index": f"sluice-lag-{at:%Y.%m.%d}",
+            "_id": f"{p.group}/{p.topic}/{p.partition}/{int(report.checked_at)}",
+            "@timestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "group": p.group,
+            "topic": p.topic,
+            "partition": p.partition,
+            "committed": p.committed,
+            "log_end": p.log_end,
+            "lag": p.lag,
+            "status": p.status.value,
+            "status_code": p.status.code,
+            "group_status": report.status.value,
+        }
+        for p in report.partitions
+    ]
+
+
+class LagAlarm(Exception):
+    """Raised by the lag check when a group is STOP/STALL or lag is above the threshold."""
+
+
+def raise_on_problems(reports: Sequence[GroupReport], *, lag_threshold: int | None) -> None:
+    problems = [line for r in reports for line in r.problems(lag_threshold=lag_threshold)]
+    if problems:
+        raise LagAlarm("; ".join(problems))
+
+
+def parse_groups(spec: dict | str) -> dict[str, list[str] | None]:
+    """Groups to watch from a JSON object ``{"group": ["topic", ...] | null}``.
+
+    Raises ValueError naming the offending entry.
+    """
+    raw = json.loads(spec) if isinstance(spec, str) else spec
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"lag groups must be a non-empty JSON object of group -> [topics] or null; got {spec!r}")
+    out: dict[str, list[str] | None] = {}
+    for group, topics in raw.items():
+        if topics is not None and (not isinstance(topics, list) or not all(isinstance(t, str) for t in topics)):
+            raise ValueError(f"lag groups: topics of {group!r} must be a list of names or null; got {topics!r}")
+        out[group] = topics
+    return out
