@@ -62,7 +62,10 @@ def _mvn(service: str, args: list[str], what: str, cwd: Path | None = None) -> N
     mvn = shutil.which("mvn")
     if not mvn:
         raise StackError(service, "Maven (mvn) is not installed (run `make bootstrap`)")
-    proc = subprocess.run([mvn, "-B", "-q", *args], capture_output=True, text=True, cwd=cwd)
+    # Name the local repository: Maven takes ~ from the password database, not
+    # $HOME, and the paths this module computes must be the ones Maven fills.
+    repo = f"-Dmaven.repo.local={maven_local_repo()}"
+    proc = subprocess.run([mvn, "-B", "-q", repo, *args], capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         out = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
         raise StackError(service, f"{what} failed: mvn {' '.join(args)}", out)
