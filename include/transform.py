@@ -1,0 +1,438 @@
+"""CSV minute files -> JSON documents and OpenTSDB datapoints: pure functions.
+
+Two layers, one meaning:
+
+* **Row functions** (:func:`host_document`, :func:`sensor_document`,
+  :func:`document_id`, :func:`document_datapoints`) turn one CSV row, as a
+  mapping of column name to text, into one typed document. The Kafka stream
+  loader reuses them for single readings, and the file transform uses them to
+  name the reason a row is rejected.
+* **File functions** (:func:`transform_file`) turn the bytes of one minute file
+  into documents with the columnar engine (polars): every column is read as
+  text, cast with ``strict=False`` and checked, so a bad value rejects its row
+  (with the reason the row function gives) and the rest of the file loads.
+  :func:`transform_file_rows` does the same row by row with the csv module; it
+  is the reference the tests compare the columnar path with, the fallback for
+  files polars cannot split (ragged rows) and the baseline of the benchmark.
+
+A document is one CSV row: ``@timestamp`` (ISO-8601 UTC, canonical form, see
+:func:`canonical_timestamp`), then the row's columns with numbers as numbers.
+A sensor row's ``tags`` (``k=v k=v``) becomes an object of strings. Its id is
+:func:`include.schemas.reading_id` of (source, device, timestamp, metric, tags);
+a host row is one document under the metric ``"host"`` (:data:`HOST_DOC_METRIC`).
+
+File-level faults (no header, a header the schema refuses, no data rows) raise
+:class:`FileRejected`: the caller quarantines the whole file. Row-level faults
+(a value that is not a number, a bad timestamp, a row with too few or too many
+fields) become :class:`RowError` entries and reject only that row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import orjson
+
+from include.schemas import HOST, HOST_METRICS, SCHEMAS, SENSOR, SOURCES, format_tags, parse_tags, reading_id
+
+#: The metric part of a host document's id: a host row is one document.
+HOST_DOC_METRIC = "host"
+TIME_FIELD = "@timestamp"
+
+#: The one timestamp form the contract allows: ISO-8601, UTC, ``Z``, 0-9 decimals.
+_TIMESTAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z$")
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+_INT64 = (-(2**63), 2**63 - 1)
+#: The columnar engine's date format; it must agree with :data:`_TIMESTAMP`.
+_POLARS_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
+
+
+class FileRejected(ValueError):
+    """The whole file is unusable (header or no rows); ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RowValueError(ValueError):
+    """One value of one row is unusable; the message names column and value."""
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A rejected row: its line in the file (header is line 1), why, and its text."""
+
+    line: int
+    reason: str
+    row: str
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "reason": self.reason, "row": self.row}
+
+
+@dataclass
+class FileDocuments:
+    """What one file (or a batch of files) became.
+
+    ``documents[i]`` is the JSON of one accepted row, ``ids[i]`` its document id
+    and ``timestamps[i]`` its canonical ``@timestamp`` (which picks the daily
+    index). ``rows_read`` counts data rows, accepted or not.
+    """
+
+    source: str
+    rows_read: int = 0
+    documents: list[bytes] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    timestamps: list[str] = field(default_factory=list)
+    row_errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return len(self.documents)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.row_errors)
+
+
+# --- Values --------------------------------------------------------------------------------
+
+
+def canonical_timestamp(text: str) -> str:
+    """The canonical form of an ISO-8601 UTC timestamp with ``Z``.
+
+    Whole seconds have no decimals; otherwise milliseconds when they suffice,
+    else microseconds (digits beyond microseconds are dropped). Ids hash this
+    form, so ``...:05.500Z`` and ``...:05.5Z`` are the same reading. Raises
+    RowValueError naming the text when it is not of the contract's form or not
+    a real date.
+    """
+    match = _TIMESTAMP.match(text)
+    if not match:
+        raise RowValueError(f"timestamp {text!r} is not ISO-8601 UTC of the form YYYY-MM-DDTHH:MM:SS[.fff]Z")
+    year, month, day, hour, minute, second, frac = match.groups()
+    micro = int((frac or "0").ljust(6, "0")[:6])
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro)
+    except ValueError as exc:
+        raise RowValueError(f"timestamp {text!r} is not a real date and time: {exc}") from None
+    return format_timestamp(dt)
+
+
+def format_timestamp(dt: datetime) -> str:
+    """Canonical text of a datetime (naive means UTC); see :func:`canonical_timestamp`."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if dt.microsecond == 0:
+        return base + "Z"
+    if dt.microsecond % 1000 == 0:
+        return f"{base}.{dt.microsecond // 1000:03d}Z"
+    return f"{base}.{dt.microsecond:06d}Z"
+
+
+def parse_int(column: str, text: str) -> int:
+    """A signed 64-bit integer written in decimal digits; RowValueError otherwise."""
+    if not _INT.match(text):
+        raise RowValueError(f"column {column}: {text!r} is not an integer")
+    value = int(text)
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise RowValueError(f"column {column}: {text!r} does not fit in 64 bits")
+    return value
+
+
+def parse_float(column: str, text: str) -> float:
+    """A finite decimal number (``1``, ``-2.5``, ``1e3``); RowValueError otherwise.
+
+    NaN and infinities are refused: JSON has no spelling for them and a sink
+    would store them as null or fail.
+    """
+    low = text.lower()
+    if low in ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"):
+        raise RowValueError(f"column {column}: {text!r} is not a finite number")
+    if not _FLOAT.match(text):
+        raise RowValueError(f"column {column}: {text!r} is not a number")
+    return float(text)
+
+
+# --- Rows ------------------------------------------------------------------------------------
+
+
+def _field(row: Mapping[str, str | None], column: str) -> str:
+    value = row.get(column)
+    if value is None or value == "":
+        raise RowValueError(f"column {column}: no value")
+    return value
+
+
+def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+    """One host row -> its document: ``@timestamp``, ``host``, numeric fields as numbers.
+
+    ``columns`` are the file's header (default: the row's keys); every one of
+    them must have a value. Raises RowValueError naming the first bad value.
+    """
+    kinds = {c.name: c.kind for c in SCHEMAS[HOST].columns}
+    doc: dict = {TIME_FIELD: canonical_timestamp(_field(row, "timestamp"))}
+    for column in columns if columns is not None else row.keys():
+        if column == "timestamp":
+            continue
+        kind = kinds.get(column)
+        if kind is None:
+            raise RowValueError(f"column {column} is not in the host schema")
+        text = _field(row, column)
+        if kind == "int":
+            doc[column] = parse_int(column, text)
+        elif kind == "float":
+            doc[column] = parse_float(column, text)
+        else:
+            doc[column] = text
+    return doc
+
+
+def sensor_document(row: Mapping[str, str | None]) -> dict:
+    """One sensor row -> ``{"@timestamp", "device", "metric", "value", "tags": {k: v}}``.
+
+    ``tags`` may be empty; a tag without ``=`` rejects the row (RowValueError).
+    """
+    tags_text = row.get("tags") or ""
+    try:
+        tags = parse_tags(tags_text)
+    except ValueError as exc:
+        raise RowValueError(f"column tags: {exc}") from None
+    return {
+        TIME_FIELD: canonical_timestamp(_field(row, "timestamp")),
+        "device": _field(row, "device"),
+        "metric": _field(row, "metric"),
+        "value": parse_float("value", _field(row, "value")),
+        "tags": tags,
+    }
+
+
+def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+    """:func:`host_document` or :func:`sensor_document` by source."""
+    if source == HOST:
+        return host_document(row, columns)
+    if source == SENSOR:
+        return sensor_document(row)
+    raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+
+
+def document_id(source: str, doc: Mapping) -> str:
+    """Deterministic id of a document (see :func:`include.schemas.reading_id`).
+
+    A host document is keyed by (host, timestamp) under the metric ``"host"``;
+    a sensor document by (device, timestamp, metric, sorted tags). Re-running a
+    minute therefore overwrites the same documents.
+    """
+    if source == HOST:
+        return reading_id(HOST, doc["host"], doc[TIME_FIELD], HOST_DOC_METRIC, "")
+    if source == SENSOR:
+        return reading_id(SENSOR, doc["device"], doc[TIME_FIELD], doc["metric"], format_tags(doc.get("tags") or {}))
+    raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+
+
+def opentsdb_timestamp(timestamp: str) -> int:
+    """Epoch seconds of a canonical timestamp, or milliseconds when it has a fraction.
+
+    OpenTSDB tells the two apart by their size (10 vs 13 digits).
+    """
+    dt = datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    seconds = int(dt.timestamp())
+    if len(timestamp) == 20:  # "YYYY-MM-DDTHH:MM:SSZ"
+        return seconds
+    millis = int(timestamp[20:-1].ljust(3, "0")[:3])
+    return seconds * 1000 + millis
+
+
+def document_datapoints(source: str, doc: Mapping) -> list[dict]:
+    """OpenTSDB datapoints ``{"metric", "timestamp", "value", "tags"}`` of one document.
+
+    A host document gives one datapoint per numeric field, metric
+    ``host.<field>`` (:data:`include.schemas.HOST_METRICS`) tagged
+    ``host=<name>``; a sensor document gives one datapoint with its metric and
+    tags plus ``device=<device>``.
+    """
+    ts = opentsdb_timestamp(doc[TIME_FIELD])
+    if source == HOST:
+        tags = {"host": doc["host"]}
+        return [
+            {"metric": HOST_METRICS[name], "timestamp": ts, "value": value, "tags": dict(tags)}
+            for name, value in doc.items()
+            if name in HOST_METRICS
+        ]
+    if source == SENSOR:
+        tags = {**(doc.get("tags") or {}), "device": doc["device"]}
+        return [{"metric": doc["metric"], "timestamp": ts, "value": doc["value"], "tags": tags}]
+    raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+
+
+# --- Files -----------------------------------------------------------------------------------
+
+
+def _header(source: str, data: bytes) -> list[str]:
+    """The checked header row of a file; FileRejected when empty or refused."""
+    if source not in SCHEMAS:
+        raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
+    first = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first.strip():
+        raise FileRejected("empty file: no header row")
+    try:
+        header = next(csv.reader([first.decode("utf-8")]))
+    except UnicodeDecodeError as exc:
+        raise FileRejected(f"header is not UTF-8: {exc}") from None
+    try:
+        SCHEMAS[source].check_header(header)
+    except ValueError as exc:
+        raise FileRejected(str(exc)) from None
+    return header
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileRejected(f"file is not UTF-8: {exc}") from None
+
+
+def transform_file_rows(source: str, data: bytes) -> FileDocuments:
+    """Transform one minute file row by row (csv module + orjson).
+
+    The reference implementation: same documents, ids and row errors as
+    :func:`transform_file`, at a fraction of the speed. Raises FileRejected.
+    """
+    header = _header(source, data)
+    reader = csv.reader(io.StringIO(_decode(data)))
+    next(reader)
+    out = FileDocuments(source)
+    for row in reader:
+        if not row:  # a blank line is no row (polars would read it as one of nulls)
+            continue
+        line = reader.line_num
+        out.rows_read += 1
+        if len(row) != len(header):
+            why = f"row has {len(row)} fields, the header has {len(header)}"
+            out.row_errors.append(RowError(line, why, ",".join(row)))
+            continue
+        try:
+            doc = row_document(source, dict(zip(header, row)), header)
+        except RowValueError as exc:
+            out.row_errors.append(RowError(line, str(exc), ",".join(row)))
+            continue
+        out.documents.append(orjson.dumps(doc))
+        out.ids.append(document_id(source, doc))
+        out.timestamps.append(doc[TIME_FIELD])
+    if out.rows_read == 0:
+        raise FileRejected("no data rows after the header")
+    return out
+
+
+def transform_file(source: str, data: bytes) -> FileDocuments:
+    """Transform one minute file with the columnar engine; raises FileRejected.
+
+    Every column is read as text, numbers are cast with ``strict=False`` and a
+    row with any value that did not survive the cast (or a timestamp that is not
+    of the contract's form) is rejected with the reason :func:`row_document`
+    gives for it. Files polars cannot split (a row with more fields than the
+    header) go through :func:`transform_file_rows` instead.
+    """
+    import polars as pl
+
+    header = _header(source, data)
+    if b"\n\n" in data or b"\n\r\n" in data:  # blank lines: the row engine skips them
+        return transform_file_rows(source, data)
+    try:
+        frame = pl.read_csv(data, infer_schema=False, has_header=True, raise_if_empty=False)
+    except pl.exceptions.ComputeError:
+        return transform_file_rows(source, data)
+    if frame.height == 0:
+        raise FileRejected("no data rows after the header")
+    if list(frame.columns) != header:  # duplicate names, quoting surprises: be exact instead
+        return transform_file_rows(source, data)
+    return _transform_frame(source, frame, header, data)
+
+
+def _transform_frame(source: str, frame, header: list[str], data: bytes) -> FileDocuments:
+    import polars as pl
+
+    kinds = {c.name: c.kind for c in SCHEMAS[source].columns}
+    ts = pl.col("timestamp")
+    exprs = [
+        pl.when(ts.str.contains(_TIMESTAMP.pattern))
+        .then(ts.str.to_datetime(_POLARS_TS_FORMAT, time_zone="UTC", strict=False))
+        .otherwise(None)
+        .dt.to_string(_POLARS_TS_FORMAT)
+        .alias(TIME_FIELD)
+    ]
+    for column in header[1:]:
+        kind = kinds[column]
+        col = pl.col(column)
+        if kind == "int":
+            exprs.append(pl.when(col.str.contains(_INT.pattern)).then(col.cast(pl.Int64, strict=False)).alias(column))
+        elif kind == "float":
+            cast = pl.when(col.str.contains(_FLOAT.pattern)).then(col.cast(pl.Float64, strict=False))
+            exprs.append(cast.alias(column))
+        elif kind == "tags":
+            exprs.append(col.fill_null(""))
+        else:
+            exprs.append(col)
+    typed = frame.select(exprs).with_row_index("_row")
+    # A null anywhere is a rejected row: empty values, failed casts, short rows.
+    bad = typed.select(pl.any_horizontal(pl.all().is_null()).alias("bad"))["bad"]
+    out = FileDocuments(source, rows_read=frame.height)
+    bad_rows: set[int] = set(bad.arg_true().to_list()) if bad.any() else set()
+    if bad_rows:
+        typed = typed.filter(~bad)
+    if source == HOST:
+        hosts = typed["host"].to_list()
+        stamps = typed[TIME_FIELD].to_list()
+        if typed.height:
+            out.documents = typed.drop("_row").write_ndjson().encode().splitlines()
+        out.ids = [reading_id(HOST, h, t, HOST_DOC_METRIC, "") for h, t in zip(hosts, stamps)]
+        out.timestamps = stamps
+    else:
+        # Tags are free-form key=value pairs: build the objects row by row.
+        for index, stamp, device, metric, value, tags_text in typed.select(
+            "_row", TIME_FIELD, "device", "metric", "value", "tags"
+        ).iter_rows():
+            try:
+                tags = parse_tags(tags_text)
+            except ValueError:
+                bad_rows.add(index)
+                continue
+            doc = {TIME_FIELD: stamp, "device": device, "metric": metric, "value": value, "tags": tags}
+            out.documents.append(orjson.dumps(doc))
+            out.ids.append(reading_id(SENSOR, device, stamp, metric, format_tags(tags)))
+            out.timestamps.append(stamp)
+    if bad_rows:
+        out.row_errors = _explain_rows(source, data, header, bad_rows)
+    return out
+
+
+def _explain_rows(source: str, data: bytes, header: list[str], indexes: set[int]) -> list[RowError]:
+    """Row errors, with the row function's reason, for the rows at ``indexes`` (0-based data rows)."""
+    errors: list[RowError] = []
+    reader = csv.reader(io.StringIO(_decode(data)))
+    next(reader)
+    for index, row in enumerate(r for r in reader if r):
+        if index not in indexes:
+            continue
+        line = reader.line_num
+        if len(row) != len(header):
+            why = f"row has {len(row)} fields, the header has {len(header)}"
+            errors.append(RowError(line, why, ",".join(row)))
+            continue
+        try:
+            row_document(source, dict(zip(header, row)), header)
+        except RowValueError as exc:
+            errors.append(RowError(line, str(exc), ",".join(row)))
+        else:  # the engines disagree: refuse the row rather than load a guess
+            errors.append(RowError(line, "value refused by the columnar parser", ",".join(row)))
+    return errors
