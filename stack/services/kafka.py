@@ -10,6 +10,7 @@ lag checks depend on its exact offsets and watermarks.
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 
 from stack.config import REPO_ROOT
@@ -104,3 +105,33 @@ class Kafka(Service):
         # The group coordinator answers only once __consumer_offsets can be served.
         admin.list_consumer_groups(request_timeout=3).result()
         return f"{len(meta.brokers)} broker, {len(meta.topics)} topics"
+
+    def after_start(self) -> None:
+        """Make the group coordinator ready before anyone relies on it.
+
+        On a freshly formatted broker the first offset commit creates
+        ``__consumer_offsets`` and fails with COORDINATOR_LOAD_IN_PROGRESS
+        until its partitions are loaded. Commit once for a probe group (with
+        retries) so that "healthy" means commits work.
+        """
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        bootstrap = f"{self.config.host}:{self.port}"
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        probe_topic, probe_group = "__sluice_stack_probe", "sluice-stack-probe"
+        if probe_topic not in admin.list_topics(timeout=10).topics:
+            admin.create_topics([NewTopic(probe_topic, num_partitions=1, replication_factor=1)])[probe_topic].result(30)
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": probe_group, "log_level": 0})
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    consumer.commit(offsets=[TopicPartition(probe_topic, 0, 0)], asynchronous=False)
+                    break
+                except KafkaException:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+        finally:
+            consumer.close()
