@@ -1,0 +1,100 @@
+"""
+### Sluice: load each minute's landed files (one DAG per source)
+
+`sluice_host_minute` and `sluice_sensor_minute` run every minute with catchup;
+the data interval is the minute. For that minute they
+
+1. **wait_for_minute_files** — a reschedule-mode sensor (no worker slot held
+   between pokes): done as soon as every device of the previous minute has
+   landed a file, else after the grace period (`SLUICE_GRACE_SECONDS`, default
+   45 s after the minute ends) with what is there. Stragglers are loaded by
+   `sluice_sweep_late_files`.
+2. **csv_to_json** — typed JSON documents, one per CSV row, staged as NDJSON
+   under `staged/` in the landing zone; a bad file is quarantined with its
+   reason, a bad row rejected with its reason, the rest goes on.
+3. **load_elasticsearch** (one `load_<sink>` task per sink of `SLUICE_SINKS`) —
+   daily indices `sluice-{source}-YYYY.MM.DD` behind an index template,
+   deterministic ids, so a rerun overwrites.
+4. **record_loads** — a load record per file under `loaded/` and a dead-letter
+   record under `deadletter/` for what was refused (see `include/loads.py`).
+
+Logic lives in `include/pipeline.py`; connections: `aws_default` (landing zone),
+`elasticsearch_default`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import PokeReturnValue, dag, task
+
+from include.pipeline import DEFAULT_GRACE_SECONDS, configured_sinks
+from include.schemas import SOURCES
+from sluice_airflow import landing_zone, sink, task_retries
+
+#: First minute the DAGs catch up from: set it to when collection began.
+START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
+GRACE_SECONDS = float(os.environ.get("SLUICE_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
+
+
+def minute_dag(source: str):
+    @dag(
+        dag_id=f"sluice_{source}_minute",
+        schedule="* * * * *",
+        start_date=START,
+        catchup=True,
+        max_active_runs=4,
+        dagrun_timeout=timedelta(minutes=30),
+        doc_md=__doc__,
+        tags=["sluice", source, "load"],
+        default_args={
+            "retries": task_retries(),
+            "retry_delay": timedelta(seconds=20),
+            "retry_exponential_backoff": True,
+            "max_retry_delay": timedelta(minutes=5),
+        },
+    )
+    def pipeline():
+        @task.sensor(task_id="wait_for_minute_files", mode="reschedule", poke_interval=10, timeout=15 * 60)
+        def wait_for_minute_files(data_interval_start=None) -> PokeReturnValue:
+            from include.pipeline import file_ref, minute_files_ready
+
+            ready = minute_files_ready(
+                landing_zone(), source, data_interval_start, now=datetime.now(timezone.utc), grace_seconds=GRACE_SECONDS
+            )
+            return PokeReturnValue(is_done=ready.done, xcom_value=[file_ref(f) for f in ready.files])
+
+        @task
+        def csv_to_json(files: list[dict]) -> list[dict]:
+            from include.pipeline import stage_files
+
+            return stage_files(landing_zone(), source, files)
+
+        @task
+        def record_loads(summaries: list[dict], results: dict[str, dict], run_id=None) -> dict:
+            from include.pipeline import record_loads as record
+
+            return record(landing_zone(), summaries, results, run_id=run_id)
+
+        staged = csv_to_json(wait_for_minute_files())
+        results = {name: load_task(source, name)(staged) for name in configured_sinks()}
+        record_loads(staged, results)
+
+    return pipeline()
+
+
+def load_task(source: str, name: str):
+    """The ``load_<sink>`` task of one sink."""
+
+    @task(task_id=f"load_{name}")
+    def load(summaries: list[dict]) -> dict:
+        from include.pipeline import load_staged
+
+        return load_staged(landing_zone(), sink(name), source, summaries)
+
+    return load
+
+
+for _source in SOURCES:
+    minute_dag(_source)
