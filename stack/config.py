@@ -28,6 +28,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "elasticsearch": 9200,
     "elasticsearch_transport": 9300,
     "opentsdb": 4242,
+    # HBase standalone under OpenTSDB: its embedded ZooKeeper, master and region server RPC.
+    "hbase_zookeeper": 2181,
+    "hbase_master": 16000,
+    "hbase_regionserver": 16020,
 }
 
 #: The bucket the landing zone uses on the local MinIO.

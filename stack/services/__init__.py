@@ -6,6 +6,7 @@ from stack.services.elasticsearch import Elasticsearch
 from stack.services.kafka import Kafka
 from stack.services.minio import MinIO
 from stack.services.mosquitto import Mosquitto
+from stack.services.opentsdb import OpenTSDB
 
-ALL = (Mosquitto, MinIO, Kafka, Elasticsearch)
+ALL = (Mosquitto, MinIO, Kafka, Elasticsearch, OpenTSDB)
 BY_NAME = {cls.name: cls for cls in ALL}
