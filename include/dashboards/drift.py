@@ -58,7 +58,7 @@ def classify(desired: Any, live: Any, live_fingerprint: str | None) -> str:
 def diff(ours: Any, theirs: Any, path: str = "", *, limit: int = 50) -> list[str]:
     """Human-readable differences ``path: ours -> theirs``, at most ``limit`` lines.
 
-    Lists of objects with a ``title``, ``refId`` or ``id`` are matched by it, so
+    Lists of objects with an ``id``, ``refId`` or ``title`` are matched by it, so
     a moved or inserted panel reads as such instead of shifting every index.
     """
     out: list[str] = []
@@ -74,7 +74,7 @@ def _short(value: Any) -> str:
 
 
 def _key_of(items: list) -> str | None:
-    for key in ("title", "refId", "id", "name"):
+    for key in ("id", "refId", "title", "name"):
         if items and all(isinstance(i, dict) and key in i for i in items):
             values = [i[key] for i in items]
             if len(set(map(str, values))) == len(values):

@@ -264,8 +264,16 @@ def sluice_dashboards() -> list[dashboard_b.Dashboard]:
 
 
 def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
-    """The dashboard model as Grafana's API takes it (plain JSON types only)."""
-    return json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    """The dashboard model as Grafana's API takes it (plain JSON types only).
+
+    Panels get stable ids (1, 2, ... in order) so that Grafana's UI does not
+    assign its own on the first save and drift reports name panels by id.
+    """
+    model = board.build()
+    for n, panel in enumerate(model.panels or [], 1):
+        if panel.id_val is None:
+            panel.id_val = n
+    return json.loads(json.dumps(model, cls=JSONEncoder))
 
 
 def dashboard_models() -> dict[str, dict[str, Any]]:
