@@ -259,3 +259,11 @@ def delete_indices(client, pattern: str) -> None:
         if names:
             client.indices.delete(index=",".join(names))
 
+
+
+def drop_prefix(client, prefix: str) -> None:
+    """Delete every index and index template of ``prefix`` (tests and benchmarks use their own)."""
+    delete_indices(client, f"{prefix}-*")
+    with _reachable(client):
+        for source in SOURCES:
+            client.options(ignore_status=404).indices.delete_index_template(name=template_name(source, prefix=prefix))

@@ -1,0 +1,93 @@
+"""The Elasticsearch sink against the real node: template, mappings, ids, refusals, an unreachable node."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+
+from include import elasticsearch as es_mod
+from include.elasticsearch import ElasticsearchUnavailable, bulk_actions, bulk_index, daily_index, ensure_index_template
+from include.transform import transform_file
+
+HOST_HEADER = (
+    "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
+    "cpu_syscalls,mem_total,mem_available,mem_percent,mem_used,mem_free"
+)
+
+
+def host_csv(host: str, day: str, seconds: range) -> bytes:
+    rows = [
+        f"{day}T23:59:{s:02d}Z,{host},{s + 0.5},{1000 + s},{2000 + s},0,0,17084211200,{4082380800 - s},76.1,13001830400,4082380800"
+        for s in seconds
+    ]
+    return ("\n".join([HOST_HEADER, *rows]) + "\n").encode()
+
+
+@pytest.fixture()
+def es(elasticsearch):
+    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def prefix(es):
+    name = f"sluicetest-{uuid.uuid4().hex[:8]}"
+    yield name
+    es_mod.drop_prefix(es, name)
+
+
+def test_template_is_created_once_and_types_the_fields(es, prefix):
+    assert ensure_index_template(es, "host", prefix=prefix) is True
+    assert ensure_index_template(es, "host", prefix=prefix) is False
+    assert ensure_index_template(es, "sensor", prefix=prefix) is True
+    docs = transform_file("host", host_csv("web-1", "2020-09-03", range(2)))
+    bulk_index(es, bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+    sensor = transform_file("sensor", b"timestamp,device,metric,value,tags\n2020-09-03T00:00:00Z,a1,m,1,type=dust room=pc\n")
+    bulk_index(es, bulk_actions("sensor", sensor.ids, sensor.timestamps, sensor.documents, prefix=prefix))
+    host_props = es.indices.get_mapping(index=f"{prefix}-host-2020.09.03")[f"{prefix}-host-2020.09.03"]["mappings"]["properties"]
+    assert host_props["@timestamp"]["type"] == "date"
+    assert host_props["cpu_ctx_switches"]["type"] == "long"
+    assert host_props["mem_percent"]["type"] == "double"
+    assert host_props["host"]["type"] == "keyword"
+    sensor_props = es.indices.get_mapping(index=f"{prefix}-sensor-2020.09.03")[f"{prefix}-sensor-2020.09.03"]["mappings"]["properties"]
+    assert sensor_props["tags"]["properties"]["type"]["type"] == "keyword"
+    assert sensor_props["tags"]["properties"]["room"]["type"] == "keyword"
+    assert sensor_props["value"]["type"] == "double"
+
+
+def test_daily_indices_and_reloading_overwrites(es, prefix):
+    # 23:59:58 .. 00:00:01 the next day: two daily indices.
+    data = host_csv("web-1", "2020-09-03", range(58, 60)) + host_csv("web-1", "2020-09-04", range(0, 2)).split(b"\n", 1)[1].replace(b"T23:59:", b"T00:00:")
+    docs = transform_file("host", data)
+    ensure_index_template(es, "host", prefix=prefix)
+    for _ in range(2):
+        result = bulk_index(es, bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+        assert (result.accepted, result.rejected) == (4, 0)
+    es.indices.refresh(index=f"{prefix}-*")
+    assert es.count(index=f"{prefix}-host-2020.09.03")["count"] == 2
+    assert es.count(index=f"{prefix}-host-2020.09.04")["count"] == 2
+    got = es.get(index=daily_index("host", docs.timestamps[0], prefix=prefix), id=docs.ids[0])["_source"]
+    assert got == orjson.loads(docs.documents[0])
+    assert got["cpu_usage_percent"] == 58.5 and got["mem_available"] == 4082380800 - 58
+
+
+def test_a_refused_document_is_reported_with_its_reason_and_the_rest_load(es, prefix):
+    ensure_index_template(es, "sensor", prefix=prefix)
+    index = f"{prefix}-sensor-2020.09.03".encode()
+    actions = [
+        (b'{"index":{"_index":"%s","_id":"good"}}' % index, b'{"@timestamp":"2020-09-03T00:00:00Z","device":"a","metric":"m","value":1.5,"tags":{}}'),
+        (b'{"index":{"_index":"%s","_id":"bad"}}' % index, b'{"@timestamp":"2020-09-03T00:00:00Z","device":"a","metric":"m","value":"warm","tags":{}}'),
+    ]
+    result = bulk_index(es, actions)
+    assert result.accepted == 1
+    assert list(result.failed) == ["bad"]
+    assert "status 400" in result.failed["bad"] and "value" in result.failed["bad"]
+
+
+def test_an_unreachable_node_raises_unavailable_naming_it():
+    client = es_mod.connect("http://127.0.0.1:9", request_timeout=2, max_retries=0)
+    with pytest.raises(ElasticsearchUnavailable, match="127.0.0.1:9"):
+        bulk_index(client, [(b'{"index":{"_index":"x","_id":"1"}}', b"{}")])
