@@ -1,0 +1,531 @@
+"""OpenTSDB for Sluice: loading datapoints over HTTP and reading them back.
+
+:class:`OpenTSDBClient` posts datapoints ``{"metric", "timestamp", "value",
+"tags"}`` (the JSON of ``include/transform.py``) to ``/api/put?details&sync``
+in batches of ``batch_size``, gzip-compressed, and accounts for every one of
+them in a :class:`PutResult`:
+
+* **accepted** — OpenTSDB stored it (``sync``: HBase acknowledged the write
+  before the answer, so "accepted" means stored, not queued);
+* **failed** — one :class:`PutFailure` per datapoint with its position in the
+  input and the reason: OpenTSDB's own message from the ``details`` answer
+  (``"Unable to parse value to a number"``, ``"Missing tags"``, ``"Invalid tag
+  name ..."``), or the client's when the datapoint could not even be sent (a
+  metric that is not a string) or storage never confirmed it;
+* **renamed** — datapoints whose metric name or tag values were changed by
+  :func:`sanitise` (each distinct rename is also logged once per client).
+
+Sanitising rule (one rule, applied to the metric name and to every tag value):
+each character OpenTSDB 2.4 refuses is replaced by ``_``. OpenTSDB accepts
+ASCII letters and digits, ``-``, ``_``, ``.``, ``/`` and letters of the Unicode
+Basic Multilingual Plane (Java's ``Character.isLetter`` on UTF-16 code units, so
+a letter outside the BMP, which Java sees as two surrogates, is refused).
+Tag *keys* are never renamed: they are Sluice's own schema (``host``, ``type``,
+``device``...), so a bad key is a bug to surface, and OpenTSDB's reason for it
+is reported as a failure. Empty names are not renamed either (there is nothing
+to rename); OpenTSDB refuses them with its reason.
+
+Failure behaviour of :meth:`OpenTSDBClient.put`:
+
+* connection errors, read time-outs and 5xx answers are retried with
+  exponential backoff (``backoff`` doubling up to ``backoff_max`` seconds,
+  ``max_attempts`` tries per batch); then :class:`OpenTSDBUnavailable` is
+  raised carrying the partial :class:`PutResult` and the datapoints of the
+  batch in flight. Writes are idempotent (same metric, tags and timestamp
+  overwrite one cell), so sending everything again after recovery is safe;
+* datapoints whose storage OpenTSDB did not confirm within ``sync_timeout``
+  are resent the same way, and reported as failed when attempts run out;
+* 401/403 raise :class:`OpenTSDBAuthError`, other 4xx answers that are not a
+  ``details`` answer raise :class:`OpenTSDBRequestError`, and an answer that is
+  not the JSON OpenTSDB documents raises :class:`OpenTSDBResponseError`; none
+  of these is retried, since repeating the request cannot change the answer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import logging
+import re
+import string
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+#: Characters OpenTSDB 2.4 accepts in any name besides letters of the BMP.
+ASCII_ALLOWED = frozenset(string.ascii_letters + string.digits + "-_./")
+#: What a refused character becomes.
+REPLACEMENT = "_"
+_PLAIN = re.compile(r"[A-Za-z0-9\-_./]*")
+
+#: Status codes worth retrying: the TSD (or a proxy before it) is restarting or overloaded.
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class OpenTSDBError(Exception):
+    """Base class of the client's errors."""
+
+
+class OpenTSDBUnavailable(OpenTSDBError):
+    """OpenTSDB could not be reached, or answered 5xx, on every attempt of a batch.
+
+    ``result`` holds what was settled before (accepted, failed, renamed);
+    ``pending`` the ``(index, datapoint)`` pairs of the batch in flight, whose
+    fate is unknown. Datapoints after the batch were not read from the input.
+    """
+
+    def __init__(self, message: str, *, result: PutResult, pending: list[tuple[int, Any]]) -> None:
+        super().__init__(message)
+        self.result = result
+        self.pending = pending
+
+
+class OpenTSDBAuthError(OpenTSDBError):
+    """OpenTSDB (or a proxy in front of it) refused the credentials: 401 or 403."""
+
+
+class OpenTSDBRequestError(OpenTSDBError):
+    """A 4xx answer that is not about single datapoints (wrong path, body too large...)."""
+
+
+class OpenTSDBResponseError(OpenTSDBError):
+    """An answer that is not what OpenTSDB's HTTP API documents."""
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PutFailure:
+    """One datapoint that was not stored.
+
+    ``index`` is its position in the iterable given to :meth:`OpenTSDBClient.put`
+    (``None`` only if OpenTSDB reported an error the client could not match to
+    a datapoint it sent); ``datapoint`` is as given, before sanitising;
+    ``reason`` is OpenTSDB's message, or the client's for a datapoint never
+    sent or never confirmed.
+    """
+
+    index: int | None
+    datapoint: Any
+    reason: str
+
+
+@dataclass
+class PutResult:
+    """The account of one :meth:`OpenTSDBClient.put`: every datapoint is in exactly one bucket."""
+
+    accepted: int = 0
+    failed: list[PutFailure] = field(default_factory=list)
+    #: Datapoints sent with a renamed metric or tag value.
+    renamed: int = 0
+    #: Distinct renames of this put: original -> sanitised.
+    renames: dict[str, str] = field(default_factory=dict)
+    batches: int = 0
+    #: Requests repeated after a connection error, a 5xx or a storage time-out.
+    retries: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.accepted + len(self.failed)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and the first reasons, small enough for a task's return value or a log line."""
+        reasons: dict[str, int] = defaultdict(int)
+        for failure in self.failed:
+            reasons[failure.reason] += 1
+        return {
+            "accepted": self.accepted,
+            "failed": len(self.failed),
+            "renamed": self.renamed,
+            "batches": self.batches,
+            "retries": self.retries,
+            "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:10]),
+        }
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+
+
+def _allowed(char: str) -> bool:
+    return char in ASCII_ALLOWED or (char.isalpha() and ord(char) <= 0xFFFF)
+
+
+@lru_cache(maxsize=65536)
+def sanitise(name: str) -> str:
+    """``name`` with every character OpenTSDB refuses replaced by ``_`` (see the module doc).
+
+    Idempotent: ``sanitise(sanitise(x)) == sanitise(x)``. The empty string
+    stays empty.
+    """
+    if _PLAIN.fullmatch(name):
+        return name
+    return "".join(c if _allowed(c) else REPLACEMENT for c in name)
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of ``size`` consecutive items (the last may be shorter); reads lazily."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A datapoint on its way: where it came from, what is sent."""
+
+    index: int
+    original: Any
+    wire: dict[str, Any]
+
+
+_SCALAR = (int, float, str, type(None))
+
+
+def prepare(index: int, datapoint: Any) -> tuple[_Entry | None, str | None, dict[str, str]]:
+    """Check and sanitise one datapoint; return (entry, refusal, renames).
+
+    The client refuses only what cannot be put on the wire as OpenTSDB's JSON
+    (no mapping, a metric or tag that is not a string, a timestamp or value
+    that is not a JSON scalar); everything else — NaN, negative timestamps,
+    missing tags, empty names — goes to OpenTSDB, whose reason is the one
+    reported.
+    """
+    if not isinstance(datapoint, Mapping):
+        return None, f"not sent: a datapoint must be a mapping, got {type(datapoint).__name__}", {}
+    metric = datapoint.get("metric")
+    if not isinstance(metric, str):
+        return None, f"not sent: metric must be a string, got {metric!r}", {}
+    tags = datapoint.get("tags", {})
+    if tags is None:
+        tags = {}
+    if not isinstance(tags, Mapping):
+        return None, f"not sent: tags must be a mapping, got {type(tags).__name__}", {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return None, f"not sent: tag {key!r}={value!r} is not a pair of strings", {}
+    for name in ("timestamp", "value"):
+        if isinstance(datapoint.get(name), bool) or not isinstance(datapoint.get(name), _SCALAR):
+            return None, f"not sent: {name} {datapoint.get(name)!r} is not a number or string", {}
+    renames: dict[str, str] = {}
+    clean_metric = sanitise(metric)
+    if clean_metric != metric:
+        renames[metric] = clean_metric
+    clean_tags = {}
+    for key, value in tags.items():
+        clean = sanitise(value)
+        if clean != value:
+            renames[value] = clean
+        clean_tags[key] = clean
+    wire = {"metric": clean_metric, "timestamp": datapoint.get("timestamp"),
+            "value": datapoint.get("value"), "tags": clean_tags}
+    return _Entry(index, datapoint, wire), None, renames
+
+
+def _key(dp: Mapping[str, Any]) -> tuple:
+    """What identifies a datapoint in OpenTSDB's ``details`` echo (which turns values into strings)."""
+    tags = dp.get("tags") or {}
+    return (dp.get("metric"), str(dp.get("timestamp")), tuple(sorted((str(k), str(v)) for k, v in tags.items())))
+
+
+@dataclass
+class BatchOutcome:
+    """How OpenTSDB answered one batch: stored, refused, or left unconfirmed."""
+
+    accepted: int
+    failures: list[PutFailure]
+    #: Entries whose storage was not confirmed (sync time-out): to be resent.
+    unconfirmed: list[_Entry]
+
+
+def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOutcome:
+    """Match a ``details`` answer to the entries that were sent.
+
+    Each error names its datapoint by echoing it; errors are matched to the
+    sent entries by metric, timestamp and tags, in order for repeats. OpenTSDB
+    counts time-outs but does not say which datapoints timed out, so when
+    ``timeouts`` is non-zero every entry without an error is unconfirmed (and
+    resent: writes are idempotent). Raises OpenTSDBResponseError when the
+    counts do not add up to the batch.
+    """
+    try:
+        success, failed, timeouts = int(body["success"]), int(body["failed"]), int(body.get("timeouts", 0))
+        errors = list(body.get("errors") or [])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OpenTSDBResponseError(f"not a details answer of /api/put: {str(body)[:300]}") from exc
+    if success + failed + timeouts != len(entries):
+        raise OpenTSDBResponseError(
+            f"/api/put answered success={success} failed={failed} timeouts={timeouts} "
+            f"for a batch of {len(entries)} datapoints"
+        )
+    waiting: dict[tuple, deque[_Entry]] = defaultdict(deque)
+    for entry in entries:
+        waiting[_key(entry.wire)].append(entry)
+    failures: list[PutFailure] = []
+    failed_ids: set[int] = set()
+    for error in errors:
+        if isinstance(error, Mapping):
+            echo, reason = error.get("datapoint") or {}, str(error.get("error", "no reason given"))
+        else:
+            echo, reason = {}, str(error)
+        queue = waiting.get(_key(echo))
+        if queue:
+            entry = queue.popleft()
+            failed_ids.add(entry.index)
+            failures.append(PutFailure(entry.index, entry.original, reason))
+        else:
+            log.error("OpenTSDB reported an error for a datapoint the client cannot match: %s (%s)", echo, reason)
+            failures.append(PutFailure(None, echo, reason))
+    if timeouts:
+        unconfirmed = [e for e in entries if e.index not in failed_ids]
+        return BatchOutcome(0, failures, unconfirmed)
+    return BatchOutcome(success, failures, [])
+
+
+# --- the client --------------------------------------------------------------------------------
+
+
+class OpenTSDBClient:
+    """HTTP client of one OpenTSDB TSD (``url`` such as ``http://127.0.0.1:4242``).
+
+    Options (keyword-only): ``batch_size`` datapoints per request; ``compress``
+    (gzip request bodies); ``sync_timeout`` seconds OpenTSDB may wait for HBase
+    before answering; ``timeout`` seconds for connecting and reading;
+    ``max_attempts`` per batch, ``backoff``/``backoff_max`` seconds between
+    them; ``auth`` (user, password) for basic auth; ``verify`` TLS verification
+    (``True``, ``False`` or a CA bundle path). ``session`` and ``sleep`` may be
+    injected. Nothing connects before the first call.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 500,
+        compress: bool = True,
+        sync_timeout: float = 30.0,
+        timeout: float = 60.0,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        auth: tuple[str, str] | None = None,
+        verify: bool | str = True,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.compress = compress
+        self.sync_timeout = sync_timeout
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.auth = auth
+        self.verify = verify
+        self._session = session
+        self._sleep = sleep
+        self._logged_renames: set[str] = set()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+
+    def __enter__(self) -> OpenTSDBClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _delay(self, attempt: int) -> float:
+        return min(self.backoff * (2 ** (attempt - 1)), self.backoff_max)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One HTTP request; connection problems surface as requests exceptions."""
+        return self.session.request(
+            method, f"{self.url}{path}", auth=self.auth, verify=self.verify, timeout=self.timeout, **kwargs
+        )
+
+    @staticmethod
+    def _raise_for_client_error(resp: requests.Response, what: str) -> None:
+        if resp.status_code in (401, 403):
+            raise OpenTSDBAuthError(f"{what}: {resp.url} answered {resp.status_code}; check the credentials")
+        if 400 <= resp.status_code < 500:
+            raise OpenTSDBRequestError(f"{what}: {resp.url} answered {resp.status_code}: {resp.text[:300]}")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def version(self) -> dict[str, Any]:
+        """``/api/version`` of the TSD; connection errors are raised as requests raises them."""
+        resp = self._request("GET", "/api/version")
+        self._raise_for_client_error(resp, "GET /api/version")
+        resp.raise_for_status()
+        return resp.json()
+
+    def query(
+        self,
+        metric: str,
+        *,
+        start: int,
+        end: int | None = None,
+        aggregator: str = "none",
+        tags: Mapping[str, str] | None = None,
+        ms: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Series of ``metric`` between ``start`` and ``end`` (epoch seconds, inclusive).
+
+        ``tags`` filter exactly (``literal_or``) and group by their keys, so
+        ``aggregator="sum", tags={"type": "temperature"}`` sums only the
+        temperature series; ``aggregator="none"`` returns every series as
+        stored. Each series is OpenTSDB's ``{"metric", "tags", "aggregateTags",
+        "dps"}`` with ``dps`` keyed by the timestamp as a string. A metric
+        OpenTSDB has never seen gives ``[]``.
+        """
+        sub: dict[str, Any] = {"aggregator": aggregator, "metric": metric}
+        if tags:
+            sub["filters"] = [
+                {"type": "literal_or", "tagk": k, "filter": v, "groupBy": True} for k, v in tags.items()
+            ]
+        body: dict[str, Any] = {"start": start, "queries": [sub], "msResolution": ms}
+        if end is not None:
+            body["end"] = end
+        resp = self._request("POST", "/api/query", json=body)
+        if resp.status_code == 400 and "No such name" in resp.text:
+            return []
+        self._raise_for_client_error(resp, f"query of {metric!r}")
+        resp.raise_for_status()
+        return resp.json()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, datapoints: Iterable[Mapping[str, Any]]) -> PutResult:
+        """Store ``datapoints`` and account for each of them (see the module doc).
+
+        Reads the iterable lazily, one batch at a time. Raises
+        OpenTSDBUnavailable (with the partial result), OpenTSDBAuthError,
+        OpenTSDBRequestError or OpenTSDBResponseError as described there.
+        """
+        result = PutResult()
+        for chunk in batched(enumerate(datapoints), self.batch_size):
+            entries: list[_Entry] = []
+            for index, datapoint in chunk:
+                entry, refusal, renames = prepare(index, datapoint)
+                if entry is None:
+                    result.failed.append(PutFailure(index, datapoint, refusal or "not sent"))
+                    continue
+                if renames:
+                    result.renamed += 1
+                    result.renames.update(renames)
+                    self._log_renames(renames)
+                entries.append(entry)
+            if entries:
+                self._put_batch(entries, result)
+        result.failed.sort(key=lambda f: (f.index is None, f.index or 0))
+        if result.failed:
+            log.warning("OpenTSDB put: %s", result.summary())
+        else:
+            log.info("OpenTSDB put: %d accepted in %d batches (%d renamed)", result.accepted, result.batches,
+                     result.renamed)
+        return result
+
+    def _log_renames(self, renames: Mapping[str, str]) -> None:
+        for original, clean in renames.items():
+            if original not in self._logged_renames:
+                self._logged_renames.add(original)
+                log.warning("OpenTSDB: %r renamed to %r (characters OpenTSDB refuses become %r)",
+                            original, clean, REPLACEMENT)
+
+    def _encode(self, entries: Sequence[_Entry]) -> tuple[bytes, dict[str, str]]:
+        # The standard library writes NaN and Infinity as bare tokens, which
+        # OpenTSDB parses and then refuses with its own reason.
+        body = json.dumps([e.wire for e in entries], separators=(",", ":"), allow_nan=True).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.compress:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    def _put_batch(self, entries: list[_Entry], result: PutResult) -> None:
+        """Send one batch until every entry is settled; add the outcome to ``result``."""
+        result.batches += 1
+        pending = entries
+        params = {"details": "", "sync": "", "sync_timeout": str(int(self.sync_timeout * 1000))}
+        last_problem = ""
+        for attempt in range(1, self.max_attempts + 1):
+            if attempt > 1:
+                result.retries += 1
+                delay = self._delay(attempt - 1)
+                log.warning("OpenTSDB put of %d datapoints: %s; attempt %d of %d in %.1f s",
+                            len(pending), last_problem, attempt, self.max_attempts, delay)
+                self._sleep(delay)
+            body, headers = self._encode(pending)
+            try:
+                resp = self._request("POST", "/api/put", params=params, data=body, headers=headers)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+                continue
+            if resp.status_code in RETRY_STATUSES:
+                last_problem = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                continue
+            outcome = self._outcome(pending, resp)
+            result.accepted += outcome.accepted
+            result.failed.extend(outcome.failures)
+            if not outcome.unconfirmed:
+                return
+            pending = outcome.unconfirmed
+            last_problem = f"storage of {len(pending)} datapoints not confirmed within {self.sync_timeout:g} s"
+            if attempt == self.max_attempts:
+                result.failed.extend(
+                    PutFailure(e.index, e.original,
+                               f"not confirmed: OpenTSDB timed out waiting for storage on {attempt} attempts")
+                    for e in pending
+                )
+                return
+        raise OpenTSDBUnavailable(
+            f"OpenTSDB at {self.url} failed {self.max_attempts} attempts to store a batch of {len(pending)} "
+            f"datapoints (from index {pending[0].index}): {last_problem}. "
+            f"{result.accepted} datapoints were stored before; writes are idempotent, so send them all again",
+            result=result,
+            pending=[(e.index, e.original) for e in pending],
+        )
+
+    def _outcome(self, entries: Sequence[_Entry], resp: requests.Response) -> BatchOutcome:
+        if resp.status_code == 204:  # no details asked for, or a proxy that drops bodies
+            return BatchOutcome(len(entries), [], [])
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, Mapping) and "success" in body:
+            return parse_details(entries, body)
+        if resp.status_code == 400 and isinstance(body, Mapping) and "error" in body:
+            # The whole request was refused (e.g. unparseable); every datapoint carries that reason.
+            reason = str((body["error"] or {}).get("message", body["error"]))
+            return BatchOutcome(0, [PutFailure(e.index, e.original, reason) for e in entries], [])
+        self._raise_for_client_error(resp, f"put of {len(entries)} datapoints")
+        raise OpenTSDBResponseError(
+            f"/api/put at {self.url} answered {resp.status_code} without a details body: {resp.text[:300]}"
+        )
+
