@@ -99,7 +99,7 @@ def _diff(ours: Any, theirs: Any, path: str, out: list[str]) -> None:
             a = {str(i[key]): i for i in ours}
             b = {str(i[key]): i for i in theirs}
             for k in list(a) + [k for k in b if k not in a]:
-                p = f"{path}[{key}={k!r}]"
+                p = f"{path}[{key}={json.dumps((a.get(k) or b.get(k))[key])}]"
                 if k not in b:
                     out.append(f"{p}: removed")
                 elif k not in a:
