@@ -1,0 +1,195 @@
+"""Benchmarks of the collectors; prints figures, asserts nothing.
+
+1. Host sampler at 1 Hz: CPU % of one core and peak RSS of
+   ``python -m collectors.host`` over several minutes, side by side with a
+   minimal Python psutil loop writing one CSV a minute (the baseline).
+2. MQTT collector: sustained readings/s from Mosquitto into minute files and
+   Kafka, driven by the simulator on the same machine, then a count that
+   nothing was lost.
+
+Needs the local stack (``python -m stack up``). Run:
+``.venv/bin/python benchmarks/collectors_bench.py [--host-minutes 3] [--mqtt-seconds 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MINIMAL_LOOP = textwrap.dedent("""
+    import csv, os, sys, time, psutil
+    out = sys.argv[1]
+    rows, minute = [], None
+    psutil.cpu_percent()
+    next_t = time.time() // 1 + 1
+    while True:
+        time.sleep(max(0, next_t - time.time()))
+        now = next_t; next_t += 1
+        c, m = psutil.cpu_stats(), psutil.virtual_memory()
+        rows.append([time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)), psutil.cpu_percent(), c.ctx_switches,
+                     c.interrupts, c.soft_interrupts, c.syscalls, m.total, m.available, m.percent, m.used, m.free])
+        if minute is not None and int(now // 60) != minute:
+            with open(os.path.join(out, f'{minute}.csv'), 'w', newline='') as fh:
+                csv.writer(fh).writerows(rows[:-1])
+            rows = rows[-1:]
+        minute = int(now // 60)
+""")
+
+
+def peak_rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
+
+
+def measure(procs: dict[str, subprocess.Popen], seconds: float, warmup: float = 5.0) -> dict[str, dict]:
+    time.sleep(warmup)  # imports and first sample are start-up, not steady state
+    handles = {name: psutil.Process(p.pid) for name, p in procs.items()}
+    start = {name: sum(h.cpu_times()[:2]) for name, h in handles.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {
+        name: {"cpu_percent_of_one_core": round(100 * (sum(h.cpu_times()[:2]) - start[name]) / elapsed, 3),
+               "peak_rss_mb": round(peak_rss_mb(h.pid), 1)}
+        for name, h in handles.items()
+    }
+
+
+def bench_host(minutes: float, with_s3: bool) -> dict:
+    from stack.config import LANDING_BUCKET, StackConfig
+    from stack.services.minio import MinIO
+
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-host-"))
+    procs = {}
+    logs = (tmp / "log").open("ab")
+    env = dict(os.environ)
+    runs = {"minimal_psutil_loop": [sys.executable, "-c", MINIMAL_LOOP, str(tmp)],
+            "collectors.host (file://)": [sys.executable, "-m", "collectors.host", "--landing-url",
+                                          (tmp / "landing").as_uri(), "--state-dir", str(tmp / "state-file"),
+                                          "--metrics-port", "0"]}
+    if with_s3:
+        minio = MinIO(StackConfig.from_env())
+        creds = minio.credentials()
+        (tmp / "ak").write_text(creds["access_key"])
+        (tmp / "sk").write_text(creds["secret_key"])
+        runs["collectors.host (s3:// MinIO)"] = [
+            sys.executable, "-m", "collectors.host", "--landing-url", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
+            "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
+            "--s3-secret-key-file", str(tmp / "sk"), "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
+    for name, cmd in runs.items():
+        procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)
+    try:
+        return measure(procs, minutes * 60)
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            p.wait(30)
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def bench_mqtt(seconds: float, devices: int, rate: float, publishers: int) -> dict:
+    from stack.config import StackConfig
+
+    cfg = StackConfig.from_env()
+    run = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-mqtt-"))
+    port = 19109
+    collector = subprocess.Popen(
+        [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+         "--state-dir", str(tmp / "state"), "--mqtt-port", str(cfg.ports["mosquitto"]),
+         "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"b{run}/sensors/+",
+         "--kafka-bootstrap", f"127.0.0.1:{cfg.ports['kafka']}", "--kafka-topic", f"bench.{run}.raw",
+         "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
+        cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+    time.sleep(4)
+    sims = [subprocess.Popen(
+        [sys.executable, "-m", "collectors.simulate_sensors", "--mqtt-port", str(cfg.ports["mosquitto"]),
+         "--topic-prefix", f"b{run}/sensors", "--devices", str(devices // publishers), "--rate", str(rate),
+         "--duration", str(seconds), "--device-prefix", f"p{i}", "--client-id", f"sim-{run}-{i}", "--log-level", "WARNING"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(publishers)]
+    t0 = time.monotonic()
+    cpu0 = psutil.Process(collector.pid).cpu_times()
+    outs = [json.loads(s.communicate()[0].strip().splitlines()[-1]) for s in sims]
+    sent_msgs = sum(o["messages"] for o in outs)
+    sent_readings = sum(o["readings"] for o in outs)
+    publish_s = time.monotonic() - t0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        got = metric(port, "sluice_collector_readings_received_total")
+        delivered = metric(port, "sluice_collector_kafka_delivered_total")
+        if got >= sent_readings and delivered >= sent_msgs:
+            break
+        time.sleep(0.05)
+    done_s = time.monotonic() - t0
+    cpu1 = psutil.Process(collector.pid).cpu_times()
+    rss = peak_rss_mb(collector.pid)
+    collector.send_signal(signal.SIGTERM)
+    collector.wait(120)
+    rows = sum(max(0, sum(1 for _ in p.open()) - 1) for p in (tmp / "landing").rglob("*.csv"))
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{cfg.ports['kafka']}", "group.id": f"bench-{run}"})
+    in_kafka = 0
+    for p in range(3):
+        lo, hi = consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
+        in_kafka += hi - lo
+    consumer.close()
+    return {
+        "messages_sent": sent_msgs, "readings_sent": sent_readings,
+        "publish_seconds": round(publish_s, 2), "all_received_and_in_kafka_after_s": round(done_s, 2),
+        "sustained_readings_per_s": round(sent_readings / done_s),
+        "collector_cpu_percent_of_one_core": round(100 * (sum(cpu1[:2]) - sum(cpu0[:2])) / done_s, 1),
+        "collector_peak_rss_mb": round(rss, 1),
+        "rows_in_minute_files": rows, "records_in_kafka": in_kafka,
+        "nothing_lost": rows == sent_readings and in_kafka >= sent_msgs,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host-minutes", type=float, default=3.0, help="minutes to measure the host sampler (default 3)")
+    parser.add_argument("--no-s3", action="store_true", help="skip the host sampler landing in MinIO")
+    parser.add_argument("--mqtt-seconds", type=float, default=20.0, help="seconds the simulator publishes (default 20)")
+    parser.add_argument("--devices", type=int, default=200, help="simulated devices (default 200)")
+    parser.add_argument("--rate", type=float, default=20.0, help="messages/s per device (default 20)")
+    parser.add_argument("--publishers", type=int, default=2, help="simulator processes (default 2)")
+    parser.add_argument("--skip-host", action="store_true")
+    parser.add_argument("--skip-mqtt", action="store_true")
+    args = parser.parse_args()
+    results = {}
+    if not args.skip_mqtt:
+        results["mqtt"] = bench_mqtt(args.mqtt_seconds, args.devices, args.rate, args.publishers)
+        print(json.dumps({"mqtt": results["mqtt"]}, indent=2), flush=True)
+    if not args.skip_host:
+        results["host"] = bench_host(args.host_minutes, not args.no_s3)
+        print(json.dumps({"host": results["host"]}, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
