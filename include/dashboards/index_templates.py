@@ -79,6 +79,6 @@ def apply_index_templates(
         else:
             es.indices.put_index_template(name=name, **wanted)
             action = UPDATED if existing else CREATED
-        log.info("index template %s: %s", name, action)
+        log.info("elasticsearch-index-template %s: %s", name, action)
         results.append({"kind": "elasticsearch-index-template", "id": name, "action": action})
     return results
