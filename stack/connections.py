@@ -38,6 +38,22 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         },
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
         "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
+        # Grafana and Kibana are not part of the local stack (docker-compose runs them): these point
+        # at their default ports on this host; credentials come from the environment, never from code.
+        "grafana_default": {
+            "conn_type": "http",
+            "host": host,
+            "port": int(os.environ.get("SLUICE_GRAFANA_PORT", "3000")),
+            "schema": "http",
+            "password": os.environ.get("SLUICE_GRAFANA_TOKEN", ""),
+        },
+        "kibana_default": {
+            "conn_type": "http",
+            "host": host,
+            "port": int(os.environ.get("SLUICE_KIBANA_PORT", "5601")),
+            "schema": "http",
+            "extra": {"api_key": os.environ.get("SLUICE_KIBANA_API_KEY", "")},
+        },
     }
 
 
