@@ -236,9 +236,16 @@ def prepare(index: int, datapoint: Any) -> tuple[_Entry | None, str | None, dict
 
 
 def _key(dp: Mapping[str, Any]) -> tuple:
-    """What identifies a datapoint in OpenTSDB's ``details`` echo (which turns values into strings)."""
+    """What identifies a datapoint in OpenTSDB's ``details`` echo, value left out."""
     tags = dp.get("tags") or {}
     return (dp.get("metric"), str(dp.get("timestamp")), tuple(sorted((str(k), str(v)) for k, v in tags.items())))
+
+
+def _value_text(value: Any) -> str | None:
+    """A value as the echo shows it: OpenTSDB keeps the JSON token's text ("NaN", "22.5")."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, allow_nan=True)
 
 
 @dataclass
@@ -254,8 +261,10 @@ class BatchOutcome:
 def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOutcome:
     """Match a ``details`` answer to the entries that were sent.
 
-    Each error names its datapoint by echoing it; errors are matched to the
-    sent entries by metric, timestamp and tags, in order for repeats. OpenTSDB
+    Each error names its datapoint by echoing it (the value as the text of
+    its JSON token); errors are matched to the sent entries by metric,
+    timestamp, tags and value, falling back to all but the value, in order for
+    repeats. OpenTSDB
     counts time-outs but does not say which datapoints timed out, so when
     ``timeouts`` is non-zero every entry without an error is unconfirmed (and
     resent: writes are idempotent). Raises OpenTSDBResponseError when the
@@ -271,19 +280,30 @@ def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOu
             f"/api/put answered success={success} failed={failed} timeouts={timeouts} "
             f"for a batch of {len(entries)} datapoints"
         )
-    waiting: dict[tuple, deque[_Entry]] = defaultdict(deque)
+    # Exact matches (value included) first; without the value as a fallback.
+    exact: dict[tuple, deque[_Entry]] = defaultdict(deque)
+    loose: dict[tuple, deque[_Entry]] = defaultdict(deque)
     for entry in entries:
-        waiting[_key(entry.wire)].append(entry)
+        exact[(*_key(entry.wire), _value_text(entry.wire["value"]))].append(entry)
+        loose[_key(entry.wire)].append(entry)
     failures: list[PutFailure] = []
     failed_ids: set[int] = set()
+
+    def take(queue: deque[_Entry] | None) -> _Entry | None:
+        while queue:
+            entry = queue.popleft()
+            if entry.index not in failed_ids:
+                return entry
+        return None
+
     for error in errors:
         if isinstance(error, Mapping):
             echo, reason = error.get("datapoint") or {}, str(error.get("error", "no reason given"))
         else:
             echo, reason = {}, str(error)
-        queue = waiting.get(_key(echo))
-        if queue:
-            entry = queue.popleft()
+        value = echo.get("value")
+        entry = take(exact.get((*_key(echo), None if value is None else str(value)))) or take(loose.get(_key(echo)))
+        if entry is not None:
             failed_ids.add(entry.index)
             failures.append(PutFailure(entry.index, entry.original, reason))
         else:

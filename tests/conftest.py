@@ -22,7 +22,7 @@ from stack.service import Service
 for _key, _value in airflow_env(StackConfig.from_env()).items():
     os.environ.setdefault(_key, _value)
 
-SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch")
+SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch", "opentsdb")
 
 
 class LocalStack:
@@ -71,6 +71,11 @@ def kafka(local_stack) -> Service:
 @pytest.fixture(scope="session")
 def elasticsearch(local_stack) -> Service:
     return local_stack.ensure("elasticsearch")
+
+
+@pytest.fixture(scope="session")
+def opentsdb(local_stack) -> Service:
+    return local_stack.ensure("opentsdb")
 
 
 def pytest_collection_modifyitems(items):
