@@ -33,6 +33,8 @@ jdk_ok || need+=(JDK21)
 go_ok || need+=(golang-go)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 have setpriv || need+=(util-linux)
+# docker-compose (1.29): validates docker-compose.yaml in CI with `docker-compose config`, no engine needed.
+have docker-compose || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
   echo "bootstrap: system tools present (mosquitto, mvn, JDK >= 21, go, python3-venv)"
