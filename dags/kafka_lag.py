@@ -56,18 +56,34 @@ def sluice_kafka_lag():
         import time
 
         from airflow.providers.apache.kafka.hooks.client import KafkaAdminClientHook
-        from landing_hook import LandingZoneHook
+        from sluice_airflow import landing_zone
 
         from include.kafka_lag import check_groups, parse_groups
 
         reports = check_groups(
             KafkaAdminClientHook(kafka_config_id="kafka_default").get_conn,
-            LandingZoneHook().get_conn(),
+            landing_zone(),
             parse_groups(params["groups"]),
             window=params["window"],
             now=time.time(),
         )
         return [r.to_dict() for r in reports]
+
+    @task
+    def record_lag_metrics(reports: list[dict]) -> dict:
+        from opentsdb_hook import OpenTSDBHook
+        from sluice_airflow import elasticsearch_client
+
+        from include.kafka_lag import record_metrics, report_from_dict
+        from include.pipeline import configured_sinks, index_prefix
+
+        sinks = configured_sinks()
+        return record_metrics(
+            [report_from_dict(r) for r in reports],
+            elasticsearch=elasticsearch_client() if "elasticsearch" in sinks else None,
+            opentsdb=OpenTSDBHook().get_conn() if "opentsdb" in sinks else None,
+            index_prefix=index_prefix(),
+        )
 
     @task
     def alert_on_lag(reports: list[dict], params: dict | None = None) -> None:
@@ -76,7 +92,7 @@ def sluice_kafka_lag():
         raise_on_problems([report_from_dict(r) for r in reports], lag_threshold=params["lag_threshold"])
 
     reports = check_kafka_consumer_lag()
-    alert_on_lag(reports)
-
+    # Metrics are written before the alert fires, so a STOP is on the dashboards too.
+    record_lag_metrics(reports) >> alert_on_lag(reports)
 
 sluice_kafka_lag()

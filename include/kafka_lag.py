@@ -35,7 +35,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from include.schemas import LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
+from include.schemas import ES_INDEX_PREFIX, LAG, LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -351,14 +351,14 @@ def lag_datapoints(report: GroupReport) -> list[dict]:
     return points
 
 
-def lag_documents(report: GroupReport) -> list[dict]:
-    """Elasticsearch documents (one per partition and check) for ``sluice-lag-*``."""
+def lag_documents(report: GroupReport, *, prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+    """Elasticsearch documents (one per partition and check) for ``{prefix}-lag-*``."""
     from datetime import datetime, timezone
 
     at = datetime.fromtimestamp(report.checked_at, timezone.utc)
     return [
         {
-            "_index": f"sluice-lag-{at:%Y.%m.%d}",
+            "_index": f"{prefix}-{LAG}-{at:%Y.%m.%d}",
             "_id": f"{p.group}/{p.topic}/{p.partition}/{int(report.checked_at)}",
             "@timestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "group": p.group,
@@ -399,3 +399,42 @@ def parse_groups(spec: dict | str) -> dict[str, list[str] | None]:
             raise ValueError(f"lag groups: topics of {group!r} must be a list of names or null; got {topics!r}")
         out[group] = topics
     return out
+
+
+class LagMetricsRefused(LagError):
+    """A sink refused some lag metrics (the reasons are in the message)."""
+
+
+def record_metrics(
+    reports: Sequence[GroupReport], *, elasticsearch=None, opentsdb=None, index_prefix: str = ES_INDEX_PREFIX
+) -> dict:
+    """Write lag and status per partition into the sinks that are given.
+
+    ``elasticsearch`` is an ``elasticsearch.Elasticsearch`` client (documents
+    into ``sluice-lag-YYYY.MM.DD``, template ensured first), ``opentsdb`` an
+    :class:`include.opentsdb.OpenTSDBClient`. Returns the counts per sink;
+    raises LagMetricsRefused when a sink refused anything.
+    """
+    import orjson
+
+    counts: dict[str, int] = {}
+    refused: list[str] = []
+    if elasticsearch is not None:
+        from include import elasticsearch as es
+        from include.dashboards.index_templates import apply_index_templates, lag_index_template
+
+        docs = [d for r in reports for d in lag_documents(r, prefix=index_prefix)]
+        apply_index_templates(elasticsearch, {f"{index_prefix}-{LAG}": lag_index_template(prefix=index_prefix)})
+        actions = (
+            (orjson.dumps({"index": {"_index": d.pop("_index"), "_id": d.pop("_id")}}), orjson.dumps(d)) for d in docs
+        )
+        result = es.bulk_index(elasticsearch, actions)
+        counts["elasticsearch"] = result.accepted
+        refused += [f"elasticsearch {i}: {why}" for i, why in list(result.failed.items())[:5]]
+    if opentsdb is not None:
+        result = opentsdb.put([p for r in reports for p in lag_datapoints(r)])
+        counts["opentsdb"] = result.accepted
+        refused += [f"opentsdb: {f.reason}" for f in result.failed[:5]]
+    if refused:
+        raise LagMetricsRefused("lag metrics refused: " + "; ".join(refused))
+    return counts
