@@ -229,6 +229,7 @@ class MqttCollector:
             client.username_pw_set(c.mqtt_username, c.mqtt_password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         props = Properties(PacketTypes.CONNECT)
@@ -248,6 +249,13 @@ class MqttCollector:
         # Subscribing again on a present session is harmless and covers a broker that lost it.
         client.subscribe([(f, 1) for f in self.config.mqtt_topics])
         self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        granted = [str(rc) for rc in reason_codes]
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("MQTT broker refused a subscription of %s: %s", ",".join(self.config.mqtt_topics), granted)
+        else:
+            log.info("subscribed to %s (granted: %s)", ",".join(self.config.mqtt_topics), ", ".join(granted))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -30,6 +30,7 @@ import orjson
 
 from collectors.common import Clock, setup_logging
 from collectors.config import ConfigError, build_parser, option, require, resolve
+from include.schemas import SENSOR_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class SimulatorConfig:
     qos: int = option(1, "MQTT QoS of the publishes.", choices=(0, 1))
     seed: int = option(0, "Random seed (same seed, same values).")
     client_id: str = option("sluice-simulator", "MQTT client id of the simulator.")
+    mqtt_username: str = option("", "MQTT user name (empty: anonymous).")
+    mqtt_password: str = option("", "MQTT password.", secret=True)
 
     @classmethod
     def from_args(cls, argv=None, environ=None) -> SimulatorConfig:
@@ -125,7 +128,7 @@ class SensorModel:
         if c.payload_format == "flat":
             return orjson.dumps({"timestamp": timestamp, **values})
         return orjson.dumps([
-            {"type": "Metric", "metric": f"mqtt.home.{device}", "timestamp": timestamp, "value": v,
+            {"type": "Metric", "metric": SENSOR_METRIC, "timestamp": timestamp, "value": v,
              "tags": {"type": name, "loc": device}}
             for name, v in values.items()
         ])
@@ -164,6 +167,8 @@ class Simulator:
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.on_publish = self._on_publish
+        if c.mqtt_username and self._client is None:
+            client.username_pw_set(c.mqtt_username, c.mqtt_password or None)
         client.connect(c.mqtt_host, c.mqtt_port, keepalive=30)
         client.loop_start()
         try:

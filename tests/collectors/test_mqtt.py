@@ -237,7 +237,8 @@ def test_kill_9_loses_nothing_journalled(tmp_path, mosquitto, kafka):
     ts0 = int(time.time() // 60 * 60 * 1000)
     proc = spawn("collectors.mqtt", args, tmp_path / "collector.log")
     try:
-        time.sleep(1.5)
+        # Publish only once the (new) session has its subscription, or the broker drops them.
+        wait_for(lambda: "subscribed to" in (tmp_path / "collector.log").read_text(), 30, "the subscription")
         publish(mosquitto.port, f"t{run}/sensors", 200, ts0=ts0)
         wait_for(lambda: journalled_rows(tmp_path / "state") >= 600, 15, "readings journalled")
     finally:
