@@ -16,8 +16,10 @@ One service, two JVMs, one process group:
 The recorded pid is a small supervisor (``python -m stack.services.opentsdb
 <plan>``) that starts the three steps in order and, when either JVM exits, stops
 the other and exits itself, so the service is either whole or gone. Everything
-runs in the session the stack's Service base class creates, so ``down`` stops
-the supervisor and both JVMs by that process group alone.
+runs in the session the stack's Service base class creates; the JVMs get
+process groups of their own (and die with the supervisor), so the SIGTERM of
+``down`` reaches the supervisor alone, which stops the TSD first and HBase
+last: a TSD whose HBase vanished under it hangs in its shutdown flush.
 
 Heaps: HBase 768 MiB plus 256 MiB direct memory, the TSD 512 MiB plus 128 MiB
 direct memory, the one-off table step 128 MiB: under 2 GiB together.
@@ -26,6 +28,7 @@ HBase 2.6 supports Java 8, 11 and 17, so the newest JDK of 11..17 runs both.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -50,6 +53,9 @@ HBASE_POM = REPO_ROOT / "stack" / "maven" / "hbase-pom.xml"
 TABLES_SOURCE = REPO_ROOT / "stack" / "java" / "CreateOpenTSDBTables.java"
 #: create_table.sh's COMPRESSION; the seed ran it with NONE (no LZO on a laptop).
 COMPRESSION = "NONE"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: Seconds the supervisor gives each JVM to stop after SIGTERM (within stop_timeout).
+STOP_WAIT = {"tsd": 20.0, "tables": 10.0, "hbase": 50.0}
 #: Java versions HBase 2.6 supports.
 JAVA_RANGE = (11, 17)
 
@@ -169,6 +175,10 @@ class OpenTSDB(Service):
             "hbase.regionserver.ipc.address": host,
             "hbase.master.hostname": host,
             "hbase.unsafe.regionserver.hostname": host,
+            # At shutdown the embedded ZooKeeper stops before the region server,
+            # which then retries it for ~20 s; a shorter retry keeps `down` quick.
+            "zookeeper.recovery.retry": "1",
+            "zookeeper.recovery.retry.intervalmill": "200",
             # No web UIs: two fewer ports, less memory.
             "hbase.master.info.port": "-1",
             "hbase.regionserver.info.port": "-1",
@@ -199,9 +209,10 @@ class OpenTSDB(Service):
             # Batches larger than one Netty chunk (8 KiB) arrive chunked.
             "tsd.http.request.enable_chunked = true\n"
             "tsd.http.request.max_chunk = 16777216\n"
-            # With ?sync a put answers after HBase acknowledged it; asynchbase sends
-            # its buffer every flush_interval ms, so this bounds a put's latency.
-            "tsd.storage.flush_interval = 50\n"
+            # With ?sync a put answers after HBase acknowledged it. asynchbase (which
+            # reads its own settings from this file) sends buffered puts every
+            # buffered_flush_interval ms, 1000 by default: a second per sync put.
+            "hbase.rpcs.buffered_flush_interval = 20\n"
         )
         (self.tsd_dir / "logback.xml").write_text(
             "<!-- Written by `python -m stack`; edits are replaced at the next start. -->\n"
@@ -257,6 +268,25 @@ def _say(message: str) -> None:
     print(f"{stamp} sluice-supervisor: {message}", flush=True)
 
 
+def _own_group_dying_with_parent() -> None:
+    """Run in each JVM between fork and exec: its own process group, killed with us.
+
+    The JVMs must not get the SIGTERM that ``down`` sends to the supervisor's
+    group: the supervisor stops them in order (the TSD flushes to HBase, so
+    HBase goes last). If the supervisor itself is killed, the kernel kills them
+    (PR_SET_PDEATHSIG), so no JVM outlives it.
+    """
+    os.setpgid(0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        os._exit(1)
+
+
+def _spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=_own_group_dying_with_parent, **kwargs)
+
+
 def _terminate(proc: subprocess.Popen, timeout: float) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -287,19 +317,17 @@ def supervise(plan_file: Path) -> int:
 
     def stop_all() -> None:
         # TSD first so its last writes reach a running HBase.
-        for _name, proc in reversed(children):
-            _terminate(proc, 60)
+        for name, proc in reversed(children):
+            _terminate(proc, STOP_WAIT[name])
 
     try:
         with open(plan["hbase_log"], "ab") as hbase_out:
             _say("starting HBase (log: hbase.log)")
-            children.append(("hbase", subprocess.Popen(plan["hbase"], stdout=hbase_out, stderr=subprocess.STDOUT,
-                                                       stdin=subprocess.DEVNULL)))
+            children.append(("hbase", _spawn(plan["hbase"], stdout=hbase_out, stderr=subprocess.STDOUT)))
         _say("creating the OpenTSDB tables when missing")
         tables_log = Path(plan["tables_log"])
         with tables_log.open("wb") as tables_out:
-            tables = subprocess.Popen(plan["tables"], stdout=tables_out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL)
+            tables = _spawn(plan["tables"], stdout=tables_out, stderr=subprocess.STDOUT)
         children.append(("tables", tables))
         while tables.poll() is None and not stopping:
             if children[0][1].poll() is not None:
@@ -319,7 +347,7 @@ def supervise(plan_file: Path) -> int:
             stop_all()
             return 1
         _say("starting the TSD")
-        children.append(("tsd", subprocess.Popen(plan["tsd"], stdin=subprocess.DEVNULL)))
+        children.append(("tsd", _spawn(plan["tsd"])))
         while not stopping:
             for name, proc in children:
                 if proc.poll() is not None:
