@@ -302,7 +302,9 @@ class MqttCollector:
     def _on_message(self, client, userdata, msg) -> None:
         if not self._accepting:
             return  # not acknowledged: the broker delivers it again after we reconnect
-        received = self.clock.time()
+        # Whole milliseconds: the received_at header carries this time, and the stream
+        # loader must derive the same reading (and id) for a timestamp-less payload.
+        received = round(self.clock.time(), 3)
         payload = msg.payload
         try:
             device = device_from_topic(msg.topic, self.config.device_topic_level)
