@@ -12,8 +12,8 @@ hour's files in one process, without staging.
 Sinks are pluggable: a sink is an object with a ``name`` and a
 ``load(source, batches)`` method (:class:`Sink`), given ``(raw key,
 FileDocuments)`` pairs and returning a :class:`SinkFileResult` per key. The
-Elasticsearch sink is :class:`ElasticsearchSink`; an OpenTSDB sink builds its
-datapoints with :func:`include.transform.document_datapoints`. Which sinks run
+Elasticsearch sink is :class:`ElasticsearchSink`; :class:`OpenTSDBSink` puts
+the datapoints of :func:`include.transform.document_datapoints`. Which sinks run
 is configuration (:func:`configured_sinks`, ``SLUICE_SINKS``).
 
 Every function takes its landing zone and clients as arguments; nothing here
@@ -128,6 +128,49 @@ class ElasticsearchSink:
             results[owner.get(doc_id, batches[0][0])].failed[doc_id] = reason
         for key, docs in batches:
             # A row repeated within a file (same id) is accepted twice and stored once.
+            results[key].accepted = len(docs.ids) - len(results[key].failed)
+        return results
+
+
+class OpenTSDBSink:
+    """Puts each document's datapoints (:func:`include.transform.document_datapoints`).
+
+    ``client`` is an :class:`include.opentsdb.OpenTSDBClient`. A document is
+    accepted when every one of its datapoints was stored; otherwise it is
+    failed with OpenTSDB's reasons (metric named). An unreachable TSD raises
+    :class:`include.opentsdb.OpenTSDBUnavailable` so the task fails and its
+    retry puts everything again (duplicates are resolved on read).
+    """
+
+    name = OPENTSDB
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def load(self, source: str, batches: Sequence[tuple[str, FileDocuments]]) -> dict[str, SinkFileResult]:
+        from include.transform import document_datapoints
+
+        results = {key: SinkFileResult() for key, _ in batches}
+        owners: list[tuple[str, str]] = []  # (file key, document id) of each datapoint, in put order
+
+        def datapoints():
+            for key, docs in batches:
+                for doc_id, raw in zip(docs.ids, docs.documents, strict=True):
+                    for point in document_datapoints(source, orjson.loads(raw)):
+                        owners.append((key, doc_id))
+                        yield point
+
+        outcome = self.client.put(datapoints())
+        for failure in outcome.failed:
+            if failure.index is None:  # an error OpenTSDB could not pin on a datapoint
+                key, doc_id = batches[0][0], "?"
+            else:
+                key, doc_id = owners[failure.index]
+            metric = failure.datapoint.get("metric", "?") if isinstance(failure.datapoint, dict) else "?"
+            previous = results[key].failed.get(doc_id)
+            reason = f"{metric}: {failure.reason}"
+            results[key].failed[doc_id] = f"{previous}; {reason}" if previous else reason
+        for key, docs in batches:
             results[key].accepted = len(docs.ids) - len(results[key].failed)
         return results
 

@@ -57,10 +57,9 @@ def sink(name: str):
     if name == pipeline.ELASTICSEARCH:
         return pipeline.ElasticsearchSink(elasticsearch_client(), prefix=pipeline.index_prefix())
     if name == pipeline.OPENTSDB:
-        # The OpenTSDB client and hook (include/opentsdb.py, plugins/opentsdb_hook.py) plug in here.
-        raise NotImplementedError(
-            "the opentsdb sink is not wired yet: include/opentsdb.py and plugins/opentsdb_hook.py provide it"
-        )
+        from opentsdb_hook import OpenTSDBHook
+
+        return pipeline.OpenTSDBSink(OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn())
     raise pipeline.UnknownSink(f"sink {name!r} is not one of {', '.join(pipeline.KNOWN_SINKS)}")
 
 

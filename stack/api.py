@@ -33,7 +33,8 @@ def ensure(config: StackConfig, names: Iterable[str] | None = None) -> list[Serv
     """Start what is not running; return the services this call started.
 
     A service that is already running and healthy is reused. One that runs but
-    is unhealthy is an error (it is not ours to restart behind a user's back).
+    stays unhealthy for its start timeout is an error (it is not ours to
+    restart behind a user's back).
     If any start fails, the services started by this call are stopped again and
     the StackError is raised: nothing is left half-started.
     """
@@ -45,7 +46,11 @@ def ensure(config: StackConfig, names: Iterable[str] | None = None) -> list[Serv
                 log.info("%s already running (pid %s): %s", svc.name, status.pid, status.detail)
                 continue
             if status.state is State.UNHEALTHY:
-                raise StackError(svc.name, f"running as pid {status.pid} but unhealthy: {status.detail}")
+                # Perhaps still starting (another `up` or a test restarting it): give it
+                # its start time before calling it broken.
+                if svc.wait_healthy(svc.start_timeout):
+                    continue
+                raise StackError(svc.name, f"running as pid {status.pid} but unhealthy: {svc.health()[1]}")
             svc.install()
             svc.start()
             started.append(svc)

@@ -184,6 +184,15 @@ class Service:
         except Exception as exc:  # any failure of a probe means "not healthy"
             return False, f"{type(exc).__name__}: {exc}"
 
+    def wait_healthy(self, timeout: float) -> bool:
+        """Poll health for up to ``timeout`` seconds while our process runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            if self.health()[0]:
+                return True
+            time.sleep(0.5)
+        return False
+
     def status(self) -> Status:
         pid = self.pid()
         if pid is None:
