@@ -105,7 +105,7 @@ class StreamConfig:
     opentsdb_url: str = option("http://127.0.0.1:4242", "OpenTSDB URL.")
     opentsdb_username: str = option("", "OpenTSDB basic-auth user (empty: none).")
     opentsdb_password: str = option("", "OpenTSDB basic-auth password.", secret=True)
-    opentsdb_batch_size: int = option(2000, "Datapoints per OpenTSDB /api/put request.")
+    opentsdb_batch_size: int = option(5000, "Datapoints per OpenTSDB /api/put request.")
     batch_messages: int = option(5000, "Most Kafka records in one batch.")
     batch_wait: float = option(0.2, "Seconds a batch waits for more records after its first one.")
     sink_timeout: float = option(15.0, "Seconds a sink request may take before it counts as an outage.")
@@ -505,7 +505,13 @@ class StreamLoader:
             timeout = 0.5 if deadline is None else deadline - self.clock.monotonic()
             if timeout <= 0:
                 break
-            got = self.consumer.consume(num_messages=c.batch_messages - len(messages), timeout=min(timeout, 0.5))
+            if messages:
+                # consume() returns when it has them all or at the time-out: the batch's deadline.
+                got = self.consumer.consume(num_messages=c.batch_messages - len(messages), timeout=min(timeout, 0.5))
+            else:
+                # poll() returns with the first record: the batch's clock starts when it arrives.
+                first = self.consumer.poll(timeout)
+                got = [first] if first is not None else []
             for msg in got:
                 if msg.error():
                     self._consumer_error(msg.error())
@@ -752,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         raise SystemExit(f"collectors.stream: {exc}") from None
     setup_logging(getattr(config, "_log_level", None))
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one INFO line per request otherwise
     stop = threading.Event()
     install_signal_handlers(stop)
     loader = StreamLoader(config)

@@ -280,6 +280,8 @@ def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOu
             f"/api/put answered success={success} failed={failed} timeouts={timeouts} "
             f"for a batch of {len(entries)} datapoints"
         )
+    if not errors and not timeouts:  # the common case: skip the matching below
+        return BatchOutcome(success, [], [])
     # Exact matches (value included) first; without the value as a fallback.
     exact: dict[tuple, deque[_Entry]] = defaultdict(deque)
     loose: dict[tuple, deque[_Entry]] = defaultdict(deque)

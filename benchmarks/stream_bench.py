@@ -1,0 +1,297 @@
+"""Benchmarks of the stream loader; prints figures, asserts nothing.
+
+1. Throughput: ``--messages`` seed payloads (three readings each) are put in
+   topics of the run's own, then ``python -m collectors.stream`` (a real
+   process, default batch options) loads them into Elasticsearch and OpenTSDB.
+   Messages/s and readings/s are taken from the loader's first consumed record
+   to the moment its group's lag is zero (every offset committed, so every
+   reading accepted by both sinks).
+2. Latency: ``python -m collectors.mqtt`` forwards MQTT payloads to Kafka and
+   the loader loads them; a publisher sends ``--rate`` readings/s (payloads of
+   three) to Mosquitto with QoS 1 for ``--seconds``, and a reader searches
+   Elasticsearch every 50 ms. The latency of a reading is the time from its
+   publish to the first search that finds it (so it includes Elasticsearch's
+   1 s refresh); p50, p95 and max are printed, with the count found.
+
+Every run uses its own topics, consumer group, index prefix and metric names
+and removes its indices at the end. Needs the local stack (``python -m stack up``).
+Run: ``.venv/bin/python benchmarks/stream_bench.py [--messages 20000] [--rate 1000] [--seconds 30]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+KINDS = ("temperature", "humidity", "dust")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def payload(metric: str, device: str, ts_ms: int, n: int) -> bytes:
+    return orjson.dumps([{"type": "Metric", "metric": metric, "timestamp": ts_ms, "value": round(20 + n % 50 * 0.1, 1),
+                          "tags": {"type": k, "loc": device}} for k in KINDS])
+
+
+def spawn(module: str, args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def scrape(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``, from the loader's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
+        total = 0
+        for tp in consumer.committed(parts, timeout=10):
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        consumer.close()
+
+
+def loader_args(bootstrap: str, run: str, raw: str, es_url: str, tsdb_url: str, port: int, extra: list[str]) -> list[str]:
+    return ["--kafka-bootstrap", bootstrap, "--kafka-group", f"bench-{run}", "--sensor-topic", raw,
+            "--host-topic", f"bench.{run}.host", "--deadletter-topic", f"bench.{run}.dl",
+            "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", es_url, "--opentsdb-url", tsdb_url,
+            "--es-index-prefix", f"bench{run}", "--metrics-port", str(port), *extra]
+
+
+def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
+    from confluent_kafka import Producer
+
+    from include.kafka import ensure_topics, producer_config
+    from include.sensors import iso_utc
+
+    run = uuid.uuid4().hex[:8]
+    bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
+    raw = f"bench.{run}.raw"
+    ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
+    producer = Producer(producer_config(bootstrap, client_id="bench"))
+    metric = f"bench.{run}.m"
+    ts0 = int(time.time() * 1000) - 3_600_000
+    received = iso_utc(round(time.time(), 3)).encode()
+    for i in range(messages):
+        device = f"dev{i % 20}"
+        while True:
+            try:
+                producer.produce(raw, key=device.encode(), value=payload(metric, device, ts0 + i, i),
+                                 headers=[("received_at", received)])
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+    port = free_port()
+    proc = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
+                                                  port, extra), tmp / f"loader-{run}.log")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if scrape(port, "sluice_stream_records_consumed_total") > 0:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"loader did not start; see {tmp}")
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        while group_lag(bootstrap, f"bench-{run}", [raw]) > 0:
+            if time.monotonic() - t0 > 600:
+                raise RuntimeError("loader did not finish within 600 s")
+            time.sleep(0.1)
+        elapsed = time.monotonic() - t0
+        loaded = {sink: scrape(port, "sluice_stream_documents_loaded_total", sink=sink)
+                  for sink in ("elasticsearch", "opentsdb")}
+    finally:
+        stop(proc)
+    return {
+        "messages": messages,
+        "readings": 3 * messages,
+        "seconds": round(elapsed, 2),
+        "messages_per_s": round(messages / elapsed),
+        "readings_per_s_into_both_sinks": round(3 * messages / elapsed),
+        "documents_loaded": loaded,
+        "run": run,
+    }
+
+
+def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str]) -> dict:
+    import paho.mqtt.client as mqtt
+
+    from include import elasticsearch as es
+    from include.kafka import ensure_topics
+    from include.schemas import SENSOR, reading_id
+    from include.sensors import iso_utc
+
+    run = uuid.uuid4().hex[:8]
+    bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
+    raw = f"bench.{run}.raw"
+    ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
+    prefix = f"bench{run}"
+    metric = f"bench.{run}.lat"
+    mqtt_port = cfg.ports["mosquitto"]
+    collector = spawn("collectors.mqtt", [
+        "--landing-url", (tmp / f"landing-{run}").as_uri(), "--state-dir", str(tmp / f"state-{run}"),
+        "--mqtt-port", str(mqtt_port), "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"bench{run}/sensors/+",
+        "--kafka-bootstrap", bootstrap, "--kafka-topic", raw, "--kafka-deadletter-topic", f"bench.{run}.dl",
+        "--metrics-port", "-1"], tmp / f"collector-{run}.log")
+    port = free_port()
+    loader = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
+                                                    port, extra), tmp / f"loader-{run}.log")
+    client = es.connect(cfg.url("elasticsearch"))
+    published: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set() or len(seen) < len(published):
+            if done.is_set() and time.monotonic() > reader_deadline[0]:
+                return
+            try:
+                resp = client.search(index=f"{prefix}-sensor-*", size=10000, source=False, ignore_unavailable=True,
+                                     allow_no_indices=True,
+                                     query={"range": {"@timestamp": {"gte": reader_from[0]}}})
+            except Exception:
+                time.sleep(0.05)
+                continue
+            now = time.time()
+            for hit in resp["hits"]["hits"]:
+                seen.setdefault(hit["_id"], now)
+            time.sleep(0.05)
+
+    reader_from = [iso_utc(int(time.time()))]
+    reader_deadline = [float("inf")]
+    try:
+        time.sleep(4)  # both processes connected, the loader assigned
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{run}")
+        pub.max_inflight_messages_set(1000)
+        pub.connect("127.0.0.1", mqtt_port)
+        pub.loop_start()
+        thread = threading.Thread(target=reader, daemon=True)
+        thread.start()
+        per_second = rate / 3
+        n = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            target = int((time.monotonic() - t0) * per_second)
+            while n < target:
+                device = f"dev{n % 10}"
+                now = time.time()
+                ts_ms = int(now * 1000)
+                # Distinct per device: one device never sends two payloads in the same millisecond here.
+                ts_ms = max(ts_ms, last_ts.get(device, 0) + 1)
+                last_ts[device] = ts_ms
+                for kind in KINDS:
+                    published[reading_id(SENSOR, device, iso_utc(ts_ms / 1000), metric, f"loc={device} type={kind}")] = now
+                pub.publish(f"bench{run}/sensors/{device}", payload(metric, device, ts_ms, n), qos=1)
+                n += 1
+            time.sleep(0.002)
+        pub.loop_stop()
+        pub.disconnect()
+        done.set()
+        reader_deadline[0] = time.monotonic() + 30
+        thread.join(40)
+        delay_sum = scrape(port, "sluice_stream_delay_seconds_sum")
+        delay_count = scrape(port, "sluice_stream_delay_seconds_count")
+        batch_sum = scrape(port, "sluice_stream_batch_seconds_sum")
+        batch_count = scrape(port, "sluice_stream_batch_seconds_count")
+    finally:
+        done.set()
+        stop(loader)
+        stop(collector)
+        try:
+            es.drop_prefix(client, prefix)
+        except Exception:
+            pass
+    latencies = sorted(seen[i] - published[i] for i in published if i in seen)
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else float("nan")
+
+    return {
+        "readings_published": len(published),
+        "readings_found": len(latencies),
+        "rate_readings_per_s": rate,
+        "seconds": seconds,
+        "latency_p50_s": pct(0.50),
+        "latency_p95_s": pct(0.95),
+        "latency_max_s": round(latencies[-1], 3) if latencies else float("nan"),
+        # The loader's own view: MQTT receive time -> offsets committed, and a batch's first record -> commit.
+        "loader_receive_to_commit_mean_s": round(delay_sum / max(delay_count, 1), 3),
+        "loader_batch_mean_s": round(batch_sum / max(batch_count, 1), 3),
+        "loader_batches": int(batch_count),
+        "run": run,
+    }
+
+
+last_ts: dict[str, int] = {}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20000, help="payloads for the throughput run (3 readings each)")
+    parser.add_argument("--rate", type=float, default=1000, help="readings/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=30, help="duration of the latency run")
+    parser.add_argument("--skip", choices=("throughput", "latency"), action="append", default=[])
+    parser.add_argument("--loader-arg", action="append", default=[], help="extra option for the loader, e.g. --batch-wait=0.1")
+    args = parser.parse_args()
+    from stack.config import StackConfig
+
+    cfg = StackConfig.from_env()
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-stream-"))
+    results = {"logs": str(tmp), "loader_args": args.loader_arg, "cores": os.cpu_count()}
+    if "throughput" not in args.skip:
+        results["throughput"] = bench_throughput(cfg, args.messages, tmp, args.loader_arg)
+        print(json.dumps({"throughput": results["throughput"]}), flush=True)
+    if "latency" not in args.skip:
+        results["latency"] = bench_latency(cfg, args.rate, args.seconds, tmp, args.loader_arg)
+        print(json.dumps({"latency": results["latency"]}), flush=True)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
