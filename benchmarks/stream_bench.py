@@ -147,6 +147,9 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
                   for sink in ("elasticsearch", "opentsdb")}
     finally:
         stop(proc)
+        from include import elasticsearch as es
+
+        es.drop_prefix(es.connect(cfg.url("elasticsearch")), f"bench{run}")
     return {
         "messages": messages,
         "readings": 3 * messages,
