@@ -61,14 +61,14 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from collectors.common import Clock, install_signal_handlers, setup_logging
-from collectors.config import ConfigError, build_parser, describe, option, require, resolve
+from collectors.config import ConfigError, build_parser, option, require, resolve
 from include import kafka as topics
 from include.landing import check_device
-from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB, SinkFileResult
+from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
 from include.schemas import ES_INDEX_PREFIX, HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_row, parse_payload
 from include.transform import (
-    TIME_FIELD, FileDocuments, RowValueError, document_datapoints, document_id, host_document, sensor_document,
+    TIME_FIELD, FileDocuments, RowValueError, document_id, host_document, sensor_document,
 )
 
 log = logging.getLogger(__name__)
@@ -261,46 +261,9 @@ def host_documents(value: bytes | None) -> list[dict]:
 # --- sinks ----------------------------------------------------------------------------------
 
 
-class OpenTSDBSink:
-    """OpenTSDB behind the :class:`include.pipeline.Sink` protocol.
-
-    Each document becomes its datapoints (:func:`include.transform.document_datapoints`)
-    and goes through :meth:`include.opentsdb.OpenTSDBClient.put`; a datapoint
-    OpenTSDB refuses marks its document failed with OpenTSDB's reason. Raises
-    :class:`include.opentsdb.OpenTSDBUnavailable` (and the client's other
-    errors) unchanged.
-    """
-
-    name = OPENTSDB
-
-    def __init__(self, client) -> None:
-        self.client = client
-
-    def load(self, source: str, batches: Sequence[tuple[str, FileDocuments]]) -> dict[str, SinkFileResult]:
-        owners: list[tuple[str, str]] = []
-        points: list[dict] = []
-        for key, docs in batches:
-            for doc_bytes, doc_id in zip(docs.documents, docs.ids):
-                for point in document_datapoints(source, orjson.loads(doc_bytes)):
-                    points.append(point)
-                    owners.append((key, doc_id))
-        results = {key: SinkFileResult() for key, _ in batches}
-        if not points:
-            return results
-        outcome = self.client.put(points)
-        for failure in outcome.failed:
-            if failure.index is None:
-                continue
-            key, doc_id = owners[failure.index]
-            results[key].failed.setdefault(doc_id, failure.reason)
-        for key, docs in batches:
-            results[key].accepted = len(docs.ids) - len(results[key].failed)
-        return results
-
-
 def build_sinks(config: StreamConfig) -> list:
     """The configured sinks, with short client time-outs: the loader retries outages itself."""
-    from include.pipeline import ElasticsearchSink
+    from include.pipeline import ElasticsearchSink, OpenTSDBSink
 
     sinks = []
     for name in config.sinks:
