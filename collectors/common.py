@@ -185,6 +185,24 @@ class CollectorMetrics(LanderMetrics):
             self._server = None
 
 
+def start_cli(prog: str, config_cls, argv: list[str] | None):
+    """Everything a collector's ``main()`` does before running: (config, stop event).
+
+    Parses and validates the configuration (bad options exit with a message
+    naming the option), sets up logging and makes SIGTERM/SIGINT set ``stop``.
+    """
+    from collectors.config import ConfigError
+
+    try:
+        config = config_cls.from_args(argv)
+    except ConfigError as exc:
+        raise SystemExit(f"{prog}: {exc}") from None
+    setup_logging(getattr(config, "_log_level", None))
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    return config, stop
+
+
 def install_signal_handlers(stop: threading.Event) -> None:
     """SIGTERM and SIGINT only set ``stop``; the collector's loop does the rest."""
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 import psutil
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, install_signal_handlers, open_store, setup_logging,
+    Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
 )
 from collectors.config import ConfigError, build_parser, default_host, option, require, resolve
 from collectors.journal import MinuteStore
@@ -232,18 +232,11 @@ class HostSampler:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = HostConfig.from_args(argv)
-    except ConfigError as exc:
-        raise SystemExit(f"collectors.host: {exc}") from None
-    setup_logging(getattr(config, "_log_level", None))
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    config, stop = start_cli("collectors.host", HostConfig, argv)
     sampler = HostSampler(config)
     sampler.run(stop)
     log.info("host sampler stopped after %d samples", sampler.samples)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

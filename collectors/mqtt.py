@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 import orjson
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, install_signal_handlers, open_store, setup_logging,
+    Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
 )
 from collectors.config import ConfigError, build_parser, describe, option, require, resolve
 from collectors.journal import MinuteStore
@@ -395,18 +395,11 @@ class MqttCollector:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = MqttConfig.from_args(argv)
-    except ConfigError as exc:
-        raise SystemExit(f"collectors.mqtt: {exc}") from None
-    setup_logging(getattr(config, "_log_level", None))
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    config, stop = start_cli("collectors.mqtt", MqttConfig, argv)
     collector = MqttCollector(config)
     collector.run(stop)
     log.info("MQTT collector stopped after %d messages", collector.messages)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import orjson
 
-from collectors.common import Clock, setup_logging
-from collectors.config import ConfigError, build_parser, option, require, resolve
+from collectors.common import Clock, start_cli
+from collectors.config import build_parser, option, require, resolve
 from include.schemas import SENSOR_METRIC
 
 log = logging.getLogger(__name__)
@@ -211,22 +211,13 @@ class Simulator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = SimulatorConfig.from_args(argv)
-    except ConfigError as exc:
-        raise SystemExit(f"collectors.simulate_sensors: {exc}") from None
-    setup_logging(getattr(config, "_log_level", None))
-    stop = threading.Event()
-    from collectors.common import install_signal_handlers
-
-    install_signal_handlers(stop)
+    config, stop = start_cli("collectors.simulate_sensors", SimulatorConfig, argv)
     t0 = time.monotonic()
     sent = Simulator(config).run(stop)
     elapsed = time.monotonic() - t0
     print(orjson.dumps({"messages": sent.messages, "readings": sent.readings, "malformed": sent.malformed,
                         "anomalies": sent.anomalies, "seconds": round(elapsed, 3)}).decode())
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

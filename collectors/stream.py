@@ -60,8 +60,8 @@ from datetime import datetime
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from collectors.common import Clock, install_signal_handlers, setup_logging
-from collectors.config import ConfigError, build_parser, option, require, resolve
+from collectors.common import Clock, start_cli
+from collectors.config import build_parser, option, require, resolve
 from include import kafka as topics
 from include.landing import check_device
 from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
@@ -716,22 +716,15 @@ _OWN_HEADERS = frozenset({topics.HEADER_REASON, HEADER_REASON_CODE, HEADER_STAGE
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = StreamConfig.from_args(argv)
-    except ConfigError as exc:
-        raise SystemExit(f"collectors.stream: {exc}") from None
-    setup_logging(getattr(config, "_log_level", None))
+    config, stop = start_cli("collectors.stream", StreamConfig, argv)
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one INFO line per request otherwise
-    stop = threading.Event()
-    install_signal_handlers(stop)
     loader = StreamLoader(config)
     started = time.monotonic()
     loader.run(stop)
     log.info("stream loader stopped after %d committed batch(es) in %.0f s", loader.committed_batches,
              time.monotonic() - started)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
