@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import PokeReturnValue, dag, task
+from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
 from include.pipeline import DEFAULT_GRACE_SECONDS, configured_sinks
 from include.schemas import SOURCES
@@ -36,14 +36,17 @@ from sluice_airflow import landing_zone, sink, task_retries
 #: First minute the DAGs catch up from: set it to when collection began.
 START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
 GRACE_SECONDS = float(os.environ.get("SLUICE_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
+#: Catch up every minute since START when unpaused (``SLUICE_CATCHUP=false`` for only the latest).
+CATCHUP = os.environ.get("SLUICE_CATCHUP", "true").lower() not in ("0", "false", "no")
 
 
 def minute_dag(source: str):
     @dag(
         dag_id=f"sluice_{source}_minute",
-        schedule="* * * * *",
+        # An interval timetable: the run of 07:11 covers [07:11, 07:12) and starts after 07:12.
+        schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
         start_date=START,
-        catchup=True,
+        catchup=CATCHUP,
         max_active_runs=4,
         dagrun_timeout=timedelta(minutes=30),
         doc_md=__doc__,
