@@ -34,8 +34,8 @@ down:                            ## stop every service of the local stack
 status:
 	$(PY) -m stack status
 
-demo: install                    ## the main job, end to end on the embedded defaults
-	$(PY) -m stack up
+demo: install                    ## the main job: collect 3 minutes, run the DAGs, print landed vs loaded
+	$(PY) -m stack demo
 
 test: install                    ## the whole suite: unit, DAG integrity, real-service integration
 	$(STACK_ENV) && $(PY) -m pytest

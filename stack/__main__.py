@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack up|down|status|logs|install|env``."""
+"""CLI of the local stack: ``python -m stack up|down|status|logs|install|env|demo``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("service")
     p.add_argument("-n", "--lines", type=int, default=50)
     sub.add_parser("env", help="print shell exports for Airflow (AIRFLOW_HOME, AIRFLOW_CONN_*)")
+    p = sub.add_parser("demo", help="collect for a few minutes, run the DAGs, print landed vs loaded per minute")
+    p.add_argument("--minutes", type=int, default=3, help="whole minutes to collect (default 3)")
+    p.add_argument("--devices", type=int, default=5, help="simulated sensor devices (default 5)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {svc.log_file}")
             print(tail(svc.log_file, args.lines))
             return 0
+        if args.cmd == "demo":
+            from stack import demo
+
+            return demo.run(config, minutes=args.minutes, devices=args.devices)
         if args.cmd == "env":
             for key, value in airflow_env(config).items():
                 print(f"export {key}={shlex.quote(value)}")
