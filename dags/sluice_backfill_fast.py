@@ -27,7 +27,7 @@ from sluice_airflow import landing_zone, sink, task_retries
 @dag(
     dag_id="sluice_backfill_fast",
     schedule=None,
-    start_date=datetime.fromisoformat("2026-11-22T00:00:00+00:00"),
+    start_date=datetime.fromisoformat("2020-01-01T00:00:00+00:00"),  # manual only; any logical date
     catchup=False,
     doc_md=__doc__,
     tags=["sluice", "load", "backfill"],

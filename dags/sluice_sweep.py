@@ -27,7 +27,7 @@ from sluice_airflow import landing_zone, sink, task_retries
 @dag(
     dag_id="sluice_sweep_late_files",
     schedule="*/10 * * * *",
-    start_date=datetime.fromisoformat("2026-11-22T00:00:00+00:00"),
+    start_date=datetime.fromisoformat("2020-01-01T00:00:00+00:00"),  # no catchup: only the latest run
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,

@@ -116,7 +116,7 @@ def run_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory, minio, elasticsearch, run_prefix) -> Airflow:
+def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Airflow:
     home = tmp_path_factory.mktemp("airflow")
     api_port = _free_port()
     env = {

@@ -1,0 +1,215 @@
+"""Figures of the batch pipeline: transform rows/s, Elasticsearch load docs/s, fast-path host-day.
+
+    .venv/bin/python -m benchmarks.pipeline_bench            # all three (needs the local stack)
+    .venv/bin/python -m benchmarks.pipeline_bench --only transform
+
+1. **Transform**, one core (``POLARS_MAX_THREADS=1``): one synthetic host-day
+   (1,440 minute files of 60 rows, every column of the host schema) through
+   the columnar engine (:func:`include.transform.transform_file`) per file and
+   as one batch, and through the csv module + orjson reference
+   (:func:`include.transform.transform_file_rows`). Rows/s, best of 3.
+2. **Load**, the same 86,400 documents into the local Elasticsearch, fresh
+   indices each time: a plain ``_bulk`` of pre-built bodies (2,000 documents a
+   request) against :func:`include.elasticsearch.bulk_index` (the helpers'
+   ``streaming_bulk``, same chunks). Docs/s, best of 2 alternating runs.
+3. **Fast-path backfill**: the host-day landed in MinIO under a throw-away
+   prefix, then ``airflow dags test sluice_backfill_fast`` over the day (24
+   mapped hour tasks) in a throw-away ``AIRFLOW_HOME``; wall time and docs/s.
+
+It prints figures; it asserts nothing. Everything it creates (landing prefix,
+indices, templates, Airflow home) is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("POLARS_MAX_THREADS", "1")  # before polars is imported: one core
+
+import argparse
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from include import elasticsearch as es_mod
+from include.landing import S3Landing, minute_key
+from include.schemas import HOST_SCHEMA
+from include.transform import FileDocuments, transform_file, transform_file_rows
+
+DAY = datetime(2020, 10, 1, tzinfo=timezone.utc)
+HOST = "bench-1"
+
+
+def host_day(host: str = HOST, day: datetime = DAY) -> list[tuple[datetime, bytes]]:
+    """1,440 minute files of 60 rows each, with plausible, varying values in every column."""
+    header = ",".join(HOST_SCHEMA.names)
+    files = []
+    for i in range(1440):
+        minute = day + timedelta(minutes=i)
+        rows = [header]
+        for s in range(60):
+            t = i * 60 + s
+            rows.append(
+                f"{minute:%Y-%m-%dT%H:%M}:{s:02d}Z,{host},{(t * 7) % 1000 / 10},{555991280 + t * 917},"
+                f"{2798016401 + t * 311},{t * 13},0,17084211200,{4082380800 - t % 5000 * 4096},"
+                f"{76.1 + (t % 100) / 100},{13001830400 + t % 5000 * 4096},{4082380800 - t % 5000 * 4096},"
+                f"{0.5 + (t % 50) / 100},{0.75},{0.8},2147479552,{t % 1000 * 4096},{(t % 1000) / 10},"
+                f"{t * 8192},{t * 4096},{t * 2},{t},{t * 1500},{t * 3000},{t * 10},{t * 20},0,0,{t % 7},0"
+            )
+        files.append((minute, ("\n".join(rows) + "\n").encode()))
+    return files
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_transform(files: list[tuple[datetime, bytes]]) -> FileDocuments:
+    rows = 60 * len(files)
+    header, *_ = files[0][1].split(b"\n", 1)
+    one_batch = header + b"\n" + b"".join(data.split(b"\n", 1)[1] for _, data in files)
+    transform_file("host", files[0][1])  # import and warm polars
+
+    per_file = best(lambda: [transform_file("host", d) for _, d in files], 3)
+    batch = best(lambda: transform_file("host", one_batch), 3)
+    reference = best(lambda: [transform_file_rows("host", d) for _, d in files], 3)
+    print(f"transform, one core, {rows:,} host rows ({len(HOST_SCHEMA.names)} columns), best of 3:")
+    print(f"  polars, one 86,400-row batch   {rows / batch:>12,.0f} rows/s  ({batch:.3f} s)")
+    print(f"  polars, per minute file        {rows / per_file:>12,.0f} rows/s  ({per_file:.3f} s)")
+    print(f"  csv module + orjson, per file  {rows / reference:>12,.0f} rows/s  ({reference:.3f} s)")
+    print(f"  batch / reference: {reference / batch:.1f}x; per file / reference: {reference / per_file:.1f}x")
+    return transform_file("host", one_batch)
+
+
+def bench_load(es, docs: FileDocuments) -> None:
+    n = docs.accepted
+    chunk = 2000
+
+    def plain(prefix: str) -> float:
+        es_mod.ensure_index_template(es, "host", prefix=prefix)
+        pairs = list(es_mod.bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+        bodies = [
+            b"".join(a + b"\n" + d + b"\n" for a, d in pairs[i : i + chunk]) for i in range(0, len(pairs), chunk)
+        ]
+        start = time.perf_counter()
+        for body in bodies:
+            resp = es.bulk(operations=body)
+            if resp["errors"]:
+                raise RuntimeError(f"plain _bulk refused documents under {prefix}")
+        return time.perf_counter() - start
+
+    def helpers(prefix: str) -> float:
+        es_mod.ensure_index_template(es, "host", prefix=prefix)
+        start = time.perf_counter()
+        result = es_mod.bulk_index(
+            es, es_mod.bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix), chunk_size=chunk
+        )
+        elapsed = time.perf_counter() - start
+        if result.accepted != n:
+            raise RuntimeError(f"bulk_index accepted {result.accepted} of {n}")
+        return elapsed
+
+    timings: dict[str, list[float]] = {"plain": [], "helpers": []}
+    for _ in range(2):
+        for name, fn in (("plain", plain), ("helpers", helpers)):
+            prefix = f"sluicebench-{uuid.uuid4().hex[:8]}"
+            try:
+                timings[name].append(fn(prefix))
+            finally:
+                es_mod.drop_prefix(es, prefix)
+    p, h = min(timings["plain"]), min(timings["helpers"])
+    print(f"load into the local Elasticsearch, {n:,} host documents, {chunk:,} per request, best of 2:")
+    print(f"  plain _bulk (pre-built bodies)   {n / p:>10,.0f} docs/s  ({p:.2f} s)")
+    print(f"  bulk_index (streaming_bulk)      {n / h:>10,.0f} docs/s  ({h:.2f} s)")
+    print(f"  bulk_index / plain: {p / h:.0%}")
+
+
+def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]]) -> None:
+    run = f"bench-{uuid.uuid4().hex[:8]}"
+    landing = S3Landing(s3_client, "sluice-landing", run)
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda f: landing.put(minute_key("host", f[0], HOST), f[1]), files))
+    print(f"fast-path backfill of one host-day ({len(files)} files landed in {time.perf_counter() - start:.1f} s):")
+
+    home = Path(tempfile.mkdtemp(prefix="sluice-bench-airflow-"))
+    prefix = f"sluicebench-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=60",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "SLUICE_LANDING_URL": f"s3://sluice-landing/{run}",
+        "SLUICE_ES_INDEX_PREFIX": prefix,
+        "SLUICE_TASK_RETRIES": "0",
+    }
+    env.pop("POLARS_MAX_THREADS", None)  # the task may use both cores
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    from stack.config import StackConfig
+
+    es = es_mod.connect(StackConfig.from_env().url("elasticsearch"), request_timeout=120)
+    try:
+        subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
+        conf = {"source": "host", "from": DAY.isoformat(), "to": (DAY + timedelta(days=1)).isoformat()}
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [airflow, "dags", "test", "sluice_backfill_fast", DAY.isoformat(), "--conf", json.dumps(conf)],
+            env=env, capture_output=True, text=True,
+        )
+        elapsed = time.perf_counter() - start
+        ok = "state=success" in proc.stdout + proc.stderr
+        es.indices.refresh(index=f"{prefix}-*")
+        count = es.count(index=f"{prefix}-host-*")["count"]
+        loaded = sum(1 for _ in landing.list("loaded/"))
+        print(f"  airflow dags test sluice_backfill_fast: {'success' if ok else 'FAILED'} in {elapsed:.1f} s "
+              f"(Airflow start-up and 24 mapped hour tasks included)")
+        print(f"  {count:,} documents in Elasticsearch, {loaded} load records; {count / elapsed:,.0f} docs/s end to end")
+        if not ok:
+            print((proc.stdout + proc.stderr)[-3000:])
+    finally:
+        es_mod.drop_prefix(es, prefix)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: landing.delete(i.key), list(landing.list(""))))
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["transform", "load", "backfill"], action="append")
+    args = parser.parse_args(argv)
+    only = set(args.only or ["transform", "load", "backfill"])
+
+    files = host_day()
+    docs = bench_transform(files) if "transform" in only or "load" in only else None
+    if "load" in only:
+        from stack.config import StackConfig
+
+        es = es_mod.connect(StackConfig.from_env().url("elasticsearch"), request_timeout=120)
+        bench_load(es, docs)
+    if "backfill" in only:
+        from stack.config import StackConfig
+        from stack.connections import airflow_env
+        from stack.services.minio import MinIO
+
+        for key, value in airflow_env(StackConfig.from_env()).items():
+            os.environ.setdefault(key, value)
+        bench_fast_backfill(MinIO(StackConfig.from_env()).client(), files)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
