@@ -75,6 +75,8 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         # include/ is imported by DAGs and plugins; it lives at the repository root.
         "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p),
         "SLUICE_LANDING_URL": landing_url(config),
+        # The local stack has both sinks: the minute DAGs load Elasticsearch and OpenTSDB.
+        "SLUICE_SINKS": "elasticsearch,opentsdb",
     }
     for conn_id, conn in airflow_connections(config).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
