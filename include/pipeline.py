@@ -35,7 +35,7 @@ import orjson
 from include import loads
 from include.landing import LandingZone, ObjectInfo, minute_prefix, parse_key
 from include.schemas import ES_INDEX_PREFIX, SOURCES
-from include.transform import FileDocuments, FileRejected, document_id, transform_file
+from include.transform import FileDocuments, FileRejected, document_id, transform_file, transform_files
 
 log = logging.getLogger(__name__)
 
@@ -226,14 +226,22 @@ def transform_landed(landing: LandingZone, source: str, ref: dict) -> tuple[dict
     The summary is JSON-able: key, etag, size, rows_read, documents, rejected,
     quarantined, reason and the rejected rows (``{"line", "reason", "row"}``).
     """
-    summary = {**ref, "rows_read": 0, "documents": 0, "rejected": 0, "quarantined": False, "reason": None, "rows": []}
     data = landing.get(ref["key"])
     try:
-        docs = transform_file(source, data)
+        result: FileDocuments | FileRejected = transform_file(source, data)
     except FileRejected as exc:
-        summary.update(quarantined=True, reason=exc.reason, rows_read=max(data.count(b"\n") - 1, 0))
-        log.warning("quarantined %s: %s", ref["key"], exc.reason)
+        result = exc
+    return summarize_file(ref, data, result)
+
+
+def summarize_file(ref: dict, data: bytes, result: FileDocuments | FileRejected) -> tuple[dict, FileDocuments | None]:
+    """The summary of one file's transform (see :func:`transform_landed`); logs rejections."""
+    summary = {**ref, "rows_read": 0, "documents": 0, "rejected": 0, "quarantined": False, "reason": None, "rows": []}
+    if isinstance(result, FileRejected):
+        summary.update(quarantined=True, reason=result.reason, rows_read=max(data.count(b"\n") - 1, 0))
+        log.warning("quarantined %s: %s", ref["key"], result.reason)
         return summary, None
+    docs = result
     summary.update(
         rows_read=docs.rows_read,
         documents=docs.accepted,
@@ -370,7 +378,9 @@ def load_files(
     Returns the totals of :func:`record_loads`.
     """
     refs = [file_ref(f) for f in files]
-    pairs = _map(lambda ref: transform_landed(landing, source, ref), refs)
+    datas = _map(lambda ref: landing.get(ref["key"]), refs)
+    # One columnar pass over all files of the same header (transform_files batches them).
+    pairs = [summarize_file(ref, data, result) for ref, data, result in zip(refs, datas, transform_files(source, datas))]
     summaries = [s for s, _ in pairs]
     batches = [(s["key"], docs) for s, docs in pairs if docs is not None]
     sink_results = {}

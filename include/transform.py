@@ -30,9 +30,11 @@ fields) become :class:`RowError` entries and reject only that row.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -338,83 +340,215 @@ def transform_file_rows(source: str, data: bytes) -> FileDocuments:
 def transform_file(source: str, data: bytes) -> FileDocuments:
     """Transform one minute file with the columnar engine; raises FileRejected.
 
-    Every column is read as text, numbers are cast with ``strict=False`` and a
-    row with any value that did not survive the cast (or a timestamp that is not
-    of the contract's form) is rejected with the reason :func:`row_document`
-    gives for it. Files polars cannot split (a row with more fields than the
-    header) go through :func:`transform_file_rows` instead.
+    See :func:`transform_files`; this is the one-file case.
+    """
+    (result,) = transform_files(source, [data])
+    if isinstance(result, FileRejected):
+        raise result
+    return result
+
+
+def transform_files(source: str, datas: Sequence[bytes]) -> list[FileDocuments | FileRejected]:
+    """Transform many minute files of one source at once: one result per file, in order.
+
+    Files with the same header and a plain layout (no quotes, blank lines or
+    carriage returns) are concatenated and go through polars as one frame, so a
+    host-day of 1,440 files costs about one call; others go one by one. Numbers
+    are read typed when the whole batch parses, else as text and cast with
+    ``strict=False``; a row with a value that did not survive (or a timestamp
+    not of the contract's form) is rejected with the reason
+    :func:`row_document` gives for it. Files polars cannot split (a row with
+    more fields than the header) go through :func:`transform_file_rows`. A file
+    refused as a whole yields its :class:`FileRejected` instead of documents.
+    """
+    results: list[FileDocuments | FileRejected | None] = [None] * len(datas)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, data in enumerate(datas):
+        try:
+            header = _header(source, data)
+        except FileRejected as exc:
+            results[i] = exc
+            continue
+        if data.endswith(b"\n") and b"\n\n" not in data and b"\r" not in data and b'"' not in data:
+            groups.setdefault(tuple(header), []).append(i)
+        else:
+            results[i] = _transform_one(source, data, header)
+    for header, indexes in groups.items():
+        counts = {i: datas[i].count(b"\n") - 1 for i in indexes}  # plain layout: one row a line
+        for i in indexes:
+            if counts[i] == 0:
+                results[i] = FileRejected("no data rows after the header")
+        members = [i for i in indexes if results[i] is None]
+        if not members:
+            continue
+        if len(members) == 1:  # no copy of a single (possibly large) file
+            batch = datas[members[0]]
+        else:
+            batch = (",".join(header) + "\n").encode() + b"".join(datas[i].split(b"\n", 1)[1] for i in members)
+        frame, typed = _read(source, batch, list(header))
+        if frame is None:  # ragged rows somewhere: find them file by file
+            for i in members:
+                results[i] = _transform_one(source, datas[i], list(header))
+            continue
+        whole = _transform_frame(source, frame, list(header), typed)
+        offset = 0
+        for i in members:
+            results[i] = whole.slice(offset, offset + counts[i], datas[i], list(header))
+            offset += counts[i]
+    return results  # type: ignore[return-value]
+
+
+def _transform_one(source: str, data: bytes, header: list[str]) -> FileDocuments | FileRejected:
+    try:
+        if b"\n\n" in data or b"\n\r\n" in data:  # blank lines: the row engine skips them
+            return transform_file_rows(source, data)
+        frame, typed = _read(source, data, header)
+        if frame is None:
+            return transform_file_rows(source, data)
+        if frame.height == 0:
+            raise FileRejected("no data rows after the header")
+        return _transform_frame(source, frame, header, typed).slice(0, frame.height, data, header)
+    except FileRejected as exc:
+        return exc
+
+
+def _read(source: str, data: bytes, header: list[str]):
+    """``(frame, typed)``: numbers parsed by the CSV reader when every value allows, else all text.
+
+    ``(None, False)`` when polars cannot split the rows, or the columns it
+    found are not the header's (duplicate names, quoting surprises).
     """
     import polars as pl
 
-    header = _header(source, data)
-    if b"\n\n" in data or b"\n\r\n" in data:  # blank lines: the row engine skips them
-        return transform_file_rows(source, data)
+    kinds = {c.name: c.kind for c in SCHEMAS[source].columns}
+    dtypes = {"int": pl.Int64, "float": pl.Float64}
+    schema = {name: dtypes.get(kinds[name], pl.String) for name in header}
+    # The typed reader skips a leading space (" 5") that the row functions refuse: text path then.
+    if len(schema) == len(header) and b", " not in data and b"\n " not in data:
+        try:
+            return pl.read_csv(data, schema=schema, has_header=True, raise_if_empty=False), True
+        except pl.exceptions.PolarsError:
+            pass
     try:
         frame = pl.read_csv(data, infer_schema=False, has_header=True, raise_if_empty=False)
-    except pl.exceptions.ComputeError:
-        return transform_file_rows(source, data)
-    if frame.height == 0:
-        raise FileRejected("no data rows after the header")
-    if list(frame.columns) != header:  # duplicate names, quoting surprises: be exact instead
-        return transform_file_rows(source, data)
-    return _transform_frame(source, frame, header, data)
+    except pl.exceptions.PolarsError:
+        return None, False
+    if list(frame.columns) != header:
+        return None, False
+    return frame, False
 
 
-def _transform_frame(source: str, frame, header: list[str], data: bytes) -> FileDocuments:
+@dataclass
+class _Frame:
+    """Documents of a concatenated batch, with the batch row of each, to be cut per file."""
+
+    source: str
+    rows: list[int]
+    documents: list[bytes]
+    ids: list[str]
+    timestamps: list[str]
+    bad_rows: set[int]
+
+    def slice(self, start: int, stop: int, data: bytes, header: list[str]) -> FileDocuments:
+        lo, hi = bisect_left(self.rows, start), bisect_left(self.rows, stop)
+        out = FileDocuments(
+            self.source, rows_read=stop - start, documents=self.documents[lo:hi], ids=self.ids[lo:hi],
+            timestamps=self.timestamps[lo:hi],
+        )
+        bad = {r - start for r in self.bad_rows if start <= r < stop}
+        if bad:
+            out.row_errors = _explain_rows(self.source, data, header, bad)
+        return out
+
+
+#: Canonical whole-second timestamps need no reformatting, only a check that the date exists.
+_WHOLE_SECOND = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+#: Characters JSON strings must escape: such values take polars' JSON writer instead of concat_str.
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Frame:
     import polars as pl
 
     kinds = {c.name: c.kind for c in SCHEMAS[source].columns}
     ts = pl.col("timestamp")
-    exprs = [
-        pl.when(ts.str.contains(_TIMESTAMP.pattern))
-        .then(ts.str.to_datetime(_POLARS_TS_FORMAT, time_zone="UTC", strict=False))
-        .otherwise(None)
-        .dt.to_string(_POLARS_TS_FORMAT)
-        .alias(TIME_FIELD)
-    ]
+    if frame["timestamp"].str.contains(_WHOLE_SECOND).all():
+        stamp = pl.when(ts.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False).is_not_null()).then(ts)
+    else:
+        stamp = (
+            pl.when(ts.str.contains(_TIMESTAMP.pattern))
+            .then(ts.str.to_datetime(_POLARS_TS_FORMAT, time_zone="UTC", strict=False))
+            .dt.to_string(_POLARS_TS_FORMAT)
+        )
+    exprs = [stamp.alias(TIME_FIELD)]
     for column in header[1:]:
         kind = kinds[column]
         col = pl.col(column)
         if kind == "int":
-            exprs.append(pl.when(col.str.contains(_INT.pattern)).then(col.cast(pl.Int64, strict=False)).alias(column))
+            exprs.append(col if typed else pl.when(col.str.contains(_INT.pattern)).then(col.cast(pl.Int64, strict=False)))
         elif kind == "float":
-            cast = pl.when(col.str.contains(_FLOAT.pattern)).then(col.cast(pl.Float64, strict=False))
-            exprs.append(cast.alias(column))
+            number = col if typed else pl.when(col.str.contains(_FLOAT.pattern)).then(col.cast(pl.Float64, strict=False))
+            exprs.append(pl.when(number.is_finite()).then(number).alias(column))
         elif kind == "tags":
             exprs.append(col.fill_null(""))
         else:
             exprs.append(col)
-    typed = frame.select(exprs).with_row_index("_row")
+    docs = frame.select([e.alias(n) for e, n in zip(exprs, [TIME_FIELD, *header[1:]])]).with_row_index("_row")
     # A null anywhere is a rejected row: empty values, failed casts, short rows.
-    bad = typed.select(pl.any_horizontal(pl.all().is_null()).alias("bad"))["bad"]
-    out = FileDocuments(source, rows_read=frame.height)
+    bad = docs.select(pl.any_horizontal(pl.all().is_null()).alias("bad"))["bad"]
     bad_rows: set[int] = set(bad.arg_true().to_list()) if bad.any() else set()
     if bad_rows:
-        typed = typed.filter(~bad)
+        docs = docs.filter(~bad)
+    out = _Frame(source, docs["_row"].to_list(), [], [], [], bad_rows)
     if source == HOST:
-        hosts = typed["host"].to_list()
-        stamps = typed[TIME_FIELD].to_list()
-        if typed.height:
-            out.documents = typed.drop("_row").write_ndjson().encode().splitlines()
-        out.ids = [reading_id(HOST, h, t, HOST_DOC_METRIC, "") for h, t in zip(hosts, stamps)]
+        stamps = docs[TIME_FIELD].to_list()
+        out.documents = _host_json(docs.drop("_row"), kinds) if docs.height else []
+        # reading_id(HOST, host, timestamp, HOST_DOC_METRIC, ""), its input joined by polars.
+        keys = docs.select(
+            pl.concat_str([pl.lit(f"{HOST}\x1f"), pl.col("host"), pl.lit("\x1f"), pl.col(TIME_FIELD),
+                           pl.lit(f"\x1f{HOST_DOC_METRIC}\x1f")]).cast(pl.Binary).alias("key")
+        )["key"].to_list()
+        blake = hashlib.blake2b
+        out.ids = [blake(key, digest_size=16).hexdigest() for key in keys]
         out.timestamps = stamps
-    else:
-        # Tags are free-form key=value pairs: build the objects row by row.
-        for index, stamp, device, metric, value, tags_text in typed.select(
-            "_row", TIME_FIELD, "device", "metric", "value", "tags"
-        ).iter_rows():
-            try:
-                tags = parse_tags(tags_text)
-            except ValueError:
-                bad_rows.add(index)
-                continue
-            doc = {TIME_FIELD: stamp, "device": device, "metric": metric, "value": value, "tags": tags}
-            out.documents.append(orjson.dumps(doc))
-            out.ids.append(reading_id(SENSOR, device, stamp, metric, format_tags(tags)))
-            out.timestamps.append(stamp)
-    if bad_rows:
-        out.row_errors = _explain_rows(source, data, header, bad_rows)
+        return out
+    # Tags are free-form key=value pairs: build the objects row by row.
+    keep: list[int] = []
+    for index, stamp_text, device, metric, value, tags_text in docs.select(
+        "_row", TIME_FIELD, "device", "metric", "value", "tags"
+    ).iter_rows():
+        try:
+            tags = parse_tags(tags_text)
+        except ValueError:
+            bad_rows.add(index)
+            continue
+        keep.append(index)
+        doc = {TIME_FIELD: stamp_text, "device": device, "metric": metric, "value": value, "tags": tags}
+        out.documents.append(orjson.dumps(doc))
+        out.ids.append(reading_id(SENSOR, device, stamp_text, metric, format_tags(tags)))
+        out.timestamps.append(stamp_text)
+    out.rows = keep
     return out
+
+
+def _host_json(docs, kinds: dict[str, str]) -> list[bytes]:
+    """One JSON object per row, columns in order; numbers as JSON numbers, names as strings."""
+    import polars as pl
+
+    strings = [c for c in docs.columns if c == TIME_FIELD or kinds.get(c) not in ("int", "float")]
+    if docs.select(pl.any_horizontal(pl.col(strings).str.contains(_NEEDS_ESCAPE).any())).item():
+        buffer = io.BytesIO()
+        docs.write_ndjson(buffer)
+        return buffer.getvalue().splitlines()
+    parts: list = []
+    for i, column in enumerate(docs.columns):
+        lead = "{" if i == 0 else ","
+        if column in strings:
+            parts += [pl.lit(f'{lead}"{column}":"'), pl.col(column), pl.lit('"')]
+        else:
+            parts += [pl.lit(f'{lead}"{column}":'), pl.col(column).cast(pl.String)]
+    parts.append(pl.lit("}"))
+    return docs.select(pl.concat_str(parts).cast(pl.Binary).alias("json"))["json"].to_list()
 
 
 def _explain_rows(source: str, data: bytes, header: list[str], indexes: set[int]) -> list[RowError]:

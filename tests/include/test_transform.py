@@ -16,6 +16,7 @@ from include.transform import (
     parse_int,
     transform_file,
     transform_file_rows,
+    transform_files,
 )
 
 ENGINES = [pytest.param(transform_file, id="polars"), pytest.param(transform_file_rows, id="rows")]
@@ -158,6 +159,9 @@ BAD_ROWS = [
     pytest.param("host", SEED_ROW.replace(",555991280,", ",5.5e8,"), "cpu_ctx_switches: '5.5e8' is not an integer", id="float-in-int"),
     pytest.param("host", SEED_ROW.replace(",76.1,", ",nan,"), "mem_percent: 'nan' is not a finite number", id="nan"),
     pytest.param("host", SEED_ROW.replace(",76.1,", ",,"), "mem_percent: no value", id="empty-value"),
+    pytest.param("host", SEED_ROW.replace(",76.1,", ", 76.1,"), "mem_percent: ' 76.1' is not a number", id="space-in-float"),
+    pytest.param("host", SEED_ROW.replace(",0,", ",0 ,", 1), "cpu_soft_interrupts: '0 ' is not an integer", id="space-in-int"),
+    pytest.param("host", SEED_ROW.replace(",76.1,", ",inf,"), "mem_percent: 'inf' is not a finite number", id="inf"),
     pytest.param("host", SEED_ROW.replace("2020-09-03T07:11:41Z", "2020-09-03 07:11:41"), "timestamp '2020-09-03 07:11:41'", id="bad-timestamp"),
     pytest.param("host", SEED_ROW.rsplit(",", 1)[0], "row has 11 fields, the header has 12", id="short-row"),
     pytest.param("host", SEED_ROW + ",7", "row has 13 fields, the header has 12", id="long-row"),
@@ -210,6 +214,38 @@ def test_engines_agree_on_a_mixed_file():
     assert [orjson.loads(d) for d in fast.documents] == [orjson.loads(d) for d in slow.documents]
     assert (fast.ids, fast.timestamps, fast.row_errors) == (slow.ids, slow.timestamps, slow.row_errors)
     assert fast.accepted == 59
+
+
+def test_a_batch_of_files_gives_each_file_what_it_gives_alone():
+    rows = [SEED_ROW.replace("07:11:41", f"07:11:{s:02d}") for s in range(5)]
+    files = [
+        host_file(*rows),
+        host_file(*rows[:2], rows[2].replace(",14.4,", ",x,"), *rows[3:]),
+        host_file(),  # no rows
+        host_file(*[r + ",0.5" for r in rows], header=HOST_HEADER + ",load_1m"),  # another header
+        host_file(rows[0], rows[1].replace(",76.1,", ",nan,")),
+        host_file(*rows, header=HOST_HEADER + ",gpu_temp"),  # refused
+        host_file(rows[0], rows[1] + ",7", rows[2]),  # ragged: polars cannot split it
+        host_file(*[r.replace("pc-1", "pc-2") for r in rows]),
+    ]
+    batch = transform_files("host", files)
+    assert len(batch) == len(files)
+    for data, got in zip(files, batch):
+        try:
+            alone = transform_file_rows("host", data)
+        except FileRejected as exc:
+            assert isinstance(got, FileRejected) and got.reason == exc.reason
+            continue
+        assert [orjson.loads(d) for d in got.documents] == [orjson.loads(d) for d in alone.documents]
+        assert (got.rows_read, got.ids, got.timestamps, got.row_errors) == (
+            alone.rows_read, alone.ids, alone.timestamps, alone.row_errors
+        )
+    assert [getattr(r, "accepted", None) for r in batch] == [5, 4, None, 5, 1, None, 2, 5]
+
+
+def test_json_special_characters_in_names_are_escaped():
+    out = transform_file("host", host_file(SEED_ROW.replace("pc-1", "pc\\1")))
+    assert orjson.loads(out.documents[0])["host"] == "pc\\1"
 
 
 def test_blank_lines_are_no_rows():
