@@ -193,6 +193,17 @@ class Service:
             time.sleep(0.5)
         return False
 
+    def restore(self) -> None:
+        """Make sure the service runs healthy again after a deliberate stop.
+
+        For fault tests on a shared stack: another session may already have
+        started it again, in which case this waits for it instead of failing.
+        """
+        if self.pid() is None:
+            self.start()
+        elif not self.wait_healthy(self.start_timeout):
+            raise StackError(self.name, f"running but not healthy within {self.start_timeout:.0f} s")
+
     def status(self) -> Status:
         pid = self.pid()
         if pid is None:

@@ -81,7 +81,7 @@ def test_opentsdb_down_fails_the_load_cleanly_and_the_retry_lands_everything(air
     try:
         state, output = airflow.dags_test("sluice_sensor_minute", run_date, env=SINKS)
     finally:
-        opentsdb.start()
+        opentsdb.restore()
     assert state == "failed"
     assert "OpenTSDBUnavailable" in output
     assert record(landing, m, "arduino-1") is None  # not recorded as loaded: the sweep would retry it

@@ -183,7 +183,7 @@ def test_elasticsearch_down_fails_the_load_cleanly_and_a_retry_loads_once(airflo
     try:
         state, output = airflow.dags_test("sluice_host_minute", run_date(m))
     finally:
-        elasticsearch.start()
+        elasticsearch.restore()
     assert state == "failed"
     assert "ElasticsearchUnavailable" in output and "is not reachable" in output
     assert records(landing, "host", m) == {}  # nothing recorded as loaded

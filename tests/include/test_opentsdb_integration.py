@@ -122,7 +122,7 @@ def test_opentsdb_stopped_during_a_write_fails_cleanly_and_a_retry_after_recover
         assert err.value.result.accepted == 20
         assert [i for i, _ in err.value.pending] == list(range(20, 30))
     finally:
-        opentsdb.start()
+        opentsdb.restore()
 
     result = client.put(points)
     assert (result.accepted, result.failed) == (60, [])
