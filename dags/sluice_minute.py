@@ -17,6 +17,8 @@ the data interval is the minute. For that minute they
    deterministic ids, so a rerun overwrites.
 4. **record_loads** — a load record per file under `loaded/` and a dead-letter
    record under `deadletter/` for what was refused (see `include/loads.py`).
+5. **record_freshness** (with the OpenTSDB sink) — `sluice.pipeline.last_loaded_minute`
+   tagged `source=`, which the freshness dashboard shows as "last minute loaded".
 
 Logic lives in `include/pipeline.py`; connections: `aws_default` (landing zone),
 `elasticsearch_default`.
@@ -80,9 +82,19 @@ def minute_dag(source: str):
 
             return record(landing_zone(), summaries, results, run_id=run_id)
 
+        @task
+        def record_freshness(data_interval_start=None) -> None:
+            from opentsdb_hook import OpenTSDBHook
+
+            from include.pipeline import record_freshness as record
+
+            record(OpenTSDBHook().get_conn(), source, data_interval_start)
+
         staged = csv_to_json(wait_for_minute_files())
         results = {name: load_task(source, name)(staged) for name in configured_sinks()}
-        record_loads(staged, results)
+        recorded = record_loads(staged, results)
+        if "opentsdb" in configured_sinks():
+            recorded >> record_freshness()
 
     return pipeline()
 

@@ -307,6 +307,23 @@ def load_staged(landing: LandingZone, sink: Sink, source: str, summaries: Sequen
     return {key: r.to_dict() for key, r in results.items()}
 
 
+def record_freshness(client, source: str, minute: datetime) -> None:
+    """Tell OpenTSDB that ``minute`` of ``source`` is loaded (:data:`FRESHNESS_METRIC`).
+
+    The datapoint stands at the minute itself with the minute's epoch seconds as
+    value, so the freshness dashboard's "time of the newest point" is the last
+    minute loaded. ``client`` is an :class:`include.opentsdb.OpenTSDBClient`;
+    a refusal raises RuntimeError with OpenTSDB's reason.
+    """
+    from include.schemas import FRESHNESS_METRIC
+
+    epoch = int(minute.timestamp())
+    result = client.put([{"metric": FRESHNESS_METRIC, "timestamp": epoch, "value": epoch, "tags": {"source": source}}])
+    if result.failed:
+        raise RuntimeError(f"OpenTSDB refused the freshness point of {source} {minute.isoformat()}: "
+                           f"{result.failed[0].reason}")
+
+
 def record_loads(
     landing: LandingZone, summaries: Sequence[dict], sink_results: dict[str, dict[str, dict]], *, run_id: str
 ) -> dict:

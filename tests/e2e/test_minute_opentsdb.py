@@ -10,6 +10,7 @@ import pytest
 from include import loads
 from include.landing import minute_key
 from include.opentsdb import OpenTSDBClient
+from include.schemas import FRESHNESS_METRIC
 
 SINKS = {"SLUICE_SINKS": "elasticsearch,opentsdb"}
 
@@ -64,6 +65,10 @@ def test_minute_loads_opentsdb_exactly_and_reruns_leave_the_same_series(airflow,
     assert series(tsdb, metric, m) == expected
     rec = record(landing, m, "arduino-1")
     assert rec.sinks["opentsdb"] == {"accepted": 18, "rejected": 0}
+    # The freshness point of the minute: at the minute, valued with it.
+    epoch = int(m.timestamp())
+    (fresh,) = tsdb.query(FRESHNESS_METRIC, start=epoch, end=epoch + 59, tags={"source": "sensor"})
+    assert fresh["dps"] == {str(epoch): epoch}
     assert rec.sinks["elasticsearch"] == {"accepted": 18, "rejected": 0}
 
     state, output = airflow.dags_test("sluice_sensor_minute", run_date, env=SINKS)
