@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Installs the system-level tools the local stack needs, only where missing:
-#   mosquitto (Debian), Maven and a JDK >= 21 (Kafka and Elasticsearch come from
-#   Maven Central), Go (MinIO is built with `go install`), python3-venv.
+#   mosquitto (Debian), Maven, a JDK >= 21 (Kafka, Elasticsearch) and a JDK 17
+#   (HBase under OpenTSDB) -- all from Maven Central --, Go (MinIO is built with
+#   `go install`), python3-venv, setpriv, docker-compose (validates the compose file).
 # Idempotent: on a machine that has everything it installs nothing.
 set -euo pipefail
 
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
-jdk_ok() {
+# jdk_in LOW HIGH: is a JDK with a major version in LOW..HIGH installed?
+jdk_in() {
   local home v
   for home in "${JAVA_HOME:-}" /usr/lib/jvm/*; do
     [ -n "$home" ] && [ -x "$home/bin/java" ] && [ -f "$home/release" ] || continue
     v=$(sed -n 's/^JAVA_VERSION="\([0-9]*\).*/\1/p' "$home/release")
-    [ "${v:-0}" -ge 21 ] && return 0
+    [ "${v:-0}" -ge "$1" ] && [ "${v:-0}" -le "$2" ] && return 0
   done
   return 1
 }
@@ -29,7 +31,9 @@ go_ok() {
 
 [ -x /usr/sbin/mosquitto ] || have mosquitto || need+=(mosquitto)
 have mvn || need+=(maven)
-jdk_ok || need+=(JDK21)
+# Elasticsearch 9 needs Java 21+; HBase 2.6 (under OpenTSDB) runs on 11..17 only.
+jdk_in 21 999 || need+=(JDK21)
+jdk_in 11 17 || need+=(openjdk-17-jdk-headless)
 go_ok || need+=(golang-go)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 have setpriv || need+=(util-linux)
@@ -37,7 +41,7 @@ have setpriv || need+=(util-linux)
 have docker-compose || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "bootstrap: system tools present (mosquitto, mvn, JDK >= 21, go, python3-venv)"
+  echo "bootstrap: system tools present (mosquitto, mvn, JDK >= 21, JDK 11..17, go, python3-venv, docker-compose)"
   exit 0
 fi
 

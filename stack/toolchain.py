@@ -28,11 +28,12 @@ def _jdk_major(home: Path) -> int | None:
     return int(match.group(2)) if major == 1 else major  # "1.8" -> 8
 
 
-def find_jdk(service: str, minimum: int) -> Path:
-    """The home of an installed JDK whose major version is at least ``minimum``.
+def find_jdk(service: str, minimum: int, maximum: int | None = None) -> Path:
+    """The home of the newest installed JDK whose major version is in minimum..maximum.
 
-    Looks at ``JAVA_HOME``, the ``java`` on PATH and ``/usr/lib/jvm/*`` and
-    prefers the newest. Raises StackError naming what was found otherwise.
+    Looks at ``JAVA_HOME``, the ``java`` on PATH and ``/usr/lib/jvm/*``.
+    Raises StackError naming what was found otherwise (a JDK newer than
+    ``maximum`` is not "close enough": HBase fails on one in odd ways).
     """
     candidates: list[Path] = []
     if os.environ.get("JAVA_HOME"):
@@ -47,13 +48,15 @@ def find_jdk(service: str, minimum: int) -> Path:
         major = _jdk_major(home)
         if major is not None and (home / "bin" / "java").exists():
             seen[home] = major
-    fit = sorted((major, str(home)) for home, major in seen.items() if major >= minimum)
+    top = maximum if maximum is not None else 10**6
+    fit = sorted((major, str(home)) for home, major in seen.items() if minimum <= major <= top)
     if not fit:
         found = ", ".join(f"{h} (Java {m})" for h, m in seen.items()) or "none"
+        wanted = f"a JDK {minimum} or newer" if maximum is None else f"a JDK between {minimum} and {maximum}"
         raise StackError(
             service,
-            f"needs a JDK {minimum} or newer; found {found}. Install one "
-            f"(e.g. `apt-get install openjdk-{minimum}-jdk-headless`) or set JAVA_HOME",
+            f"needs {wanted}; found {found}. Install one "
+            f"(e.g. `apt-get install openjdk-{maximum or minimum}-jdk-headless`) or set JAVA_HOME",
         )
     return Path(fit[-1][1])
 

@@ -40,9 +40,9 @@ import urllib.request
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from stack.config import REPO_ROOT, StackError
+from stack.config import REPO_ROOT
 from stack.service import Service, tail
-from stack.toolchain import _jdk_major, maven_classpath
+from stack.toolchain import find_jdk, maven_classpath
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +74,6 @@ HBASE_JAVA_OPENS = (
     "--add-exports=java.base/sun.net.dns=ALL-UNNAMED",
     "--add-exports=java.base/sun.net.util=ALL-UNNAMED",
 )
-
-
-def find_jdk_between(service: str, low: int, high: int) -> Path:
-    """The home of the newest installed JDK whose major version is in low..high.
-
-    Looks at ``JAVA_HOME`` and ``/usr/lib/jvm/*``. Raises StackError naming
-    what was found when none fits (HBase refuses newer JDKs in odd ways, so a
-    too-new JDK is not "close enough").
-    """
-    candidates = [Path(os.environ["JAVA_HOME"])] if os.environ.get("JAVA_HOME") else []
-    candidates += sorted(Path("/usr/lib/jvm").glob("*"))
-    seen: dict[Path, int] = {}
-    for home in candidates:
-        home = home.resolve()
-        major = _jdk_major(home)
-        if major is not None and (home / "bin" / "java").exists():
-            seen[home] = major
-    fit = sorted((major, str(home)) for home, major in seen.items() if low <= major <= high)
-    if not fit:
-        found = ", ".join(f"{h} (Java {m})" for h, m in seen.items()) or "none"
-        raise StackError(
-            service,
-            f"needs a JDK between {low} and {high} (HBase {HBASE_VERSION}); found {found}. "
-            f"Install one (e.g. `apt-get install openjdk-{high}-jdk-headless`) or set JAVA_HOME",
-        )
-    return Path(fit[-1][1])
 
 
 def _site_xml(properties: dict[str, str]) -> str:
@@ -144,13 +118,13 @@ class OpenTSDB(Service):
 
     # -- hooks ---------------------------------------------------------------
     def install(self) -> None:
-        find_jdk_between(self.name, *JAVA_RANGE)
+        find_jdk(self.name, *JAVA_RANGE)
         maven_classpath(self.name, HBASE_POM, self._classpath_file("hbase"))
         maven_classpath(self.name, OPENTSDB_POM, self._classpath_file("tsd"))
 
     def prepare(self) -> None:
         host, ports = self.config.host, self.config.ports
-        java = str(find_jdk_between(self.name, *JAVA_RANGE) / "bin" / "java")
+        java = str(find_jdk(self.name, *JAVA_RANGE) / "bin" / "java")
         hbase_cp = maven_classpath(self.name, HBASE_POM, self._classpath_file("hbase"))
         tsd_cp = maven_classpath(self.name, OPENTSDB_POM, self._classpath_file("tsd"))
         conf = self.hbase_dir / "conf"
