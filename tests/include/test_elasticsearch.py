@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import orjson
 import pytest
 
 from include import elasticsearch as es_mod
-from include.elasticsearch import ElasticsearchUnavailable, bulk_actions, bulk_index, daily_index, ensure_index_template
+from include.elasticsearch import ElasticsearchUnavailable, RetryableFailuresLeft, bulk_actions, bulk_index, daily_index, ensure_index_template
 from include.transform import transform_file
 
 HOST_HEADER = (
@@ -91,3 +92,40 @@ def test_an_unreachable_node_raises_unavailable_naming_it():
     client = es_mod.connect("http://127.0.0.1:9", request_timeout=2, max_retries=0)
     with pytest.raises(ElasticsearchUnavailable, match="127.0.0.1:9"):
         bulk_index(client, [(b'{"index":{"_index":"x","_id":"1"}}', b"{}")])
+
+
+def _block(es, index: str, on: bool) -> None:
+    # A read-only-allow-delete block is what a full disk sets: Elasticsearch answers 429 to writes.
+    es.indices.put_settings(index=index, settings={"index.blocks.read_only_allow_delete": True if on else None})
+
+
+def test_429_is_retried_with_backoff_until_accepted(es, prefix):
+    docs = transform_file("host", host_csv("web-1", "2020-09-03", range(10)))
+    actions = list(bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+    ensure_index_template(es, "host", prefix=prefix)
+    bulk_index(es, actions[:1])
+    index = f"{prefix}-host-2020.09.03"
+    _block(es, index, True)
+    timer = threading.Timer(1.0, _block, args=(es, index, False))
+    timer.start()
+    try:
+        result = bulk_index(es, actions, max_retries=6, initial_backoff=0.5)
+    finally:
+        timer.join()
+    assert (result.accepted, result.rejected) == (10, 0)
+    es.indices.refresh(index=index)
+    assert es.count(index=index)["count"] == 10
+
+
+def test_429_still_answered_after_the_retries_raises_naming_it(es, prefix):
+    docs = transform_file("host", host_csv("web-1", "2020-09-03", range(3)))
+    actions = list(bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+    ensure_index_template(es, "host", prefix=prefix)
+    bulk_index(es, actions[:1])
+    index = f"{prefix}-host-2020.09.03"
+    _block(es, index, True)
+    try:
+        with pytest.raises(RetryableFailuresLeft, match="429"):
+            bulk_index(es, actions, max_retries=2, initial_backoff=0.1)
+    finally:
+        _block(es, index, False)
