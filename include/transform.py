@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import re
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence

@@ -7,7 +7,7 @@ run's data interval as the last complete one), so minute 07:11 is run as 07:12.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from include import loads
 from include.landing import minute_key
