@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def run_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Airflow:
+def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Iterator[Airflow]:
     home = tmp_path_factory.mktemp("airflow")
     api_port = _free_port()
     env = {
@@ -138,7 +139,13 @@ def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Air
     }
     af = Airflow(env, home)
     af.run("db", "migrate")
-    return af
+    yield af
+    # Whatever a test's DAG runs indexed under this session's prefix goes, used `es` or not.
+    client = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
+    try:
+        es_mod.drop_prefix(client, env["SLUICE_ES_INDEX_PREFIX"])
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
