@@ -8,7 +8,7 @@
    nothing was lost.
 
 Needs the local stack (``python -m stack up``). Run:
-``.venv/bin/python benchmarks/collectors_bench.py [--host-minutes 3] [--mqtt-seconds 20]``
+``.venv/bin/python tests/benchmarks/collectors_bench.py [--host-minutes 3] [--mqtt-seconds 20]``
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 MINIMAL_LOOP = textwrap.dedent("""

@@ -1,6 +1,6 @@
 """Datapoints per second into the local OpenTSDB: Sluice's client against plain HTTP batches.
 
-Usage: ``.venv/bin/python benchmarks/opentsdb_load.py [--datapoints N] [--batch-size B]``
+Usage: ``.venv/bin/python tests/benchmarks/opentsdb_load.py [--datapoints N] [--batch-size B]``
 
 Both runs post the same datapoints (host metrics of a few hosts, one per
 second, the shape the host DAG produces) under a fresh metric prefix each, so
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from include.opentsdb import OpenTSDBClient, batched  # noqa: E402
 from stack.config import StackConfig  # noqa: E402

@@ -1,7 +1,7 @@
 """Figures of the batch pipeline: transform rows/s, Elasticsearch load docs/s, fast-path host-day.
 
-    .venv/bin/python -m benchmarks.pipeline_bench            # all three (needs the local stack)
-    .venv/bin/python -m benchmarks.pipeline_bench --only transform
+    .venv/bin/python tests/benchmarks/pipeline_bench.py            # all three (needs the local stack)
+    .venv/bin/python tests/benchmarks/pipeline_bench.py --only transform
 
 1. **Transform**, one core (``POLARS_MAX_THREADS=1``): one synthetic host-day
    (1,440 minute files of 60 rows, every column of the host schema) through
@@ -39,6 +39,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 from include import elasticsearch as es_mod
 from include.landing import S3Landing, minute_key
 from include.schemas import HOST_SCHEMA

@@ -15,7 +15,7 @@
 
 Every run uses its own topics, consumer group, index prefix and metric names
 and removes its indices at the end. Needs the local stack (``python -m stack up``).
-Run: ``.venv/bin/python benchmarks/stream_bench.py [--messages 20000] [--rate 1000] [--seconds 30]``
+Run: ``.venv/bin/python tests/benchmarks/stream_bench.py [--messages 20000] [--rate 1000] [--seconds 30]``
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import orjson
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 KINDS = ("temperature", "humidity", "dust")
