@@ -130,7 +130,29 @@ def open_store(config: CommonConfig) -> LandingZone:
     return open_landing(config.landing_url, s3_client=client)
 
 
-class CollectorMetrics(LanderMetrics):
+class MetricsEndpoint:
+    """The HTTP /metrics endpoint of one Prometheus registry (``self.registry``)."""
+
+    registry = None
+    _server = None
+
+    def serve(self, addr: str, port: int) -> int:
+        """Start the /metrics endpoint; return the port (``port`` 0 picks a free one, -1 serves nothing)."""
+        if port < 0:
+            return -1
+        from prometheus_client import start_http_server
+
+        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return self._server.server_port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class CollectorMetrics(LanderMetrics, MetricsEndpoint):
     """Prometheus self-metrics of a collector, in a registry of its own.
 
     Served over HTTP by :meth:`serve` (pull model: Prometheus scrapes, the
@@ -156,7 +178,6 @@ class CollectorMetrics(LanderMetrics):
         depth.set_function(spool.depth)
         age = Gauge(p + "spool_oldest_age_seconds", "Age of the oldest spooled file, seconds (0 when empty).", registry=r)
         age.set_function(self._oldest_age)
-        self._server = None
 
     def _oldest_age(self) -> float:
         oldest = self._spool.oldest()
@@ -169,20 +190,6 @@ class CollectorMetrics(LanderMetrics):
     def failed(self, entry: SpoolEntry, exc: BaseException) -> None:
         self.upload_failures.inc()
 
-    def serve(self, addr: str, port: int) -> int:
-        """Start the /metrics endpoint; return the port (``port`` 0 picks a free one, -1 serves nothing)."""
-        if port < 0:
-            return -1
-        from prometheus_client import start_http_server
-
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return self._server.server_port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def start_cli(prog: str, config_cls, argv: list[str] | None):

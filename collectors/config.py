@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import os
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -149,3 +150,24 @@ def require(condition: bool, name: str, message: str) -> None:
     """Raise ConfigError naming the option when ``condition`` is false."""
     if not condition:
         raise ConfigError(f"{describe(name)}: {message}")
+
+
+class CliOptions:
+    """Mixin of the collectors' frozen config dataclasses: ``from_args`` and nothing else.
+
+    A subclass names its module in ``prog`` (``"collectors.host"``); the first
+    paragraph of that module's docstring heads ``--help``.
+    """
+
+    prog = ""
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, environ: Mapping[str, str] | None = None):
+        """Flags, then ``SLUICE_*`` environment, then defaults; validated (ConfigError names the option)."""
+        doc = sys.modules[cls.__module__].__doc__ or ""
+        parser = build_parser(cls, f"python -m {cls.prog}", doc.split("\n\n")[0])
+        args = parser.parse_args(argv)
+        config = cls(**resolve(cls, args, environ))
+        config.validate()
+        object.__setattr__(config, "_log_level", args.log_level)
+        return config

@@ -29,7 +29,7 @@ import psutil
 from collectors.common import (
     Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
 )
-from collectors.config import ConfigError, build_parser, default_host, option, require, resolve
+from collectors.config import CliOptions, ConfigError, default_host, option, require
 from collectors.journal import MinuteStore
 from include.kafka import HOST_METRICS
 from include.landing import check_device, minute_key
@@ -42,21 +42,14 @@ _INT_COLUMNS = frozenset(c.name for c in HOST_SCHEMA.columns if c.kind == "int")
 
 
 @dataclass(frozen=True)
-class HostConfig(CommonConfig):
+class HostConfig(CommonConfig, CliOptions):
+    prog = "collectors.host"
+
     host: str = option(default_host(), "Host name for the host column and the file name.")
     kafka_bootstrap: str = option("", "Kafka bootstrap servers; when set every row is also published to sluice.host.metrics.")
     metrics_port: int = option(9108, "Port of the Prometheus /metrics endpoint (0: any free port, -1: off).")
 
     collector = "host"
-
-    @classmethod
-    def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None) -> HostConfig:
-        parser = build_parser(cls, "python -m collectors.host", __doc__.split("\n\n")[0])
-        args = parser.parse_args(argv)
-        config = cls(**resolve(cls, args, environ))
-        config.validate()
-        object.__setattr__(config, "_log_level", args.log_level)
-        return config
 
     def validate(self) -> None:
         self.validate_common()

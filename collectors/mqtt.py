@@ -38,7 +38,7 @@ import orjson
 from collectors.common import (
     Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
 )
-from collectors.config import ConfigError, build_parser, describe, option, require, resolve
+from collectors.config import CliOptions, ConfigError, describe, option, require
 from collectors.journal import MinuteStore
 from include import kafka as topics
 from include.landing import check_device, minute_key, minute_prefix
@@ -54,7 +54,9 @@ DEADLETTER_PAYLOAD_MAX = 65536
 
 
 @dataclass(frozen=True)
-class MqttConfig(CommonConfig):
+class MqttConfig(CommonConfig, CliOptions):
+    prog = "collectors.mqtt"
+
     mqtt_host: str = option("127.0.0.1", "MQTT broker host.")
     mqtt_port: int = option(1883, "MQTT broker port.")
     mqtt_client_id: str = option("sluice-mqtt-collector", "Fixed MQTT client id: the persistent session is keyed by it.")
@@ -76,15 +78,6 @@ class MqttConfig(CommonConfig):
     metrics_port: int = option(9109, "Port of the Prometheus /metrics endpoint (0: any free port, -1: off).")
 
     collector = "mqtt"
-
-    @classmethod
-    def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None) -> MqttConfig:
-        parser = build_parser(cls, "python -m collectors.mqtt", __doc__.split("\n\n")[0])
-        args = parser.parse_args(argv)
-        config = cls(**resolve(cls, args, environ))
-        config.validate()
-        object.__setattr__(config, "_log_level", args.log_level)
-        return config
 
     def validate(self) -> None:
         self.validate_common()

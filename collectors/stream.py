@@ -60,8 +60,8 @@ from datetime import datetime
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from collectors.common import Clock, start_cli
-from collectors.config import build_parser, option, require, resolve
+from collectors.common import Clock, MetricsEndpoint, start_cli
+from collectors.config import CliOptions, option, require
 from include import kafka as topics
 from include.landing import check_device
 from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
@@ -86,8 +86,10 @@ _SENSOR_NAMES = SENSOR_SCHEMA.names
 
 
 @dataclass(frozen=True)
-class StreamConfig:
+class StreamConfig(CliOptions):
     """Options of the stream loader (flags ``--name``, environment ``SLUICE_NAME``)."""
+
+    prog = "collectors.stream"
 
     kafka_bootstrap: str = option("127.0.0.1:9092", "Kafka bootstrap servers.")
     kafka_group: str = option("sluice-stream-loader", "Consumer group; the lag DAG watches it.")
@@ -118,15 +120,6 @@ class StreamConfig:
     max_timestamp_future: float = option(300.0, "Readings this many seconds after their receive time are rejected.")
     metrics_addr: str = option("127.0.0.1", "Address the Prometheus /metrics endpoint listens on.")
     metrics_port: int = option(9110, "Port of the Prometheus /metrics endpoint (0: any free port, -1: off).")
-
-    @classmethod
-    def from_args(cls, argv: list[str] | None = None, environ: dict[str, str] | None = None) -> StreamConfig:
-        parser = build_parser(cls, "python -m collectors.stream", __doc__.split("\n\n")[0])
-        args = parser.parse_args(argv)
-        config = cls(**resolve(cls, args, environ))
-        config.validate()
-        object.__setattr__(config, "_log_level", args.log_level)
-        return config
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option."""
@@ -287,7 +280,7 @@ def build_sinks(config: StreamConfig) -> list:
 # --- self-metrics ---------------------------------------------------------------------------
 
 
-class StreamMetrics:
+class StreamMetrics(MetricsEndpoint):
     """Prometheus self-metrics of the loader, in a registry of its own, served by :meth:`serve`."""
 
     def __init__(self) -> None:
@@ -311,22 +304,7 @@ class StreamMetrics:
         self.delay = Histogram(p + "delay_seconds", "Seconds from a record's receive time (received_at, else its "
                                "Kafka timestamp) to its batch's commit.",
                                buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=r)
-        self._server = None
 
-    def serve(self, addr: str, port: int) -> int:
-        """Start the /metrics endpoint; return the port (``port`` 0 picks a free one, -1 serves nothing)."""
-        if port < 0:
-            return -1
-        from prometheus_client import start_http_server
-
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        return self._server.server_port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 # --- the loader -----------------------------------------------------------------------------
