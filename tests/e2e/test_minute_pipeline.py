@@ -84,8 +84,8 @@ def test_a_minute_loads_exactly_and_three_runs_leave_the_same_documents(airflow,
     state, output = airflow.dags_test("sluice_sensor_minute", run_date(m))
     assert state == "success", output[-3000:]
 
-    assert count(es, airflow, "host") == 119
-    assert count(es, airflow, "sensor") == 60
+    assert count(es, airflow, "host", m) == 119
+    assert count(es, airflow, "sensor", m) == 60
     prefix = airflow.env["SLUICE_ES_INDEX_PREFIX"]
     doc = es.get(index=f"{prefix}-host-2020.09.03", id=reading_id("host", "web-1", "2020-09-03T07:11:30Z", "host"))["_source"]
     assert doc["@timestamp"] == "2020-09-03T07:11:30Z"
@@ -111,7 +111,7 @@ def test_a_minute_loads_exactly_and_three_runs_leave_the_same_documents(airflow,
     for _ in range(2):
         state, output = airflow.dags_test("sluice_host_minute", run_date(m))
         assert state == "success", output[-3000:]
-        assert count(es, airflow, "host") == 119
+        assert count(es, airflow, "host", m) == 119
         assert snapshot(es, airflow, "host", m) == before
 
 
