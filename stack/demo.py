@@ -109,18 +109,21 @@ class Demo:
         for name in ("simulator", "mqtt", "host", "stream"):
             self._stop(name)
 
-    def wait_for_stream_loader(self, timeout: float = 120) -> int:
-        """Seconds waited until the stream loader's lag is zero on both topics."""
+    def stream_offsets(self) -> list:
+        """Committed and log-end offsets of the stream loader's group, per partition."""
         from confluent_kafka.admin import AdminClient
 
         from include.kafka import HOST_METRICS, SENSORS_RAW
         from include.kafka_lag import fetch_offsets
 
         admin = AdminClient({"bootstrap.servers": f"{self.config.host}:{self.config.ports['kafka']}"})
+        return fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS])
+
+    def wait_for_stream_loader(self, timeout: float = 120) -> int:
+        """Seconds waited until the stream loader's lag is zero on both topics."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
-            offsets = fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS])
-            if sum(o.lag for o in offsets) == 0:
+            if sum(o.lag for o in self.stream_offsets()) == 0:
                 return int(time.monotonic() - start)
             time.sleep(1)
         raise RuntimeError(f"the stream loader still has lag after {timeout:.0f} s; see {self.dir / 'stream.log'}")
@@ -236,9 +239,15 @@ def run(config: StackConfig, *, minutes: int = 3, devices: int = 5) -> int:
                 print(f"{minute:%Y-%m-%d %H:%M} {source:<7} {files:>5} {rows:>11} {loaded:>10} {docs:>8} "
                       f"{points:>9}  {'yes' if ok else 'NO'}")
     es_url = config.url("elasticsearch")
+    print(f"\nKafka consumer group {STREAM_GROUP} (the stream path):")
+    print(f"  {'topic':<22} {'partition':>9} {'committed':>10} {'log end':>8} {'lag':>5}")
+    for o in sorted(demo.stream_offsets(), key=lambda o: (o.topic, o.partition)):
+        print(f"  {o.topic:<22} {o.partition:>9} {o.committed if o.committed is not None else '-':>10} "
+              f"{o.log_end:>8} {o.lag:>5}")
     print(f"""
-lag DAG: {lag_line.split('state=')[1].split(',')[0] if 'state=' in lag_line else 'see ' + str(demo.dir / 'airflow.log')}
-          (group {STREAM_GROUP}; a failed run means STOP/STALL or lag above the threshold)
+lag DAG sluice_kafka_lag: {lag_line.split('state=')[1].split(',')[0] if 'state=' in lag_line else 'see ' + str(demo.dir / 'airflow.log')}
+          (a failed run means STOP/STALL or lag above the threshold; lag and status are in
+          OpenTSDB kafka.consumer.lag{{group=...}} and Elasticsearch sluice-lag-*)
 
 Where to look:
   Elasticsearch  curl -s '{es_url}/sluice-sensor-*/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
