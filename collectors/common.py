@@ -192,6 +192,25 @@ class CollectorMetrics(LanderMetrics, MetricsEndpoint):
 
 
 
+def start_minute_store(config: CommonConfig, collector: str, splitter, *, landing=None, clock: Clock):
+    """A collector's journal and spool (``MinuteStore``) and its /metrics endpoint.
+
+    Built from the options every collector shares; ``landing`` defaults to the
+    configured landing zone. Returns ``(store, metrics, metrics_port)``; the
+    store is not started yet.
+    """
+    from collectors.journal import MinuteStore
+
+    store = MinuteStore(
+        config.state_path, landing if landing is not None else open_store(config), splitter,
+        fsync_interval=config.fsync_interval, retry_initial=config.retry_initial, retry_max=config.retry_max,
+        wall_clock=clock.time, wait=clock.wait,
+    )
+    metrics = CollectorMetrics(collector, store.spool, clock)
+    store.lander.metrics = metrics
+    return store, metrics, metrics.serve(config.metrics_addr, config.metrics_port)
+
+
 def start_cli(prog: str, config_cls, argv: list[str] | None):
     """Everything a collector's ``main()`` does before running: (config, stop event).
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 import psutil
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
+    Clock, CollectorMetrics, CommonConfig, start_cli, start_minute_store,
 )
 from collectors.config import CliOptions, ConfigError, default_host, option, require
 from collectors.journal import MinuteStore
@@ -114,15 +114,9 @@ class HostSampler:
 
     def _start(self) -> None:
         c = self.config
-        landing = self._landing if self._landing is not None else open_store(c)
-        self.store = MinuteStore(
-            c.state_path, landing, host_splitter(c.host),
-            fsync_interval=c.fsync_interval, retry_initial=c.retry_initial, retry_max=c.retry_max,
-            wall_clock=self.clock.time, wait=self.clock.wait,
+        self.store, self.metrics, self.metrics_port = start_minute_store(
+            c, "host", host_splitter(c.host), landing=self._landing, clock=self.clock
         )
-        self.metrics = CollectorMetrics("host", self.store.spool, self.clock)
-        self.store.lander.metrics = self.metrics
-        self.metrics_port = self.metrics.serve(c.metrics_addr, c.metrics_port)
         if self._producer is None and c.kafka_bootstrap:
             from confluent_kafka import Producer
 

@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 import orjson
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, open_store, start_cli,
+    Clock, CollectorMetrics, CommonConfig, start_cli, start_minute_store,
 )
 from collectors.config import CliOptions, ConfigError, describe, option, require
 from collectors.journal import MinuteStore
@@ -169,15 +169,9 @@ class MqttCollector:
 
     def _start(self) -> None:
         c = self.config
-        landing = self._landing if self._landing is not None else open_store(c)
-        self.store = MinuteStore(
-            c.state_path, landing, sensor_splitter(c.mqtt_client_id),
-            fsync_interval=c.fsync_interval, retry_initial=c.retry_initial, retry_max=c.retry_max,
-            wall_clock=self.clock.time, wait=self.clock.wait,
+        self.store, self.metrics, self.metrics_port = start_minute_store(
+            c, "mqtt", sensor_splitter(c.mqtt_client_id), landing=self._landing, clock=self.clock
         )
-        self.metrics = CollectorMetrics("mqtt", self.store.spool, self.clock)
-        self.store.lander.metrics = self.metrics
-        self.metrics_port = self.metrics.serve(c.metrics_addr, c.metrics_port)
         recovered = self.store.start()
         if recovered:
             log.info("spooled %d file(s) journalled by a previous run", recovered)
