@@ -25,12 +25,11 @@ Enforced, as Grafana documents them:
 
 from __future__ import annotations
 
-import base64
 import copy
 import re
 from typing import Any, Callable
 
-from tests.contract.server import ContractServer, Request, Response
+from tests.contract.server import ContractServer, Request, Response, basic_credentials
 
 ROLES = {"Viewer": 0, "Editor": 1, "Admin": 2}
 
@@ -85,13 +84,8 @@ class GrafanaContract(ContractServer):
         auth = req.headers.get("authorization", "")
         if auth.startswith("Bearer "):
             return self.tokens.get(auth[len("Bearer ") :])
-        if auth.startswith("Basic "):
-            try:
-                user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
-            except ValueError:
-                return None
-            return self.users.get((user, pw))
-        return None
+        credentials = basic_credentials(req)
+        return self.users.get(credentials) if credentials else None
 
     def is_read(self, request: Request) -> bool:
         return request.method == "GET"

@@ -27,7 +27,6 @@ Enforced, as Kibana documents them:
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import re
@@ -35,7 +34,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any, Callable
 
-from tests.contract.server import ContractServer, Request, Response
+from tests.contract.server import ContractServer, Request, Response, basic_credentials
 
 IMPORTABLE = {"index-pattern", "visualization", "dashboard", "search", "lens", "config"}
 
@@ -85,13 +84,8 @@ class KibanaContract(ContractServer):
         auth = req.headers.get("authorization", "")
         if auth.startswith("ApiKey "):
             return self.api_keys.get(auth[len("ApiKey ") :])
-        if auth.startswith("Basic "):
-            try:
-                user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
-            except ValueError:
-                return None
-            return self.users.get((user, pw))
-        return None
+        credentials = basic_credentials(req)
+        return self.users.get(credentials) if credentials else None
 
     def handle(self, req: Request) -> Response:
         space, path = "default", req.path

@@ -8,6 +8,7 @@ against it. The live check is the docker-compose path.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from dataclasses import dataclass
@@ -40,6 +41,18 @@ class Response:
         if isinstance(self.body, (bytes, str)):
             return self.body if isinstance(self.body, bytes) else self.body.encode()
         return json.dumps(self.body).encode()
+
+
+def basic_credentials(req: Request) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic`` header, or None."""
+    auth = req.headers.get("authorization", "")
+    if not auth.startswith("Basic "):
+        return None
+    try:
+        user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+    except ValueError:
+        return None
+    return user, pw
 
 
 class ContractServer:

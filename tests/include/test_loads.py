@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
 
-from include import elasticsearch as es_mod
 from include import loads, pipeline
-from include.landing import S3Landing, minute_key
-from stack.config import LANDING_BUCKET
+from include.landing import minute_key
 
 HOST_HEADER = (
     "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
@@ -61,22 +58,6 @@ def test_bad_keys_are_refused(key):
         loads.loaded_key(key, "e") if key.startswith(("raw", "other")) else loads.split_record_key(key)
 
 
-@pytest.fixture()
-def landing(minio):
-    client = minio.client()
-    zone = S3Landing(client, LANDING_BUCKET, f"test-pipeline-{uuid.uuid4().hex[:8]}")
-    yield zone
-    for info in list(zone.list("")):
-        zone.delete(info.key)
-
-
-@pytest.fixture()
-def sink(elasticsearch):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
-    prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
-    yield pipeline.ElasticsearchSink(client, prefix=prefix)
-    es_mod.drop_prefix(client, prefix)
-    client.close()
 
 
 def run_minute(landing, sink, source, minute, run_id="test"):

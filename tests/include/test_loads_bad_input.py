@@ -7,15 +7,12 @@ the real MinIO and Elasticsearch, with one good file and one bad file in the min
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include import elasticsearch as es_mod
 from include import loads, pipeline
-from include.landing import S3Landing, minute_key
-from stack.config import LANDING_BUCKET
+from include.landing import minute_key
 
 HOST_HEADER = (
     "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
@@ -32,21 +29,6 @@ def host_csv(host: str, seconds=range(60), header: str = HOST_HEADER) -> bytes:
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
-@pytest.fixture()
-def landing(minio):
-    zone = S3Landing(minio.client(), LANDING_BUCKET, f"test-bad-{uuid.uuid4().hex[:8]}")
-    yield zone
-    for info in list(zone.list("")):
-        zone.delete(info.key)
-
-
-@pytest.fixture()
-def sink(elasticsearch):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
-    prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
-    yield pipeline.ElasticsearchSink(client, prefix=prefix)
-    es_mod.drop_prefix(client, prefix)
-    client.close()
 
 
 QUARANTINED = [

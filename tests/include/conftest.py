@@ -1,0 +1,30 @@
+"""Fixtures of the pipeline tests: a private landing prefix on the real MinIO and
+a private index prefix on the real Elasticsearch, both removed afterwards."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from include import elasticsearch as es_mod
+from include import pipeline
+from include.landing import S3Landing
+from stack.config import LANDING_BUCKET
+
+
+@pytest.fixture()
+def landing(minio):
+    zone = S3Landing(minio.client(), LANDING_BUCKET, f"test-pipeline-{uuid.uuid4().hex[:8]}")
+    yield zone
+    for info in list(zone.list("")):
+        zone.delete(info.key)
+
+
+@pytest.fixture()
+def sink(elasticsearch):
+    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
+    prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
+    yield pipeline.ElasticsearchSink(client, prefix=prefix)
+    es_mod.drop_prefix(client, prefix)
+    client.close()
