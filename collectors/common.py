@@ -131,18 +131,52 @@ def open_store(config: CommonConfig) -> LandingZone:
 
 
 class MetricsEndpoint:
-    """The HTTP /metrics endpoint of one Prometheus registry (``self.registry``)."""
+    """The HTTP endpoint of one Prometheus registry (``self.registry``): ``/metrics`` and ``/healthz``.
+
+    ``/healthz`` answers 200 ``ok`` or 503 with the reasons of ``self.health``
+    (:class:`collectors.health.Health`); without one it answers 200 while the
+    endpoint runs.
+    """
 
     registry = None
+    health = None
     _server = None
 
     def serve(self, addr: str, port: int) -> int:
-        """Start the /metrics endpoint; return the port (``port`` 0 picks a free one, -1 serves nothing)."""
+        """Start the endpoint; return the port (``port`` 0 picks a free one, -1 serves nothing)."""
         if port < 0:
             return -1
-        from prometheus_client import start_http_server
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(endpoint.registry)
+                elif path == "/healthz":
+                    verdict = endpoint.health.check() if endpoint.health is not None else None
+                    ok = verdict is None or verdict.healthy
+                    status, ctype = (200 if ok else 503), "text/plain; charset=utf-8"
+                    body = (verdict.text() if verdict is not None else "ok\n").encode()
+                else:
+                    status, ctype, body = 404, "text/plain", b"not found: try /metrics or /healthz\n"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format, *args) -> None:  # scrapes every few seconds: keep the log quiet
+                pass
+
+        self._server = ThreadingHTTPServer((addr, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics-endpoint", daemon=True).start()
         return self._server.server_port
 
     def close(self) -> None:
