@@ -20,9 +20,8 @@ from collector_helpers import new_run_id, private_service, spawn, terminate, wai
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from collectors.config import ConfigError
-from collectors.stream import (
-    StreamConfig, StreamLoader, Undecodable, host_documents, received_time, sensor_documents,
-)
+from collectors.stream import StreamConfig, StreamLoader
+from collectors.stream.decode import Undecodable, host_documents, received_time, sensor_documents
 from include import elasticsearch as es
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
 from include.opentsdb import OpenTSDBClient
@@ -225,7 +224,7 @@ def test_undecodable_sensor_records(key, payload, code):
 
 def test_undecodable_host_records():
     for value, needle in ((b"[1]", "not an object"), (b'{"timestamp": "x", "bogus": 1}', "bogus"),
-                          (b'{"timestamp": "2026-01-01T00:00:00Z", "host": "h", "cpu_usage_percent": null}', "no value")):
+                          (b'{"timestamp": "2026-01-01T00:00:00Z", "host": "h", "cpu_usage_percent": null}', "lacks column")):
         with pytest.raises(Undecodable, match=needle):
             host_documents(value)
 
