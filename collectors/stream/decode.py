@@ -123,7 +123,7 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     the payload is valid (the reason is :attr:`include.sensors.Parsed.reason`).
     """
     try:
-        device = check_device((key or b"").decode())
+        device = _device((key or b"").decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise Undecodable("bad_device", f"record key: {exc}") from None
     parsed = parse_payload(value or b"", received, limits)
@@ -131,12 +131,32 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
         code = parsed.rejects[0].code if parsed.rejects else "no_readings"
         raise Undecodable(code, parsed.reason or "no readings")
     docs = []
+    rejects = Tally(r.code for r in parsed.rejects)
+    unusable: list[str] = []
     for reading in parsed.readings:
+        row = csv_row(device, reading)
+        # A name the validation lets through with a line break or control character in it (a trailing
+        # "\n" passes a "$"-anchored regex) would split the minute file's CSV row and change the reading's
+        # identity: such a reading does not survive its own CSV line, so it is left out here too.
+        bad = next((f for f in row if not f.isprintable()), None)
+        if bad is not None:
+            rejects["bad_name"] += 1
+            unusable.append(f"{bad!r} holds a line break or control character")
+            continue
         try:
-            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading)))))
+            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, row))))
         except RowValueError as exc:  # parse_payload's checks make this unreachable for its readings
             raise Undecodable("bad_row", str(exc)) from None
-    return docs, Tally(r.code for r in parsed.rejects)
+    if not docs:
+        raise Undecodable("bad_name", f"no usable reading: {'; '.join(unusable[:5])}")
+    return docs, rejects
+
+
+def _device(text: str) -> str:
+    """:func:`include.landing.check_device`, and no trailing line break (its ``$`` lets one through)."""
+    if not text.isprintable():
+        raise ValueError(f"device id {text!r} holds a line break or control character")
+    return check_device(text)
 
 
 def host_row(value: bytes | None, limits: Limits = Limits()) -> tuple[dict[str, str], list[str]]:
@@ -171,7 +191,7 @@ def host_row(value: bytes | None, limits: Limits = Limits()) -> tuple[dict[str, 
         raise Undecodable("missing_column", f"host record lacks column(s) {', '.join(missing)}; "
                                             f"a host row needs at least {', '.join(REQUIRED[HOST])}")
     try:
-        check_device(row["host"])
+        _device(row["host"])
     except ValueError as exc:
         raise Undecodable("bad_device", f"column host: {exc}") from None
     return row, [n for n in HOST_SCHEMA.names if n in row]
