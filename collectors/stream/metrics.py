@@ -69,6 +69,8 @@ class StreamMetrics(MetricsEndpoint):
                                        "(dead-lettered with reason internal: ...).", registry=r)
         self.sink_failures = Counter(p + "sink_failures", "Failed attempts to load a batch, by sink.", ["sink"], registry=r)
         self.batches = Counter(p + "batches_committed", "Batches loaded and committed.", registry=r)
+        self.committed_records = Counter(p + "records_committed", "Kafka records whose offsets were committed "
+                                         "(loaded or dead-lettered).", registry=r)
         self.commit_failures = Counter(p + "commit_failures", "Offset commits Kafka refused (the batch replays).", registry=r)
         self.rebalances = Counter(p + "partitions_changed", "Partitions assigned or revoked by the group, by event.",
                                   ["event"], registry=r)
@@ -88,6 +90,7 @@ class StreamMetrics(MetricsEndpoint):
         from collectors.stream.decode import Undecodable, received_time
 
         self.batches.inc()
+        self.committed_records.inc(len(batch.messages))
         self.last_commit.set(now)
         self.batch_seconds.observe(max(0.0, elapsed))
         for msg in batch.messages:

@@ -204,3 +204,16 @@ def read_deadletters(bootstrap: str, topic: str, count: int, timeout: float = 30
 
 def headers_of(msg) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in msg.headers() or ()}
+
+
+def scrape(port: int, name: str) -> float:
+    """Sum of the samples named ``name`` on a loader's /metrics (0 when it does not answer)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
