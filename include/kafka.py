@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+# Dead-letter names belong to the reading contract; re-exported for the topic list below.
+from include.contract import DEADLETTER_TOPIC as DEADLETTER
+from include.contract import HEADER_REASON as HEADER_REASON
+
 log = logging.getLogger(__name__)
 
 #: Original MQTT payloads, value unchanged, key = device, headers = topic and receive time.
 SENSORS_RAW = "sluice.sensors.raw"
 #: One JSON object per host CSV row, key = host.
 HOST_METRICS = "sluice.host.metrics"
-#: MQTT payloads without a single valid reading, headers carry the reason.
-DEADLETTER = "sluice.deadletter"
+#: DEADLETTER (imported above): dead letters of kinds payload (MQTT payloads without a
+#: valid reading) and record (Kafka records the stream loader refused).
 
 TOPICS = (SENSORS_RAW, HOST_METRICS, DEADLETTER)
 PARTITIONS = 3
@@ -25,7 +29,6 @@ PARTITIONS = 3
 #: Header names on forwarded MQTT payloads.
 HEADER_MQTT_TOPIC = "mqtt_topic"
 HEADER_RECEIVED_AT = "received_at"
-HEADER_REASON = "reason"
 
 
 def producer_config(bootstrap: str, *, message_timeout_s: float = 30.0, client_id: str = "sluice", **extra) -> dict:

@@ -150,13 +150,13 @@ class Demo:
 
     def batch_loaded(self, landing, source: str, minute: datetime) -> int:
         """Documents the minute DAG recorded as loaded for the current version of each file."""
-        from include import loads
+        from include import contract, loads
         from include.pipeline import minute_files
 
         total = 0
         for f in minute_files(landing, source, minute):
             try:
-                total += loads.LoadRecord.from_json(landing.get(loads.loaded_key(f.key, f.etag))).accepted
+                total += loads.LoadRecord.from_json(landing.get(contract.loaded_key(f.key, f.etag))).accepted
             except KeyError:  # no load record: the DAG did not load this version
                 pass
         return total
