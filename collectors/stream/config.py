@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from collectors.config import CliOptions, option, require
 from collectors.stream.decode import DecodeRules
 from include import kafka as topics
+from include.contract import ES_INDEX_PREFIX, ContractError, check_index_prefix
 from include.pipeline import DEFAULT_SINKS, KNOWN_SINKS
-from include.schemas import ES_INDEX_PREFIX
 from include.sensors import Limits
 
 #: librdkafka's assignors; cooperative-sticky moves only the partitions a rebalance must move.
@@ -84,8 +84,10 @@ class StreamConfig(CliOptions):
             require(name in KNOWN_SINKS, "sinks", f"{name!r} is not one of {', '.join(KNOWN_SINKS)}")
         for name in ("elasticsearch_url", "opentsdb_url"):
             require(getattr(self, name).startswith(("http://", "https://")), name, "must be an http(s):// URL")
-        require(bool(self.es_index_prefix) and self.es_index_prefix == self.es_index_prefix.lower()
-                and "*" not in self.es_index_prefix, "es_index_prefix", "must be a lower-case index name prefix")
+        try:
+            check_index_prefix(self.es_index_prefix)
+        except ContractError as exc:
+            require(False, "es_index_prefix", str(exc))
         require(bool(self.elasticsearch_username) == bool(self.elasticsearch_password), "elasticsearch_username",
                 "give both the user and the password, or neither")
         require(bool(self.opentsdb_username) == bool(self.opentsdb_password), "opentsdb_username",

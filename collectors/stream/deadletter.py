@@ -1,10 +1,12 @@
 """Dead letters of the stream loader: what is produced to the dead-letter topic, and how.
 
 A record that cannot be decoded (stage ``decode``) or whose documents a sink
-refused for good (stage ``sink:<name>``) is produced to the dead-letter topic
-with its key and value unchanged and the headers ``reason``, ``reason_code``,
-``stage``, ``source_topic``, ``source_partition``, ``source_offset`` and
-``source_value_bytes`` beside the record's own headers. A record larger than
+refused for good (stage ``sink:<name>``) is a dead letter of the contract's
+kind :data:`include.contract.RECORD`: it is produced to the dead-letter topic
+with its key and value unchanged and the contract's headers
+(``deadletter_kind``, ``reason``, ``reason_code``, ``stage``,
+``source_topic``, ``source_partition``, ``source_offset``), plus
+``source_value_bytes``, beside the record's own headers. A record larger than
 the payload limit sends only its metadata: the headers, with an empty value
 (and no key when the key is large too), so a 2 MB pill cannot make the
 dead-letter topic refuse it and block its partition.
@@ -16,24 +18,28 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from include import kafka as topics
+from include.contract import (
+    HEADER_DEADLETTER_KIND,
+    HEADER_REASON,
+    HEADER_REASON_CODE,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TOPIC,
+    HEADER_STAGE,
+    REASON_MAX,
+    RECORD,
+)
 
 log = logging.getLogger(__name__)
 
-HEADER_REASON_CODE = "reason_code"
-HEADER_STAGE = "stage"
-HEADER_SOURCE_TOPIC = "source_topic"
-HEADER_SOURCE_PARTITION = "source_partition"
-HEADER_SOURCE_OFFSET = "source_offset"
+#: Size of the refused record's value, bytes: the one trace of a value left off (metadata only).
 HEADER_SOURCE_VALUE_BYTES = "source_value_bytes"
 STAGE_DECODE = "decode"
-#: Longest reason text put in a header, characters.
-REASON_MAX = 1000
 #: Longest key kept on a dead letter, bytes (a device id is at most 128 characters).
 KEY_MAX = 1024
 #: Own headers of the record larger than this (bytes, all together) are left off the dead letter.
 HEADERS_MAX = 16384
-_OWN = frozenset({topics.HEADER_REASON, HEADER_REASON_CODE, HEADER_STAGE, HEADER_SOURCE_TOPIC,
+_OWN = frozenset({HEADER_DEADLETTER_KIND, HEADER_REASON, HEADER_REASON_CODE, HEADER_STAGE, HEADER_SOURCE_TOPIC,
                   HEADER_SOURCE_PARTITION, HEADER_SOURCE_OFFSET, HEADER_SOURCE_VALUE_BYTES})
 
 
@@ -60,7 +66,8 @@ def record_of(dl: DeadLetter, max_value_bytes: int) -> tuple[bytes | None, bytes
     if sum(len(k) + len(v or b"") for k, v in own) > HEADERS_MAX:
         own = []
     headers = own + [
-        (topics.HEADER_REASON, dl.reason[:REASON_MAX].encode("utf-8", "replace")),
+        (HEADER_DEADLETTER_KIND, RECORD.encode()),
+        (HEADER_REASON, dl.reason[:REASON_MAX].encode("utf-8", "replace")),
         (HEADER_REASON_CODE, dl.code.encode()),
         (HEADER_STAGE, dl.stage.encode()),
         (HEADER_SOURCE_TOPIC, msg.topic().encode()),

@@ -21,22 +21,17 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import orjson
 
 from include import kafka as topics
-from include.landing import check_device
+from include.contract import INTERNAL, ContractError, check_device, internal_reason, parse_timestamp
 from include.schemas import HOST, HOST_SCHEMA, REQUIRED, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_row, parse_payload
-from include.transform import RowValueError, document_id, host_document, sensor_document
+from include.transform import document_id, host_document, sensor_document
 
-#: Reason code of a record whose decoding failed in a way nobody foresaw.
-INTERNAL = "internal"
 _HOST_COLUMNS = frozenset(HOST_SCHEMA.names)
 _SENSOR_NAMES = SENSOR_SCHEMA.names
-#: Longest text of an exception kept in an ``internal:`` reason, characters.
-_INTERNAL_TEXT_MAX = 300
 
 
 class Undecodable(ValueError):
@@ -92,11 +87,6 @@ def decode_record(rules: DecodeRules, topic: str, key: bytes | None, value: byte
         return Rejected(INTERNAL, internal_reason(exc))
 
 
-def internal_reason(exc: BaseException) -> str:
-    """``internal: <type>: <message>`` (the message cut to a few hundred characters)."""
-    return f"{INTERNAL}: {type(exc).__name__}: {str(exc)[:_INTERNAL_TEXT_MAX]}"
-
-
 def received_time(headers: Sequence[tuple[str, bytes | None]] | None, kafka_timestamp_ms: int | None) -> float:
     """Receive time (epoch seconds) of a forwarded MQTT payload.
 
@@ -107,9 +97,8 @@ def received_time(headers: Sequence[tuple[str, bytes | None]] | None, kafka_time
     for name, value in headers or ():
         if name == topics.HEADER_RECEIVED_AT and value:
             try:
-                when = datetime.fromisoformat(value.decode())
-                return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
-            except (UnicodeDecodeError, ValueError, OverflowError):
+                return parse_timestamp(value.decode()).timestamp()
+            except (UnicodeDecodeError, ContractError):
                 break
     if kafka_timestamp_ms is not None and kafka_timestamp_ms > 0:
         return kafka_timestamp_ms / 1000.0
@@ -123,40 +112,20 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     the payload is valid (the reason is :attr:`include.sensors.Parsed.reason`).
     """
     try:
-        device = _device((key or b"").decode())
-    except (UnicodeDecodeError, ValueError) as exc:
+        device = check_device((key or b"").decode())
+    except (UnicodeDecodeError, ContractError) as exc:
         raise Undecodable("bad_device", f"record key: {exc}") from None
     parsed = parse_payload(value or b"", received, limits)
     if not parsed.readings:
         code = parsed.rejects[0].code if parsed.rejects else "no_readings"
         raise Undecodable(code, parsed.reason or "no readings")
     docs = []
-    rejects = Tally(r.code for r in parsed.rejects)
-    unusable: list[str] = []
     for reading in parsed.readings:
-        row = csv_row(device, reading)
-        # A name the validation lets through with a line break or control character in it (a trailing
-        # "\n" passes a "$"-anchored regex) would split the minute file's CSV row and change the reading's
-        # identity: such a reading does not survive its own CSV line, so it is left out here too.
-        bad = next((f for f in row if not f.isprintable()), None)
-        if bad is not None:
-            rejects["bad_name"] += 1
-            unusable.append(f"{bad!r} holds a line break or control character")
-            continue
         try:
-            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, row))))
-        except RowValueError as exc:  # parse_payload's checks make this unreachable for its readings
+            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading)))))
+        except ContractError as exc:  # parse_payload's checks make this unreachable for its readings
             raise Undecodable("bad_row", str(exc)) from None
-    if not docs:
-        raise Undecodable("bad_name", f"no usable reading: {'; '.join(unusable[:5])}")
-    return docs, rejects
-
-
-def _device(text: str) -> str:
-    """:func:`include.landing.check_device`, and no trailing line break (its ``$`` lets one through)."""
-    if not text.isprintable():
-        raise ValueError(f"device id {text!r} holds a line break or control character")
-    return check_device(text)
+    return docs, Tally(r.code for r in parsed.rejects)
 
 
 def host_row(value: bytes | None, limits: Limits = Limits()) -> tuple[dict[str, str], list[str]]:
@@ -191,8 +160,8 @@ def host_row(value: bytes | None, limits: Limits = Limits()) -> tuple[dict[str, 
         raise Undecodable("missing_column", f"host record lacks column(s) {', '.join(missing)}; "
                                             f"a host row needs at least {', '.join(REQUIRED[HOST])}")
     try:
-        _device(row["host"])
-    except ValueError as exc:
+        check_device(row["host"])
+    except ContractError as exc:
         raise Undecodable("bad_device", f"column host: {exc}") from None
     return row, [n for n in HOST_SCHEMA.names if n in row]
 
@@ -202,5 +171,5 @@ def host_documents(value: bytes | None, limits: Limits = Limits()) -> list[dict]
     row, columns = host_row(value, limits)
     try:
         return [host_document(row, columns)]
-    except RowValueError as exc:
+    except ContractError as exc:
         raise Undecodable("bad_row", str(exc)) from None

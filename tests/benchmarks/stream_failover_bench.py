@@ -70,13 +70,13 @@ def main() -> int:
 
     from include import elasticsearch as es
     from include.kafka import ensure_topics, producer_config
-    from include.sensors import iso_utc
+    from include.contract import timestamp_text
     from stack.config import StackConfig
 
     cfg = StackConfig.from_env()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-failover-"))
     run = uuid.uuid4().hex[:8]
-    bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
+    bootstrap = cfg.kafka_bootstrap
     raw, host = f"bench.{run}.raw", f"bench.{run}.host"
     ensure_topics(bootstrap, [raw, host, f"bench.{run}.dl"], partitions=6)
     producer = Producer(producer_config(bootstrap, client_id="bench-failover"))
@@ -112,7 +112,7 @@ def main() -> int:
         for _ in range(int((time.monotonic() - t0) * args.rate) - sent):
             device = f"dev{sent % 24}"
             producer.produce(raw, key=device.encode(), value=payload(metric, device, ts0 + sent, sent),
-                             headers=[("received_at", iso_utc(round(time.time(), 3)).encode())])
+                             headers=[("received_at", timestamp_text(round(time.time(), 3)).encode())])
             sent += 1
         producer.poll(0)
         now = time.monotonic() - t0

@@ -15,8 +15,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from collectors.stream import StreamConfig, StreamLoader
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
 from include.opentsdb import OpenTSDBClient
-from include.schemas import HOST_SCHEMA, SENSOR, reading_id
-from include.sensors import iso_utc
+from include.contract import reading_id
+from include.schemas import HOST_SCHEMA, SENSOR
+from include.contract import timestamp_text
 
 INT_COLUMNS = {c.name for c in HOST_SCHEMA.columns if c.kind == "int"}
 
@@ -33,13 +34,13 @@ def seed_payload(metric: str, device: str, ts_ms: int, n: int) -> bytes:
 
 def expected_ids(metric: str, ts0: int, count: int, devices: int = 3) -> set[str]:
     """Ids of the readings of :func:`sensor_records`, computed from the contract, not the loader."""
-    return {reading_id(SENSOR, f"dev{i % devices}", iso_utc((ts0 + i) / 1000), metric, f"loc=dev{i % devices} type={kind}")
+    return {reading_id(SENSOR, f"dev{i % devices}", timestamp_text((ts0 + i) / 1000), metric, f"loc=dev{i % devices} type={kind}")
             for i in range(count) for kind in ("temperature", "humidity", "dust")}
 
 
 def host_record(host: str, second: int, n: int) -> bytes:
     """A host row as the host sampler publishes it: HOST_SCHEMA order, numbers as numbers."""
-    doc = {"timestamp": iso_utc(second), "host": host}
+    doc = {"timestamp": timestamp_text(second), "host": host}
     for i, name in enumerate(HOST_SCHEMA.names[2:]):
         doc[name] = 1000 + n * 10 + i if name in INT_COLUMNS else round(n % 100 + i / 4, 2)
     return orjson.dumps(doc)
@@ -74,7 +75,7 @@ class Topics:
     def sensor_records(self, metric: str, ts0: int, count: int, start: int = 0, devices: int = 3) -> None:
         for i in range(start, start + count):
             device = f"dev{i % devices}"
-            headers = [(HEADER_MQTT_TOPIC, f"sensors/{device}".encode()), (HEADER_RECEIVED_AT, iso_utc(time.time()).encode())]
+            headers = [(HEADER_MQTT_TOPIC, f"sensors/{device}".encode()), (HEADER_RECEIVED_AT, timestamp_text(time.time()).encode())]
             while True:
                 try:
                     self.produce(self.raw, device.encode(), seed_payload(metric, device, ts0 + i, i), headers)

@@ -28,8 +28,9 @@ from collectors.stream.decode import Undecodable, host_documents, received_time,
 from include import elasticsearch as es
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT
 from include.opentsdb import OpenTSDBClient
+from include.contract import timestamp_text
 from include.schemas import HOST, SENSOR, SENSOR_SCHEMA
-from include.sensors import Limits, csv_line, iso_utc, parse_payload
+from include.sensors import Limits, csv_line, parse_payload
 from include.transform import transform_file
 from stack.services.elasticsearch import Elasticsearch
 
@@ -47,7 +48,7 @@ PAYLOADS = [
 def test_stream_documents_equal_the_batch_path(payload):
     # The collector's receive time (whole ms, as it is since the stream loader exists) and its header.
     received = round(1770000000.4567891, 3)
-    header = iso_utc(received).encode()
+    header = timestamp_text(received).encode()
     parsed = parse_payload(payload, received)
     data = (",".join(SENSOR_SCHEMA.names) + "\n" + "".join(csv_line("dev-1", r) for r in parsed.readings)).encode()
     batch = transform_file(SENSOR, data)
@@ -160,7 +161,7 @@ def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch)
     cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), sinks=("elasticsearch",))
     metric = f"t.{run}.m"
     ts0 = int(time.time() * 1000)
-    mqtt_header = [(HEADER_MQTT_TOPIC, b"sensors/dev0"), (HEADER_RECEIVED_AT, iso_utc(round(time.time(), 3)).encode())]
+    mqtt_header = [(HEADER_MQTT_TOPIC, b"sensors/dev0"), (HEADER_RECEIVED_AT, timestamp_text(round(time.time(), 3)).encode())]
     # Same key: the poison sits in the middle of the good records' partition.
     t.sensor_records(metric, ts0, 5, devices=1)
     poison = [(t.raw, b"dev0", b"{oops", "not_json"),

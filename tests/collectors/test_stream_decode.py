@@ -21,13 +21,13 @@ from collectors.stream.deadletter import record_of
 from collectors.stream.decode import INTERNAL, DecodeRules, Decoded, Rejected, decode_record
 from include.kafka import HEADER_RECEIVED_AT
 from include.schemas import HOST, HOST_SCHEMA, SENSOR
-from include.sensors import iso_utc
+from include.contract import timestamp_text
 from include.transform import document_id
 
 RAW, HOSTS = "t.raw", "t.host"
 RULES = DecodeRules(RAW, HOSTS)
 NOW = 1770000000.0
-HEADERS = [(HEADER_RECEIVED_AT, iso_utc(NOW).encode())]
+HEADERS = [(HEADER_RECEIVED_AT, timestamp_text(NOW).encode())]
 
 
 def seed(**fields) -> bytes:
@@ -37,7 +37,7 @@ def seed(**fields) -> bytes:
 
 
 def host_row(**fields) -> dict:
-    row = {"timestamp": iso_utc(NOW), "host": "h1"}
+    row = {"timestamp": timestamp_text(NOW), "host": "h1"}
     row.update({c.name: (7 if c.kind == "int" else 1.5) for c in HOST_SCHEMA.columns[2:]})
     row.update(fields)
     return row
@@ -66,8 +66,8 @@ class Record:
 # -- each kind of bad input, and what happens to it -------------------------------------
 BAD_SENSOR = [
     # (record key, value, reason code of the dead letter)
-    pytest.param(b"dev1", nested(1025), INTERNAL, id="deep-array-1025"),
-    pytest.param(b"dev1", nested(5000, b'{"a":', b"}").replace(b'{"a":}', b'{"a":1}'), INTERNAL, id="deep-object-5000"),
+    pytest.param(b"dev1", nested(1025), "not_json", id="deep-array-1025"),
+    pytest.param(b"dev1", nested(5000, b'{"a":', b"}").replace(b'{"a":}', b'{"a":1}'), "not_json", id="deep-object-5000"),
     pytest.param(b"dev1", seed(metric="mqtt.home\n"), "bad_name", id="metric-trailing-newline"),
     pytest.param(b"dev1", seed(tags={"type\n": "t"}), "bad_name", id="tag-key-trailing-newline"),
     pytest.param(b"dev1", seed(tags={"type": "t\n"}), "bad_name", id="tag-value-trailing-newline"),
@@ -86,7 +86,7 @@ BAD_SENSOR = [
     pytest.param(b"dev1", b'[{"metric": "m", "value": NaN}]', "not_json", id="nan"),
     pytest.param(b"dev1", b'[{"metric": "m", "value": -Infinity}]', "not_json", id="minus-infinity"),
     pytest.param(b"dev1", b'[{"metric": "m", "value": 1e999}]', "not_json", id="1e999"),
-    pytest.param(b"dev1", seed(timestamp=int(NOW * 1e6)), "timestamp_out_of_range", id="timestamp-microseconds"),
+    pytest.param(b"dev1", seed(timestamp=int(NOW - 8 * 86400)), "timestamp_out_of_range", id="timestamp-8-days-old"),
     pytest.param(b"dev1", b"[]", "no_readings", id="empty-array"),
 ]
 
@@ -96,14 +96,29 @@ def test_each_bad_sensor_record_is_rejected_with_its_reason(key, value, code):
     result = decode_record(RULES, RAW, key, value, HEADERS, None)
     assert isinstance(result, Rejected), result
     assert result.code == code and result.reason
-    if code == INTERNAL:
-        assert result.reason.startswith("internal: RecursionError")
+
+
+@pytest.mark.parametrize("depth", [1025, 2000, 5000])
+def test_deep_nesting_is_refused_with_its_depth(depth):
+    for value in (nested(depth), nested(depth, b'{"a":', b"}").replace(b'{"a":}', b'{"a":1}')):
+        result = decode_record(RULES, RAW, b"dev1", value, HEADERS, None)
+        assert isinstance(result, Rejected) and f"nested {depth} levels deep" in result.reason, result
+
+
+def test_an_unforeseen_failure_is_an_internal_reject_and_a_dead_letter():
+    # Rules without limits make parse_payload itself fail: no input can, which is what the property below checks.
+    broken = DecodeRules(RAW, HOSTS, limits=None)  # type: ignore[arg-type]
+    result = decode_record(broken, RAW, b"dev1", seed(), HEADERS, None)
+    assert isinstance(result, Rejected) and result.code == INTERNAL
+    assert result.reason.startswith("internal: AttributeError: ")
+    batch = Batch.of([Record(RAW, b"dev1", seed(), HEADERS, offset=3)], broken)
+    assert [d.code for d in batch.internal] == [INTERNAL] and batch.deadletters == batch.internal
 
 
 BAD_HOST = [
     pytest.param({k: v for k, v in host_row().items() if k != "host"}, "missing_column", "host", id="no-host"),
     pytest.param(host_row(host=None), "bad_device", "host", id="host-null"),
-    pytest.param(host_row(host="h1\n"), "bad_device", "line break", id="host-trailing-newline"),
+    pytest.param(host_row(host="h1\n"), "bad_device", "not usable in a file name", id="host-trailing-newline"),
     pytest.param(host_row(cpu_usage_percent=None), "bad_row", "cpu_usage_percent", id="value-null"),
     pytest.param(host_row(mem_total=2**64 - 1), "bad_row", "64 bits", id="counter-over-int64"),
     pytest.param(host_row(mem_total=1.5), "bad_row", "mem_total", id="float-in-int-column"),
@@ -131,6 +146,10 @@ def test_good_records_decode_and_odd_but_valid_tag_keys_pass():
     # "type.x" is a valid tag key: decoding keeps it (whether Elasticsearch can map it is the sink's answer).
     result = decode_record(RULES, RAW, b"dev1", seed(tags={"type.x": "1"}), HEADERS, None)
     assert isinstance(result, Decoded) and result.docs[0][1]["tags"] == {"type.x": "1"}
+    # Seconds, milliseconds and microseconds are the same reading.
+    ids = {decode_record(RULES, RAW, b"dev1", seed(timestamp=ts), HEADERS, None).docs[0][0]
+           for ts in (int(NOW), int(NOW * 1000), int(NOW * 1_000_000))}
+    assert len(ids) == 1
     host = decode_record(RULES, HOSTS, b"h1", orjson.dumps(host_row()), None, None)
     assert isinstance(host, Decoded) and host.docs[0][0] == document_id(HOST, host.docs[0][1])
 

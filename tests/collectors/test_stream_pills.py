@@ -20,7 +20,7 @@ from include import elasticsearch as es
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT
 from include.opentsdb import OpenTSDBClient
 from include.schemas import SENSOR
-from include.sensors import iso_utc
+from include.contract import timestamp_text
 
 #: The broker's default record limit is 1 MB; the test's sensor topic takes 4 MB so the 2 MB pill gets through.
 TOPIC_MAX_BYTES = 4 * 1024 * 1024
@@ -44,7 +44,7 @@ def test_every_pill_is_dead_lettered_and_the_loader_stays_up(tmp_path, kafka, el
     metric = f"t.{run}.m"
     now = time.time()
     ts_ms = int(now * 1000)
-    received = [(HEADER_RECEIVED_AT, iso_utc(round(now, 3)).encode())]
+    received = [(HEADER_RECEIVED_AT, timestamp_text(round(now, 3)).encode())]
 
     def sensor(device: str, payload: bytes) -> tuple[str, bytes, bytes, list]:
         return t.raw, device.encode(), payload, [(HEADER_MQTT_TOPIC, f"sensors/{device}".encode()), *received]

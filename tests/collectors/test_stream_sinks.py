@@ -29,7 +29,7 @@ from include import elasticsearch as es
 from include.kafka import HEADER_RECEIVED_AT
 from include.opentsdb import OpenTSDBClient
 from include.schemas import SENSOR
-from include.sensors import iso_utc
+from include.contract import timestamp_text
 from stack.services.opentsdb import OpenTSDB
 
 
@@ -62,7 +62,7 @@ def test_a_sink_refusing_for_good_dead_letters_only_its_records(kafka, elasticse
     records = ([("es-refuses", payload(now, n, {"type": "dust"})) for n in range(3)]
                + [("tsdb-refuses", payload(yesterday, n, nine)) for n in range(3)]
                + [("both-accept", payload(yesterday, n, {"type": "dust"})) for n in range(3)])
-    headers = [(HEADER_RECEIVED_AT, iso_utc(round(now, 3)).encode())]
+    headers = [(HEADER_RECEIVED_AT, timestamp_text(round(now, 3)).encode())]
     for device, value in records:
         t.produce(t.raw, device.encode(), value, headers)
     t.flush()
