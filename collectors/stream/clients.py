@@ -60,3 +60,15 @@ def deadletter_producer(config: StreamConfig):
 
     return Producer(producer_config(config.kafka_bootstrap, client_id=f"{config.kafka_group}-deadletter",
                                     message_timeout_s=config.sink_timeout))
+
+
+def commit(consumer, offsets: dict[tuple[str, int], int]) -> str | None:
+    """Commit ``(topic, partition) -> next offset`` synchronously; None, or what Kafka refused."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    try:
+        result = consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    except KafkaException as exc:
+        return str(exc)
+    failed = [tp for tp in result or () if tp.error is not None]
+    return f"{failed[0].topic}[{failed[0].partition}]: {failed[0].error}" if failed else None

@@ -125,10 +125,10 @@ class StreamLoader:
         self.metrics.rebalances.labels("revoked").inc(len(partitions))
         self.metrics.assigned.set(len(self.owned))
         dropped = 0
-        for name in ("_carry", "_gathering"):
-            kept = [m for m in getattr(self, name) if partition_of(m) not in gone]
-            dropped += len(getattr(self, name)) - len(kept)
-            getattr(self, name)[:] = kept
+        for records in (self._carry, self._gathering):
+            kept = [m for m in records if partition_of(m) not in gone]
+            dropped += len(records) - len(kept)
+            records[:] = kept
         if self._batch is not None:
             before = len(self._batch.messages)
             self._batch = self._batch.drop(gone, self.rules)
@@ -184,17 +184,7 @@ class StreamLoader:
                 deadline = started + c.batch_wait
         batch = Batch.of(messages, self.rules, started=started)
         self._gathering.clear()
-        m = self.metrics
-        for topic, n in batch.per_topic.items():
-            m.records.labels(topic).inc(n)
-        for source, docs in batch.docs.items():
-            m.documents.labels(source).inc(docs.rows_read)
-        for code, n in batch.rejected_readings.items():
-            m.rejected_readings.labels(code).inc(n)
-        for dl in batch.internal:
-            m.internal_errors.inc()
-            log.error("decoding %s[%d]@%d failed unexpectedly; dead-lettered: %s", dl.message.topic(),
-                      dl.message.partition(), dl.message.offset(), dl.reason)
+        self.metrics.decoded(batch)
         return batch
 
     # -- loading and committing --------------------------------------------------------------
@@ -282,26 +272,20 @@ class StreamLoader:
         return None
 
     def _commit(self, batch: Batch) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+        from collectors.stream.clients import commit
 
         self.metrics.health.handled()  # loaded or dead-lettered: the records are handled, committed or not
         if self._carry:
             self.metrics.health.traffic()
-        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.offsets(self.owned).items()]
-        if not offsets:
-            return
-        try:
-            result = self.consumer.commit(offsets=offsets, asynchronous=False)
-            failed = [tp for tp in result or () if tp.error is not None]
-            if failed:
-                raise KafkaException(failed[0].error)
-        except KafkaException as exc:
+        offsets = batch.offsets(self.owned)
+        problem = commit(self.consumer, offsets) if offsets else None
+        if problem is not None:
             # The batch is in the sinks; its records replay after a rebalance, which the ids make harmless.
             self.metrics.commit_failures.inc()
-            log.warning("offset commit failed (%s); the batch may be loaded again", exc)
-            return
-        self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started)
-        self.committed_batches += 1
+            log.warning("offset commit failed (%s); the batch may be loaded again", problem)
+        elif offsets:
+            self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started)
+            self.committed_batches += 1
 
     # -- pausing ---------------------------------------------------------------------------
     def _pause(self) -> None:

@@ -10,6 +10,7 @@ topic) that has been down that long: :class:`Outages`.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from collectors.common import MetricsEndpoint
 from collectors.health import Health
+
+log = logging.getLogger(__name__)
 
 
 class Outages:
@@ -84,6 +87,19 @@ class StreamMetrics(MetricsEndpoint):
         self.delay = Histogram(p + "delay_seconds", "Seconds from a record's receive time (received_at, else its "
                                "Kafka timestamp) to its batch's commit.",
                                buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=r)
+
+    def decoded(self, batch) -> None:
+        """Count what decoding a batch saw; each record that failed unexpectedly gets one ERROR line."""
+        for topic, n in batch.per_topic.items():
+            self.records.labels(topic).inc(n)
+        for source, docs in batch.docs.items():
+            self.documents.labels(source).inc(docs.rows_read)
+        for code, n in batch.rejected_readings.items():
+            self.rejected_readings.labels(code).inc(n)
+        for dl in batch.internal:
+            self.internal_errors.inc()
+            log.error("decoding %s[%d]@%d failed unexpectedly; dead-lettered: %s", dl.message.topic(),
+                      dl.message.partition(), dl.message.offset(), dl.reason)
 
     def committed(self, batch, *, now: float, elapsed: float) -> None:
         """Count a committed batch (``now`` wall-clock, ``elapsed`` seconds since its first record)."""
