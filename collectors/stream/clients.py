@@ -72,3 +72,19 @@ def commit(consumer, offsets: dict[tuple[str, int], int]) -> str | None:
         return str(exc)
     failed = [tp for tp in result or () if tp.error is not None]
     return f"{failed[0].topic}[{failed[0].partition}]: {failed[0].error}" if failed else None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a sink's exception means "down, try again" (network, HTTP, the sink's own outage errors).
+
+    Anything else (a TypeError, a KeyError ...) is a bug met on this batch: the loader dead-letters the
+    batch for that sink instead of retrying it forever.
+    """
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    from include.elasticsearch import ElasticsearchUnavailable, RetryableFailuresLeft
+    from include.opentsdb import OpenTSDBError
+
+    return isinstance(exc, (OSError, TimeoutError, TransportError, ApiError, ElasticsearchUnavailable,
+                            RetryableFailuresLeft, OpenTSDBError))

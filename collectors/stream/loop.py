@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from collectors.common import Clock
 from collectors.stream.batch import Batch, Partition, partition_of
+from collectors.stream.clients import is_outage
 from collectors.stream.config import StreamConfig
 from collectors.stream.deadletter import DeadLetter, DeadLetterWriter, sink_stage
 from collectors.stream.metrics import StreamMetrics
+from include.contract import INTERNAL, internal_reason
 
 log = logging.getLogger(__name__)
 #: Name of the dead-letter topic in the outage tracker (it blocks commits like a sink).
@@ -229,7 +231,10 @@ class StreamLoader:
         for name, future in futures.items():
             try:
                 refused = future.result()
-            except Exception as exc:  # every sink error is an outage to wait out: nothing is dropped
+            except Exception as exc:
+                if not is_outage(exc):  # a bug, not a sink that is down: retrying would replay these offsets forever
+                    self._sink_failed_unexpectedly(batch, name, exc)
+                    continue
                 self.metrics.sink_failures.labels(name).inc()
                 level = logging.ERROR if "Auth" in type(exc).__name__ else logging.DEBUG
                 log.log(level, "%s load failed", name, exc_info=True)
@@ -244,6 +249,16 @@ class StreamLoader:
                 for index in batch.owners.get(doc_id, ()):
                     batch.deadletters.append(DeadLetter(batch.messages[index], sink_stage(name), "refused", reason))
         return "; ".join(problems) or None
+
+    def _sink_failed_unexpectedly(self, batch: Batch, name: str, exc: Exception) -> None:
+        """Dead-letter the batch's loaded records for ``name`` with reason ``internal: …``: kept, not lost, not stuck."""
+        reason = internal_reason(exc)
+        self.metrics.internal_errors.inc()
+        log.error("%s failed unexpectedly on a batch of %d record(s); they are dead-lettered for it: %s", name,
+                  len(batch.messages), reason, exc_info=True)
+        batch.done.add(name)
+        for index in sorted({i for indexes in batch.owners.values() for i in indexes}):
+            batch.deadletters.append(DeadLetter(batch.messages[index], sink_stage(name), INTERNAL, reason))
 
     @staticmethod
     def _load_one(sink, batch: Batch) -> dict[str, str]:

@@ -163,8 +163,8 @@ def tsdb_points(client: OpenTSDBClient, metric: str, start: int, tags=None) -> d
 class Running:
     """An in-process loader on a thread."""
 
-    def __init__(self, cfg: StreamConfig) -> None:
-        self.loader = StreamLoader(cfg)
+    def __init__(self, cfg: StreamConfig, **kw) -> None:
+        self.loader = StreamLoader(cfg, **kw)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.loader.run, args=(self.stop,))
 

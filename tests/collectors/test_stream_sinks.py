@@ -4,6 +4,9 @@
   do not fit; OpenTSDB: more tags than it stores) dead-letters just those
   records with stage ``sink:<name>`` and commits past them; the other sink
   and the other records are stored.
+* A sink that fails in a way that is no outage (a bug in a sink plugin)
+  dead-letters the batch for that sink with ``internal: <what>`` instead of
+  retrying the same offsets forever.
 * OpenTSDB stopped and started (a private instance, so the shared one keeps
   serving): consumption pauses, nothing is committed past the outage,
   ``/healthz`` turns 503 naming OpenTSDB once the outage outlasts
@@ -86,6 +89,43 @@ def test_a_sink_refusing_for_good_dead_letters_only_its_records(kafka, elasticse
         assert sorted(dict(k)["device"] for k, _ in points) == ["both-accept"] * 3
         today_points = tsdb_points(OpenTSDBClient(cfg.opentsdb_url), metric, int(now) - 60)
         assert sorted(dict(k)["device"] for k, _ in today_points) == ["es-refuses"] * 3
+    finally:
+        es.drop_prefix(es_client, cfg.es_index_prefix)
+
+
+class PluginWithABug:
+    """A sink plugin (the Sink protocol of include/pipeline.py) whose code breaks on the documents it gets."""
+
+    name = "buggy"
+
+    def load(self, source, batches):
+        return {key: docs.documents[0]["value"] for key, docs in batches}  # bytes are not subscriptable by str
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_that_fails_unexpectedly_dead_letters_its_batch_instead_of_replaying_it(kafka, elasticsearch):
+    from include.pipeline import ElasticsearchSink
+
+    run = new_run_id()
+    t = Topics(f"{kafka.config.host}:{kafka.port}", run)
+    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), sinks=("elasticsearch",))
+    metric = f"t.{run}.m"
+    ts0 = int(time.time() * 1000)
+    es_client = es.connect(cfg.elasticsearch_url)
+    sinks = [ElasticsearchSink(es.connect(cfg.elasticsearch_url), prefix=cfg.es_index_prefix), PluginWithABug()]
+    try:
+        t.sensor_records(metric, ts0, 20)
+        with Running(cfg, sinks=sinks) as loader:
+            wait_for(lambda: lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 0, 60, "every record committed")
+            assert counter(loader.metrics.internal_errors) >= 1
+            assert counter(loader.metrics.deadletters, stage="sink:buggy", code="internal") == 20
+        letters = read_deadletters(t.bootstrap, t.dl, 20)
+        for h in map(headers_of, letters):
+            assert h["stage"] == "sink:buggy" and h["reason"].startswith("internal: TypeError: "), h
+        # The healthy sink stored every reading; nothing waits for the broken one.
+        assert set(es_docs(es_client, cfg.es_index_prefix, SENSOR)) == expected_ids(metric, ts0, 20)
     finally:
         es.drop_prefix(es_client, cfg.es_index_prefix)
 
