@@ -61,7 +61,8 @@ CLOSING_SUFFIX = ".closing"
 QUARANTINE = "quarantine"
 
 #: Characters a landed CSV field may not hold: they would need quoting or split the row.
-_UNSAFE_FIELD = re.compile(r'[\x00-\x1f\x7f",]')
+#: Lone surrogates are unsafe too: they have no UTF-8 form, so the row could not be written.
+_UNSAFE_FIELD = re.compile('[\x00-\x1f\x7f",\ud800-\udfff]')
 
 
 def encode_record(fields: Iterable[str]) -> bytes:
@@ -73,7 +74,8 @@ def row_problem(fields: list[str]) -> str | None:
     """Why ``fields`` cannot be one landed CSV row (a field with a comma, quote or control character), else None."""
     for field in fields:
         if _UNSAFE_FIELD.search(field):
-            return f"{field[:100]!r} holds a comma, quote or control character (it would split or quote the CSV row)"
+            return (f"{field[:100]!r} holds a comma, quote, control character or lone surrogate "
+                    "(it would split, quote or break the CSV row)")
     return None
 
 
