@@ -124,6 +124,7 @@ class HostSampler:
         self.clock = clock or Clock()
         self._landing = landing
         self._producer = producer
+        self._owns_producer = False
         self._sample = sample
         self.metrics: CollectorMetrics | None = None
         self.store: MinuteStore | None = None
@@ -132,6 +133,7 @@ class HostSampler:
         self.heartbeat: Heartbeater | None = None
         self._caps = CapWatch()
         self._topic_ready = False
+        self._stopping = threading.Event()
         self._last_tick = 0.0
 
     def _start(self) -> None:
@@ -147,7 +149,9 @@ class HostSampler:
             # No topic check here: Kafka may be down, and sampling must start anyway.
             self._producer = Producer(producer_config(c.kafka_bootstrap, client_id=f"sluice-host-{c.host}",
                                                       message_timeout_s=c.kafka_message_timeout))
-            self._ensure_topic()
+            self._owns_producer = True
+            # Off the sampling thread: an unreachable Kafka must not delay a single sample.
+            threading.Thread(target=self._ensure_topic, name="kafka-topic", daemon=True).start()
         else:
             self._topic_ready = True  # an injected producer: the caller made the topic
         recovered = self.store.start()
@@ -233,17 +237,19 @@ class HostSampler:
             self.store.close_minutes(minute + 60)
             self.metrics.last_flush.set(self.clock.time())
             self._over_cap()  # logs at 80% and at the cap
-            if self._producer is not None and not self._topic_ready:
-                self._ensure_topic()
 
     def _ensure_topic(self) -> None:
+        """Thread body: make the topic once Kafka answers (rows queue in librdkafka meanwhile)."""
         from include.kafka import ensure_topics
 
-        try:
-            ensure_topics(self.config.kafka_bootstrap, [HOST_METRICS], timeout_s=2)
-            self._topic_ready = True
-        except Exception as exc:  # still down: rows queue in librdkafka, the files land regardless
-            log.warning("Kafka topic %s not ensured yet: %s", HOST_METRICS, exc)
+        while not self._stopping.is_set():
+            try:
+                ensure_topics(self.config.kafka_bootstrap, [HOST_METRICS], timeout_s=5)
+                self._topic_ready = True
+                return
+            except Exception as exc:  # still down: the files land regardless
+                log.warning("Kafka topic %s not ensured yet (%s); trying again in 30 s", HOST_METRICS, exc)
+            self._stopping.wait(30)
 
     def _publish(self, row: list[str]) -> None:
         import orjson
@@ -269,6 +275,7 @@ class HostSampler:
 
     def _stop(self) -> None:
         c = self.config
+        self._stopping.set()
         try:
             if self.heartbeat is not None:
                 self.heartbeat.stop()
@@ -280,6 +287,8 @@ class HostSampler:
                 left = self._producer.flush(c.shutdown_timeout)
                 if left:
                     log.warning("%d host row(s) not delivered to Kafka", left)
+                if self._owns_producer:
+                    self._producer = None  # let librdkafka close its connections (and retries) now
             if self.metrics is not None:
                 self.metrics.close()
 
