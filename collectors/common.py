@@ -271,12 +271,11 @@ class CapWatch:
         if state != before:
             self._state[name] = state
             if state == 2:
-                log.error("%s holds %d bytes, its cap is %d: holding MQTT acknowledgements (the broker keeps "
-                          "the messages) until it drains", name, size, cap)
+                log.error("%s holds %d bytes, its cap is %d: backpressure until it drains", name, size, cap)
             elif state == 1 and before == 0:
                 log.warning("%s holds %d bytes, over %d%% of its cap %d", name, size, int(self.WARN_AT * 100), cap)
             elif before == 2:
-                log.info("%s is below its cap again (%d of %d bytes): acknowledging again", name, size, cap)
+                log.info("%s is below its cap again (%d of %d bytes)", name, size, cap)
         return f"{name} holds {size} bytes, cap {cap}" if state == 2 else None
 
 

@@ -221,6 +221,10 @@ class MqttCollector:
         self._caps = CapWatch()
         #: Why acknowledgements are held (a byte cap reached), else None.
         self.holding: str | None = None
+        self._paused = False
+        #: Connection generation: a token of an earlier connection is never acknowledged on a later one.
+        self._gen = 0
+        self._connect_props = None
 
     # -- life cycle ----------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -252,9 +256,6 @@ class MqttCollector:
             self.heartbeat.start()
             health.watch("heartbeat", self.heartbeat.thread)
         self._connect()
-        thread = getattr(self.client, "_thread", None)
-        if thread is not None:  # paho's network loop: a dead one means a deaf collector
-            health.watch("mqtt-network", thread)
 
     def _start_bridge(self) -> None:
         from collectors.kafka_bridge import KafkaBridge
@@ -302,9 +303,42 @@ class MqttCollector:
         props.SessionExpiryInterval = c.mqtt_session_expiry
         props.ReceiveMaximum = c.mqtt_receive_maximum
         self.client = client
+        self._connect_props = props
+        self._open()
+
+    def _open(self) -> None:
+        c = self.config
         self._accepting = True
-        client.connect_async(c.mqtt_host, c.mqtt_port, keepalive=30, clean_start=False, properties=props)
-        client.loop_start()
+        self.client.connect_async(c.mqtt_host, c.mqtt_port, keepalive=30, clean_start=False,
+                                  properties=self._connect_props)
+        self.client.loop_start()
+        thread = getattr(self.client, "_thread", None)
+        if thread is not None and self.metrics is not None:  # paho's network loop: a dead one means a deaf collector
+            self.metrics.health.watch("mqtt-network", thread)
+
+    def _pause(self) -> None:
+        """At a cap: leave the broker, which keeps the session and queues what devices send.
+
+        Only disconnecting holds the broker back reliably: Mosquitto 2.0 kept
+        sending past the Receive Maximum to a client that acknowledged from
+        another thread and then stopped. Messages handled but not acknowledged
+        are delivered again after the resume (the merge drops the repeats).
+        """
+        self._accepting = False
+        self._paused = True
+        with self._ready_lock:
+            self._gen += 1
+            self._ready.clear()
+        self.metrics.health.unwatch("mqtt-network")
+        log.warning("at a cap (%s): disconnected from MQTT; the broker keeps the messages until it clears",
+                    self.holding)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _resume(self) -> None:
+        log.info("below every cap again: reconnecting to MQTT")
+        self._paused = False
+        self._open()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -376,14 +410,15 @@ class MqttCollector:
         # Whole milliseconds: the received_at header carries this time, and the stream
         # loader must derive the same reading (and id) for a timestamp-less payload.
         received = round(self.clock.time(), 3)
+        gen = self._gen
         try:
-            self._handle(msg, received)
+            self._handle(msg, received, gen)
         except Exception as exc:  # a bug or a hostile payload we did not foresee: dead letter, never a dead thread
-            self._internal(msg, received, exc)
+            self._internal(msg, received, exc, gen)
         self.messages += 1
         health.handled()
 
-    def _handle(self, msg, received: float) -> None:
+    def _handle(self, msg, received: float, gen: int) -> None:
         payload = msg.payload
         try:
             device = device_from_topic(msg.topic, self.config.device_topic_level)
@@ -407,7 +442,7 @@ class MqttCollector:
             for reject in parsed.rejects:
                 self.metrics.deadletters.labels(reject.code).inc()
         seq = store.append(TALLY, receive_minute, orjson.dumps([r.code for r in parsed.rejects]) + b"\n")
-        self._forward(msg, device, received, parsed, seq)
+        self._forward(msg, device, received, parsed, seq, gen)
 
     def _checked_rows(self, device: str, parsed: Parsed) -> Parsed:
         """Move readings whose CSV row would be unsafe (a name ending in a newline, say) to the rejects."""
@@ -420,9 +455,9 @@ class MqttCollector:
                 rejects.append(Reject("bad_name", f"reading {reading.metric!r}: {problem}"))
         return parsed if len(keep) == len(parsed.readings) else Parsed(readings=keep, rejects=rejects)
 
-    def _forward(self, msg, device: str, received: float, parsed: Parsed, seq: int) -> None:
+    def _forward(self, msg, device: str, received: float, parsed: Parsed, seq: int, gen: int) -> None:
         if self.bridge is None:
-            self._done((seq, msg.mid, msg.qos), 0)
+            self._done((seq, msg.mid, msg.qos, gen), 0)
             return
         payload = msg.payload
         headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, iso_utc(received).encode())]
@@ -436,7 +471,7 @@ class MqttCollector:
             headers.append((topics.HEADER_REASON, parsed.reason[:1000].encode()))
             if len(payload) > KAFKA_VALUE_MAX or any(r.code == "oversized" for r in parsed.rejects):
                 value = self._metadata_only(msg, received, parsed.reason)
-        self.bridge.forward(topic, device.encode(), value, headers, (seq, msg.mid, msg.qos))
+        self.bridge.forward(topic, device.encode(), value, headers, (seq, msg.mid, msg.qos, gen))
 
     @staticmethod
     def _metadata_only(msg, received: float, reason: str) -> bytes:
@@ -447,7 +482,7 @@ class MqttCollector:
             "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
         })
 
-    def _internal(self, msg, received: float, exc: Exception) -> None:
+    def _internal(self, msg, received: float, exc: Exception, gen: int) -> None:
         """An unexpected exception in the handler: dead letter ``internal: …``, a counter, one log line, an ack."""
         reason = f"internal: {type(exc).__name__}: {str(exc)[:500]}"
         self.metrics.deadletters.labels("internal").inc()
@@ -461,7 +496,12 @@ class MqttCollector:
         except Exception:  # the journal itself failed: leave the message unacknowledged, the broker redelivers it
             log.exception("could not journal the dead letter of %r; it stays unacknowledged", msg.topic)
             return
-        self._done((seq, msg.mid, msg.qos), 0)
+        try:  # the dead-letter topic gets it too, like any payload without readings
+            self._forward(msg, "", received, parsed, seq, gen)
+        except Exception:
+            self.metrics.internal_errors.labels("kafka_forward").inc()
+            log.exception("could not forward the dead letter of %r to Kafka; it is in the landing zone", msg.topic)
+            self._done((seq, msg.mid, msg.qos, gen), 0)
 
     @staticmethod
     def _deadletter_line(topic: str, payload: bytes, received: float, parsed: Parsed) -> bytes:
@@ -483,9 +523,10 @@ class MqttCollector:
         return orjson.dumps(entry) + b"\n"
 
     def _done(self, token, backlog_seq: int) -> None:
-        seq, mid, qos = token
+        seq, mid, qos, gen = token
         with self._ready_lock:
-            self._ready.append((seq, backlog_seq, mid, qos))
+            if gen == self._gen:  # else the broker delivers that message again on this connection
+                self._ready.append((seq, backlog_seq, mid, qos))
 
     # -- the pump: flush journals, poll Kafka, acknowledge ---------------------------
     def _pump(self) -> None:
@@ -519,9 +560,14 @@ class MqttCollector:
             self.bridge.poll(poll_timeout)
         self.holding = self._over_cap()
         self.metrics.backpressure.set(1 if self.holding else 0)
-        if self.holding and self._accepting:
-            # At a cap: acknowledge nothing, so the broker keeps (and stops sending) the rest.
-            return False
+        acked = self._ack_ready(flushed, flushed_backlog)
+        if self.holding and self._accepting and not self._paused:
+            self._pause()
+        elif not self.holding and self._paused and not self._pump_stop.is_set():
+            self._resume()
+        return acked
+
+    def _ack_ready(self, flushed: int, flushed_backlog: int) -> bool:
         with self._ready_lock:
             ready, self._ready = self._ready, []
         waiting = []
