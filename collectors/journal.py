@@ -48,7 +48,8 @@ from pathlib import Path
 
 import orjson
 
-from include.landing import LandingZone, check_device
+from include.contract import INTERNAL, check_device
+from include.landing import LandingZone
 from include.spool import Lander, LanderMetrics, Spool
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,13 @@ def decode_rows(data: bytes, width: int, *, device_column: int | None = None) ->
         try:
             fields = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            bad.append((lineno, f"internal: journal line is not a JSON record ({exc})", line))
+            bad.append((lineno, f"{INTERNAL}: journal line is not a JSON record ({exc})", line))
             continue
         if not isinstance(fields, list) or len(fields) != width or not all(isinstance(f, str) for f in fields):
-            bad.append((lineno, f"internal: journal record is not an array of {width} strings", line))
+            bad.append((lineno, f"{INTERNAL}: journal record is not an array of {width} strings", line))
             continue
         if _UNSAFE_FIELD.search("".join(fields)):
-            bad.append((lineno, f"internal: {row_problem(fields)}", line))
+            bad.append((lineno, f"{INTERNAL}: {row_problem(fields)}", line))
             continue
         if device_column is not None:
             device = fields[device_column]
@@ -110,7 +111,7 @@ def decode_rows(data: bytes, width: int, *, device_column: int | None = None) ->
                 try:
                     check_device(device)
                 except ValueError as exc:
-                    bad.append((lineno, f"internal: {exc}", line))
+                    bad.append((lineno, f"{INTERNAL}: {exc}", line))
                     continue
                 devices_ok.add(device)
         rows.append(fields)
@@ -346,7 +347,7 @@ class MinuteStore:
         for path in self.journal.closing_paths():
             parsed = parse_journal_name(path.name)
             if parsed is None:
-                self.journal.quarantine([path], f"internal: {path.name} is not a journal file name")
+                self.journal.quarantine([path], f"{INTERNAL}: {path.name} is not a journal file name")
                 self.quarantined += 1
                 continue
             by_minute[parsed[1]].append(path)
@@ -358,7 +359,7 @@ class MinuteStore:
                     streams[parse_journal_name(path.name)[0]].append(path.read_bytes())  # type: ignore[index]
                 entries = self.splitter(minute, {k: b"".join(v) for k, v in streams.items()})
             except Exception as exc:  # a bug or an unreadable file: set this minute aside, land the others
-                reason = f"internal: splitting minute {minute} failed: {type(exc).__name__}: {exc}"
+                reason = f"{INTERNAL}: splitting minute {minute} failed: {type(exc).__name__}: {exc}"
                 folder = self.journal.quarantine(paths, reason)
                 self.quarantined += 1
                 log.error("%s; its journal files are kept in %s", reason, folder)

@@ -58,15 +58,16 @@ from collectors.common import (
 from collectors.config import CliOptions, ConfigError, describe, option, require
 from collectors.journal import MinuteStore, decode_rows, encode_record, row_problem
 from include import kafka as topics
-from include.landing import check_device, minute_key, minute_prefix
+from include.contract import (
+    HEADER_DEADLETTER_KIND, HEADER_REASON_CODE, HEADER_STAGE, INTERNAL, PAYLOAD, REASON_MAX, check_writer, reason_code, internal_reason, minute_key, payload_deadletter_key, payload_deadletter_line,
+    timestamp_text,
+)
 from include.schemas import SENSOR, SENSOR_SCHEMA
-from include.sensors import DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, iso_utc, parse_payload
+from include.sensors import DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload
 from include.spool import DEADLETTER, format_csv, manifest_entry
 
 log = logging.getLogger(__name__)
 
-#: Dead-letter files keep at most this much of a payload, bytes.
-DEADLETTER_PAYLOAD_MAX = 65536
 #: Kafka's default largest record (message.max.bytes, about 1 MB): a larger payload
 #: goes to the dead-letter topic as metadata only, never whole.
 KAFKA_VALUE_MAX = 1_000_000
@@ -112,7 +113,7 @@ class MqttConfig(CommonConfig, CliOptions):
                     and ("#" not in f or f.endswith("#")), "mqtt_topics", f"{f!r} is not a valid topic filter")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
         try:
-            check_device(self.mqtt_client_id)
+            check_writer(self.mqtt_client_id)
         except ValueError as exc:
             raise ConfigError(f"{describe('mqtt_client_id')}: {exc}") from None
         require(self.mqtt_session_expiry > 0, "mqtt_session_expiry",
@@ -150,15 +151,15 @@ def sensor_splitter(writer: str):
             entries.append((data_key, SENSOR, format_csv(SENSOR_SCHEMA, rows)))
         letters = streams.get(DEADLETTER, b"")
         for lineno, reason, raw in bad:
-            letters += orjson.dumps({"received_at": iso_utc(minute), "reason": reason, "codes": ["internal"],
-                                     "journal_line": lineno, "record": raw[:DEADLETTER_PAYLOAD_MAX].decode("utf-8", "replace")}) + b"\n"
+            letters += payload_deadletter_line(topic=f"journal:{SENSOR}.{minute} line {lineno}", payload=raw,
+                                               received=minute, reason=reason, codes=[INTERNAL], accepted_readings=0)
         if letters.strip():
-            entries.append((deadletter_key(minute, writer), DEADLETTER, letters))
+            entries.append((payload_deadletter_key(at, writer), DEADLETTER, letters))
         tally = streams.get(TALLY)
         if rows or bad or tally is not None:
             received, codes = _count_tally(tally or b"")
             if bad:
-                codes["internal"] += len(bad)
+                codes[INTERNAL] += len(bad)
             entries.append(manifest_entry(SENSOR, writer, minute, data_key, SENSOR, received=received,
                                           deadletters=dict(codes)))
         return entries
@@ -178,12 +179,6 @@ def _count_tally(data: bytes) -> tuple[int, Counter]:
         except (orjson.JSONDecodeError, TypeError):
             continue
     return received, codes
-
-
-def deadletter_key(minute: int, writer: str) -> str:
-    """Landing key of the dead-letter file of a receive minute (outside ``raw/``, so loaders never read it)."""
-    at = datetime.fromtimestamp(minute, timezone.utc)
-    return "deadletter/" + minute_prefix(SENSOR, at).removeprefix("raw/") + f"{check_device(writer)}.jsonl"
 
 
 class MqttCollector:
@@ -460,7 +455,7 @@ class MqttCollector:
             self._done((seq, msg.mid, msg.qos, gen), 0)
             return
         payload = msg.payload
-        headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, iso_utc(received).encode())]
+        headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, timestamp_text(received).encode())]
         if parsed.readings:
             topic, value = self.config.kafka_topic, payload
             if len(payload) > KAFKA_VALUE_MAX:  # only with max_payload_bytes raised past Kafka's record limit
@@ -468,7 +463,9 @@ class MqttCollector:
                 headers.append((topics.HEADER_REASON, b"oversized: the payload is in the landing zone, not on Kafka"))
         else:
             topic, value = self.config.kafka_deadletter_topic, payload
-            headers.append((topics.HEADER_REASON, parsed.reason[:1000].encode()))
+            headers += [(topics.HEADER_REASON, parsed.reason[:REASON_MAX].encode()),
+                        (HEADER_REASON_CODE, reason_code(parsed.reason).encode()),
+                        (HEADER_DEADLETTER_KIND, PAYLOAD.encode()), (HEADER_STAGE, b"collector")]
             if len(payload) > KAFKA_VALUE_MAX or any(r.code == "oversized" for r in parsed.rejects):
                 value = self._metadata_only(msg, received, parsed.reason)
         self.bridge.forward(topic, device.encode(), value, headers, (seq, msg.mid, msg.qos, gen))
@@ -478,21 +475,21 @@ class MqttCollector:
         """What the dead-letter topic gets instead of an oversized payload: its size, hash and reason."""
         payload = msg.payload
         return orjson.dumps({
-            "metadata_only": True, "reason": reason[:1000], "topic": msg.topic, "received_at": iso_utc(received),
+            "metadata_only": True, "reason": reason[:REASON_MAX], "topic": msg.topic, "received_at": timestamp_text(received),
             "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
         })
 
     def _internal(self, msg, received: float, exc: Exception, gen: int) -> None:
         """An unexpected exception in the handler: dead letter ``internal: …``, a counter, one log line, an ack."""
-        reason = f"internal: {type(exc).__name__}: {str(exc)[:500]}"
-        self.metrics.deadletters.labels("internal").inc()
+        reason = internal_reason(exc)
+        self.metrics.deadletters.labels(INTERNAL).inc()
         self.metrics.internal_errors.labels("mqtt_message").inc()
         log.error("message on %r (%d bytes) dead-lettered: %s", msg.topic, len(msg.payload), reason)
-        parsed = Parsed(rejects=[Reject("internal", reason)])
+        parsed = Parsed(rejects=[Reject(INTERNAL, reason)])
         receive_minute = int(received // 60 * 60)
         try:
             self.store.append(DEADLETTER, receive_minute, self._deadletter_line(msg.topic, msg.payload, received, parsed))
-            seq = self.store.append(TALLY, receive_minute, b'["internal"]\n')
+            seq = self.store.append(TALLY, receive_minute, orjson.dumps([INTERNAL]) + b"\n")
         except Exception:  # the journal itself failed: leave the message unacknowledged, the broker redelivers it
             log.exception("could not journal the dead letter of %r; it stays unacknowledged", msg.topic)
             return
@@ -505,22 +502,10 @@ class MqttCollector:
 
     @staticmethod
     def _deadletter_line(topic: str, payload: bytes, received: float, parsed: Parsed) -> bytes:
-        entry = {
-            "received_at": iso_utc(round(received, 3)),
-            "topic": topic,
-            "reason": parsed.reason,
-            "codes": sorted({r.code for r in parsed.rejects}),
-            "accepted_readings": len(parsed.readings),
-            "payload_bytes": len(payload),
-        }
-        kept = payload[:DEADLETTER_PAYLOAD_MAX]
-        try:
-            entry["payload"] = kept.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-
-            entry["payload_base64"] = base64.b64encode(kept).decode()
-        return orjson.dumps(entry) + b"\n"
+        return payload_deadletter_line(
+            topic=topic, payload=payload, received=received, reason=parsed.reason,
+            codes=[r.code for r in parsed.rejects], accepted_readings=len(parsed.readings),
+        )
 
     def _done(self, token, backlog_seq: int) -> None:
         seq, mid, qos, gen = token

@@ -6,7 +6,8 @@ rows of every device one MQTT collector instance received for that minute (the
 sensor CSV is long format with a device column), ``raw/host/…/{host}.csv`` the
 rows of one host sampler. A writer that finds its file already there for that
 minute reads it, takes the union of its rows and the new ones, drops
-duplicates by *row identity* (see :data:`IDENTITY`) and replaces the file. A
+duplicates by *row identity* (:func:`include.contract.row_identity`, the
+identity documents are loaded under) and replaces the file. A
 file therefore only ever grows: a collector restarted in the same minute, a
 late reading for a closed minute, or a spooled upload retried after a crash all
 end in the same file with every row once. Rows are written sorted by timestamp
@@ -50,9 +51,10 @@ from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.contract import RowIdentity, internal_reason, row_identity
 from include.landing import LandingZone
 from include.manifests import ManifestError, MinuteManifest
-from include.schemas import HOST, HOST_SCHEMA, SCHEMAS, SENSOR, SENSOR_SCHEMA, CsvSchema
+from include.schemas import SCHEMAS, SENSOR, CsvSchema
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +74,6 @@ MANIFEST = "manifest"
 META_TALLIES = "sluice-tallies"
 _TALLIES_KEPT = 32
 QUARANTINE = "quarantine"
-
-#: Columns that identify a row: two rows with equal identity are one row.
-#: Host files have one row per second per host; sensor files one per reading,
-#: where the sorted tags tell apart the three readings of one Arduino payload.
-IDENTITY: dict[str, tuple[int, ...]] = {
-    HOST: (HOST_SCHEMA.names.index("timestamp"), HOST_SCHEMA.names.index("host")),
-    SENSOR: tuple(SENSOR_SCHEMA.names.index(c) for c in ("timestamp", "device", "metric", "tags")),
-}
-
 
 def metadata(kind: str, rows: int) -> dict[str, str]:
     """Object metadata of a landed file of ``kind`` (a schema name or ``deadletter``)."""
@@ -132,10 +125,10 @@ def merge_csv(schema: CsvSchema, existing: bytes | None, new_rows: Iterable[list
 
 def merge_rows(schema: CsvSchema, existing: Iterable[list[str]], new_rows: Iterable[list[str]]) -> list[list[str]]:
     """Union by row identity (the first row of an identity wins), sorted by identity."""
-    ident = IDENTITY[schema.name]
-    merged: dict[tuple[str, ...], list[str]] = {}
+    merged: dict[RowIdentity, list[str]] = {}
+    source = schema.name
     for row in itertools.chain(existing, new_rows):
-        merged.setdefault(tuple(row[i] for i in ident), row)
+        merged.setdefault(row_identity(source, row), row)
     return [merged[k] for k in sorted(merged)]
 
 
@@ -460,7 +453,7 @@ class Lander:
             self.metrics.failed(entry, exc.__cause__ or exc)
             return False
         except Exception as exc:  # a bug in the merge: never block the entries queued behind this one
-            self._quarantine(entry, f"internal: {type(exc).__name__}: {exc}")
+            self._quarantine(entry, internal_reason(exc))
             return True
         self.spool.remove(entry)
         self.metrics.landed(entry, rows)

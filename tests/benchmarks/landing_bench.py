@@ -41,9 +41,9 @@ sys.path.insert(0, str(REPO))
 from collectors.journal import MinuteStore, encode_record  # noqa: E402
 from collectors.mqtt import TALLY, sensor_splitter  # noqa: E402
 from include.landing import LandingZone  # noqa: E402
-from include.manifests import MinuteManifest, manifest_key  # noqa: E402
+from include.contract import manifest_key, timestamp_text  # noqa: E402
+from include.manifests import MinuteManifest  # noqa: E402
 from include.schemas import SENSOR  # noqa: E402
-from include.sensors import iso_utc  # noqa: E402
 from include.spool import MANIFEST, LanderMetrics, SpoolEntry  # noqa: E402
 
 KINDS = ("dust", "humidity", "temperature")
@@ -139,13 +139,13 @@ def run_load(landing: LandingZone, state_dir: Path, *, devices: int, seconds: fl
             result = results[minute]
             result.minute = minute
             result.sent += 3 * devices
-            store.append(SENSOR, minute, template.replace(_TS, iso_utc(second).encode()))
+            store.append(SENSOR, minute, template.replace(_TS, timestamp_text(second).encode()))
             store.append(TALLY, minute, tally)
             store.flush()
             if time.time() >= next_close + close_delay:
                 results[next_close - 60].closed_at = time.time()
                 store.close_minutes(next_close)
-                progress(f"  minute {iso_utc(next_close - 60)} closed; spool depth {store.spool.depth()}")
+                progress(f"  minute {timestamp_text(next_close - 60)} closed; spool depth {store.spool.depth()}")
                 next_close += 60
         for minute in sorted(results):
             if not results[minute].closed_at:
@@ -189,7 +189,7 @@ def report(result: LoadResult, print_=print) -> None:
     print_(f"{result.devices} devices x 1 message/s x 3 readings = {3 * result.devices} device-rows/s offered")
     print_(f"{'minute':22} {'sent':>8} {'landed':>8} {'lateness s':>11} {'landing rows/s':>15}")
     for m in result.minutes:
-        print_(f"{iso_utc(m.minute):22} {m.sent:8d} {m.landed_rows:8d} {m.lateness:11.1f} {m.rows_per_s:15.0f}")
+        print_(f"{timestamp_text(m.minute):22} {m.sent:8d} {m.landed_rows:8d} {m.lateness:11.1f} {m.rows_per_s:15.0f}")
     print_(f"deepest spool: {result.max_spool_depth} entries, {result.max_spool_bytes / 2**20:.1f} MiB; "
            f"seconds the generator fell behind: {result.behind_seconds}")
 

@@ -22,9 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from collectors.journal import CLOSING_SUFFIX, MinuteStore, decode_rows, encode_record, row_problem
-from collectors.mqtt import TALLY, deadletter_key, sensor_splitter
-from include.landing import FileLanding, minute_key
-from include.manifests import MinuteManifest, manifest_key
+from collectors.mqtt import TALLY, sensor_splitter
+from include.contract import manifest_key, minute_key, payload_deadletter_key
+from include.landing import FileLanding
+from include.manifests import MinuteManifest
 from include.schemas import SENSOR, SENSOR_SCHEMA
 from include.spool import DEADLETTER, MANIFEST, BadEntry, Lander, Spool, format_csv, merge_into, parse_csv
 
@@ -59,7 +60,7 @@ def test_journal_split_never_raises_and_accounts_for_every_record(records, junk)
     kinds = [kind for _, kind, _ in entries]
     assert kinds == sorted(kinds, key=[SENSOR, DEADLETTER, MANIFEST].index)  # data, dead letters, manifest
     if bad:
-        letters = dict((k, d) for k, kind, d in entries if kind == DEADLETTER)[deadletter_key(MINUTE, "col-1")]
+        letters = dict((k, d) for k, kind, d in entries if kind == DEADLETTER)[payload_deadletter_key(AT, "col-1")]
         assert len(letters.splitlines()) == len(bad)
         assert all(json.loads(x)["reason"].startswith("internal: ") for x in letters.splitlines())
 
@@ -140,7 +141,7 @@ def test_poisoned_closing_journal_and_bad_spool_entries_are_quarantined_at_start
         store.stop(5)
     # The good rows landed; the torn CSV lines are dead letters with their reason.
     assert parse_csv(SENSOR_SCHEMA, landing.get(minute_key(SENSOR, AT, "col-1"))) == good
-    letters = [json.loads(x) for x in landing.get(deadletter_key(MINUTE, "col-1")).splitlines()]
+    letters = [json.loads(x) for x in landing.get(payload_deadletter_key(AT, "col-1")).splitlines()]
     assert len(letters) == 2 and all(x["reason"].startswith("internal: journal line is not a JSON") for x in letters)
     manifest = MinuteManifest.from_json(landing.get(manifest_key(SENSOR, AT, "col-1")))
     assert manifest.rows == {"dev-1": 1, "dev-2": 1} and manifest.deadletters == {"internal": 2}

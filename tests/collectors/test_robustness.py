@@ -29,7 +29,8 @@ from collectors.kafka_bridge import KafkaBridge, encode_record
 from include.kafka import ensure_topics, producer_config
 from include.landing import S3Landing, open_landing
 from include.manifests import read_heartbeats, read_manifests
-from include.schemas import HOST, SENSOR, reading_id
+from include.contract import reading_id
+from include.schemas import HOST, SENSOR
 from stack.config import LANDING_BUCKET
 
 pytestmark = pytest.mark.integration
@@ -196,9 +197,9 @@ def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, 
 
 
 def _iso(ms: int) -> str:
-    from include.sensors import iso_utc
+    from include.contract import timestamp_text
 
-    return iso_utc(ms / 1000)
+    return timestamp_text(ms / 1000)
 
 
 def test_kafka_refusing_a_record_quarantines_it_and_the_thread_lives(tmp_path, kafka):
@@ -266,7 +267,7 @@ def test_host_sampler_starts_samples_and_lands_while_kafka_is_down(tmp_path):
     files = [info.key for info in landing.list("raw/host/")]
     assert len(files) >= 2 and all(k.endswith("/box1.csv") for k in files)
     minute = sorted(files)[1]  # a whole minute: 60 rows, and its manifest says so
-    from include.landing import parse_key
+    from include.contract import parse_key
 
     manifests, bad = read_manifests(landing, HOST, parse_key(minute).minute)
     assert not bad and manifests[0].rows == {"box1": 60} and manifests[0].received == 60

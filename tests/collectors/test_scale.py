@@ -17,7 +17,8 @@ from datetime import datetime, timezone
 import pytest
 from collector_helpers import REPO, new_run_id
 
-from include.landing import S3Landing, minute_key
+from include.contract import minute_key
+from include.landing import S3Landing
 from include.schemas import SENSOR, SENSOR_SCHEMA
 from include.spool import parse_csv
 from stack.config import LANDING_BUCKET
