@@ -41,7 +41,7 @@ from collectors.journal import MinuteStore, decode_rows, encode_record
 from include.kafka import HOST_METRICS
 from include.contract import INTERNAL, check_writer, minute_key, timestamp_text
 from include.schemas import HOST, HOST_SCHEMA
-from include.spool import format_csv, manifest_entry
+from include.spool import canonical_file, manifest_entry
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,10 @@ def host_splitter(host: str):
         if not rows:
             return []
         key = minute_key(HOST, datetime.fromtimestamp(minute, timezone.utc), host)
-        return [(key, HOST, format_csv(HOST_SCHEMA, rows)),
+        body, per_host = canonical_file(HOST_SCHEMA, rows)
+        return [(key, HOST, body),
                 manifest_entry(HOST, host, minute, key, HOST, received_is_rows=True,
-                               deadletters={INTERNAL: len(bad)} if bad else None)]
+                               deadletters={INTERNAL: len(bad)} if bad else None, rows=dict(per_host))]
 
     return split
 

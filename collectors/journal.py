@@ -50,11 +50,14 @@ import orjson
 
 from include.contract import INTERNAL, check_device
 from include.landing import LandingZone
+from include.schemas import SCHEMAS
 from include.spool import Lander, LanderMetrics, Spool
 
 log = logging.getLogger(__name__)
 
 #: (minute_epoch, {stream: journalled bytes}) -> [(landing key, kind, file bytes)], spooled in that order.
+#: Data files (kind a schema name) must be canonical: checked, deduplicated and sorted
+#: (include.spool.canonical_file), so the lander can land them as they are.
 Splitter = Callable[[int, dict[str, bytes]], list[tuple[str, str, bytes]]]
 
 JOURNAL_SUFFIX = ".jrnl"
@@ -88,6 +91,9 @@ def decode_rows(data: bytes, width: int, *, device_column: int | None = None) ->
     character) and, with ``device_column``, whose device is a valid device id.
     A torn last line (a crash mid-write) is reported like any other bad line.
     """
+    fast = _decode_clean(data, width, device_column)
+    if fast is not None:
+        return fast, []
     rows: list[list[str]] = []
     bad: list[tuple[int, str, bytes]] = []
     devices_ok: set[str] = set()
@@ -116,6 +122,36 @@ def decode_rows(data: bytes, width: int, *, device_column: int | None = None) ->
                 devices_ok.add(device)
         rows.append(fields)
     return rows, bad
+
+
+def _decode_clean(data: bytes, width: int, device_column: int | None) -> list[list[str]] | None:
+    """The rows of a journal with no bad record, in a few C-speed passes; None when any record needs a look.
+
+    orjson escapes every quote, backslash and control character in a string,
+    so journal bytes without a backslash or DEL hold no unsafe field, and
+    every ``"`` delimits a string: then a line is an array of ``width``
+    strings without a comma inside exactly when the data holds ``2 * width``
+    quotes and ``width - 1`` ``","`` per line and every line is ``["…"]``.
+    """
+    body = data.rstrip(b"\n")
+    n = body.count(b"\n") + 1
+    if not body or b"\\" in data or b"\x7f" in data or b"\r" in data or b"\n\n" in body:
+        return None
+    if (data.count(b'"') != 2 * width * n or data.count(b'","') != (width - 1) * n
+            or data.count(b",") != (width - 1) * n or not body.startswith(b'["') or not body.endswith(b'"]')
+            or body.count(b'"]\n["') != n - 1):
+        return None
+    try:
+        rows = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if device_column is not None:
+        for device in {row[device_column] for row in rows}:
+            try:
+                check_device(device)
+            except ValueError:
+                return None
+    return rows
 
 
 class Journal:
@@ -365,7 +401,7 @@ class MinuteStore:
                 log.error("%s; its journal files are kept in %s", reason, folder)
                 continue
             for key, kind, data in entries:
-                self.spool.add(key, kind, data)
+                self.spool.add(key, kind, data, canonical=kind in SCHEMAS)
                 count += 1
             # Spooled entries are fsynced; only now may the journal copies go.
             for path in paths:

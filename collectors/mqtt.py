@@ -64,7 +64,7 @@ from include.contract import (
 )
 from include.schemas import SENSOR, SENSOR_SCHEMA
 from include.sensors import DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload
-from include.spool import DEADLETTER, format_csv, manifest_entry
+from include.spool import DEADLETTER, canonical_file, manifest_entry
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,10 @@ def sensor_splitter(writer: str):
         data_key = minute_key(SENSOR, at, writer)
         entries = []
         rows, bad = decode_rows(streams.get(SENSOR, b""), _WIDTH, device_column=_DEVICE_COLUMN)
+        per_device: dict[str, int] = {}
         if rows:
-            entries.append((data_key, SENSOR, format_csv(SENSOR_SCHEMA, rows)))
+            body, per_device = canonical_file(SENSOR_SCHEMA, rows)
+            entries.append((data_key, SENSOR, body))
         letters = streams.get(DEADLETTER, b"")
         for lineno, reason, raw in bad:
             letters += payload_deadletter_line(topic=f"journal:{SENSOR}.{minute} line {lineno}", payload=raw,
@@ -161,7 +163,7 @@ def sensor_splitter(writer: str):
             if bad:
                 codes[INTERNAL] += len(bad)
             entries.append(manifest_entry(SENSOR, writer, minute, data_key, SENSOR, received=received,
-                                          deadletters=dict(codes)))
+                                          deadletters=dict(codes), rows=dict(per_device)))
         return entries
 
     return split

@@ -73,7 +73,7 @@ def test_journal_split_lands_all_devices_in_one_writer_file(readings):
     entries = sensor_splitter("col-1")(MINUTE, {SENSOR: data, TALLY: b"[]\n" * len(records)})
     (key, kind, body), manifest = entries
     assert key == minute_key(SENSOR, AT, "col-1") and kind == SENSOR
-    assert sorted(map(tuple, parse_csv(SENSOR_SCHEMA, body))) == sorted(map(tuple, records))
+    assert sorted(map(tuple, parse_csv(SENSOR_SCHEMA, body))) == sorted(set(map(tuple, records)))  # each identity once
     assert manifest[1] == MANIFEST and json.loads(manifest[2])["received"] == len(records)
 
 
