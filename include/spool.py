@@ -534,7 +534,10 @@ class Lander:
             self._quarantine(entry, internal_reason(exc))
             return True
         self.spool.remove(entry)
-        self.metrics.landed(entry, rows)
+        try:
+            self.metrics.landed(entry, rows)
+        except Exception:  # a reporting hook must not stop the landing
+            log.exception("metrics hook failed after landing %s", entry.key)
         log.debug("landed %s (%d rows)", entry.key, rows)
         return True
 
@@ -629,7 +632,12 @@ class Lander:
         """Thread body: land, back off on failure, sleep until kicked."""
         while not self._stop.is_set():
             self._wake.clear()
-            if self.drain():
+            try:
+                drained = self.drain()
+            except Exception:  # never let the lander thread end: log it, back off, try again
+                log.exception("landing failed unexpectedly; retrying")
+                drained = False
+            if drained:
                 self.backoff = 0.0
                 # Poll now and then too: an entry spooled by a previous run needs no kick.
                 self._wait(self._wake, 5.0)

@@ -66,7 +66,7 @@ def pills(now_ms: int) -> dict[str, tuple[str, bytes, set[str]]]:
 
 def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_path, mosquitto, kafka, minio):
     run = new_run_id()
-    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    bootstrap = kafka.config.kafka_bootstrap
     landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-{run}")
     cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}",
                       fsync_interval=0, heartbeat_interval=1.0)
@@ -149,7 +149,7 @@ def time_minute(ms: int):
 
 def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, mosquitto, kafka):
     run = new_run_id()
-    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    bootstrap = kafka.config.kafka_bootstrap
     # About 250 journal bytes a message: the cap is reached after ~100 of the 400 messages.
     cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, journal_max_bytes=25_000, mqtt_receive_maximum=20,
                       fsync_interval=0)
@@ -204,7 +204,7 @@ def _iso(ms: int) -> str:
 
 def test_kafka_refusing_a_record_quarantines_it_and_the_thread_lives(tmp_path, kafka):
     run = new_run_id()
-    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    bootstrap = kafka.config.kafka_bootstrap
     topic = f"t.{run}.raw"
     ensure_topics(bootstrap, [topic])
     done: list = []
@@ -222,7 +222,7 @@ def test_kafka_refusing_a_record_quarantines_it_and_the_thread_lives(tmp_path, k
 
 def test_a_backlog_record_kafka_never_takes_is_quarantined_not_replayed_forever(tmp_path, kafka):
     run = new_run_id()
-    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    bootstrap = kafka.config.kafka_bootstrap
     topic = f"t.{run}.raw"
     ensure_topics(bootstrap, [topic])
     backlog = tmp_path / "backlog"
