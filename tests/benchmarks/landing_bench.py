@@ -32,7 +32,6 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from collectors.journal import MinuteStore, encode_record  # noqa: E402
 from collectors.mqtt import TALLY, sensor_splitter  # noqa: E402
 from include.landing import LandingZone  # noqa: E402
-from include.contract import manifest_key, timestamp_text  # noqa: E402
+from include.contract import manifest_key, parse_key, timestamp_text  # noqa: E402
 from include.manifests import MinuteManifest  # noqa: E402
 from include.schemas import SENSOR  # noqa: E402
 from include.spool import MANIFEST, LanderMetrics, SpoolEntry  # noqa: E402
@@ -81,19 +80,18 @@ class LoadResult:
 
 
 class _Timing(LanderMetrics):
-    def __init__(self, landing: LandingZone, results: dict[int, MinuteResult]) -> None:
-        self.landing, self.results = landing, results
+    """Notes when each minute's manifest landed (the entry is gone by then: its key says the minute)."""
+
+    def __init__(self, landing: LandingZone, writer: str, results: dict[int, MinuteResult]) -> None:
+        self.landing, self.writer, self.results = landing, writer, results
 
     def landed(self, entry: SpoolEntry, rows: int) -> None:
         if entry.kind != MANIFEST:
             return
-        import json
-
-        spec = json.loads(entry.data())
-        result = self.results[int(spec["minute"])]
+        minute = parse_key(entry.key).minute
+        result = self.results[int(minute.timestamp())]
         result.landed_at = time.time()
-        at = datetime.fromtimestamp(result.minute, timezone.utc)
-        manifest = MinuteManifest.from_json(self.landing.get(manifest_key(SENSOR, at, spec["writer"])))
+        manifest = MinuteManifest.from_json(self.landing.get(manifest_key(SENSOR, minute, self.writer)))
         result.rows = dict(manifest.rows)
 
 
@@ -110,7 +108,7 @@ def run_load(landing: LandingZone, state_dir: Path, *, devices: int, seconds: fl
     """Send ``devices`` x 3 readings every second for ``seconds``, closing minutes as the collector does."""
     results: dict[int, MinuteResult] = defaultdict(lambda: MinuteResult(0))
     store = MinuteStore(state_dir, landing, sensor_splitter(writer), fsync_interval=1.0, retry_initial=0.5, retry_max=2)
-    store.lander.metrics = _Timing(landing, results)
+    store.lander.metrics = _Timing(landing, writer, results)
     template = second_template(devices)
     tally = b"[]\n" * devices
     stop = threading.Event()
