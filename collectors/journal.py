@@ -83,6 +83,11 @@ def row_problem(fields: list[str]) -> str | None:
     return None
 
 
+def rows_safe(rows: Iterable[list[str]]) -> bool:
+    """True when no field of ``rows`` needs a look from :func:`row_problem` (one regex pass over them all)."""
+    return _UNSAFE_FIELD.search("".join(["".join(row) for row in rows])) is None
+
+
 def decode_rows(data: bytes, width: int, *, device_column: int | None = None) -> tuple[list[list[str]], list[tuple[int, str, bytes]]]:
     """The rows of journalled records, and ``(line number, reason, raw line)`` for each unusable one.
 
@@ -188,6 +193,16 @@ class Journal:
         with self._lock:
             self._pending.setdefault(name, []).append(data)
             self._bytes += len(data)
+            self._seq += 1
+            return self._seq
+
+    def append_many(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Append several ``(name, data)`` under one lock and one sequence number (one message's records)."""
+        with self._lock:
+            pending = self._pending
+            for name, data in items:
+                pending.setdefault(name, []).append(data)
+                self._bytes += len(data)
             self._seq += 1
             return self._seq
 
@@ -345,6 +360,10 @@ class MinuteStore:
 
     def append(self, stream: str, minute: int, data: bytes) -> int:
         return self.journal.append(journal_name(stream, minute), data)
+
+    def append_many(self, items: Iterable[tuple[str, int, bytes]]) -> int:
+        """Append ``(stream, minute, data)`` records under one journal sequence number."""
+        return self.journal.append_many([(journal_name(stream, minute), data) for stream, minute, data in items])
 
     def flush(self) -> int:
         return self.journal.flush()

@@ -3,9 +3,16 @@
 1. Host sampler at 1 Hz: CPU % of one core and peak RSS of
    ``python -m collectors.host`` over several minutes, side by side with a
    minimal Python psutil loop writing one CSV a minute (the baseline).
-2. MQTT collector: sustained readings/s from Mosquitto into minute files and
-   Kafka, driven by the simulator on the same machine, then a count that
-   nothing was lost.
+2. MQTT collector, live: sustained readings/s from Mosquitto into minute
+   files and Kafka, driven by the simulator on the same machine, then a count
+   that nothing was lost.
+3. MQTT receive limit (``--drain``): the same number of QoS 1 messages is
+   queued in two persistent sessions while their clients are away, then a
+   bare paho subscriber (automatic acks, no work: the reference) and the
+   collector (journal-gated acks, minute files and Kafka) each drain theirs.
+   Draining a queue measures what the receiver takes, not what a publisher on
+   the same two cores manages to offer. Prints both rates and their ratio,
+   and checks by reading id that every reading is in the minute files once.
 
 Needs the local stack (``python -m stack up``). Run:
 ``.venv/bin/python tests/benchmarks/collectors_bench.py [--host-minutes 3] [--mqtt-seconds 20]``
@@ -103,6 +110,151 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
             p.wait(30)
 
 
+BARE_SUBSCRIBER = textwrap.dedent("""
+    import json, sys, time
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    host, port, client_id, topic, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+    seen = {"n": 0, "first": None, "last": None}
+    def on_message(client, userdata, msg):
+        seen["n"] += 1
+        now = time.monotonic()
+        seen["first"] = seen["first"] or now
+        seen["last"] = now
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = int(sys.argv[6])
+    c.connect(host, port, keepalive=30, clean_start=False, properties=props)
+    c.subscribe(topic, qos=1)
+    deadline = time.monotonic() + 600
+    while seen["n"] < want and time.monotonic() < deadline:
+        c.loop(0.05)
+    c.disconnect()
+    print(json.dumps({"messages": seen["n"], "seconds": (seen["last"] or 0) - (seen["first"] or 0)}))
+""")
+
+
+def make_session(port: int, client_id: str, topic: str) -> None:
+    """A persistent QoS 1 session subscribed to ``topic``, left without its client: the broker queues for it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    c.connect("127.0.0.1", port, keepalive=30, clean_start=True, properties=props)
+    c.loop_start()
+    result, mid = c.subscribe(topic, qos=1)
+    time.sleep(0.5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish(port: int, prefix: str, run: str, messages: int, publishers: int, tag: str) -> int:
+    """Publish ``messages`` seed payloads (QoS 1) under ``prefix``; returns the readings sent."""
+    sims = [subprocess.Popen(
+        [sys.executable, "-m", "collectors.simulate_sensors", "--mqtt-port", str(port), "--topic-prefix", prefix,
+         "--devices", "500", "--rate", "1000", "--duration", "0", "--messages", str(messages // publishers),
+         "--device-prefix", f"{tag}{i}", "--client-id", f"sim-{run}-{tag}{i}", "--log-level", "WARNING"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(publishers)]
+    return sum(json.loads(s.communicate()[0].strip().splitlines()[-1])["readings"] for s in sims)
+
+
+def reading_ids(landing: Path) -> tuple[int, int]:
+    """(rows, distinct reading ids) of every sensor minute file under ``landing``."""
+    from include.contract import row_identity
+    from include.schemas import SENSOR
+
+    rows, ids = 0, set()
+    for path in landing.rglob("raw/sensor/**/*.csv"):
+        with path.open() as fh:
+            fh.readline()
+            for line in fh:
+                rows += 1
+                ids.add(row_identity(SENSOR, line.rstrip("\n").split(",")).id)
+    return rows, len(ids)
+
+
+def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
+    """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages."""
+    from stack.config import StackConfig
+
+    cfg = StackConfig.from_env()
+    mport = cfg.ports["mosquitto"]
+    run = uuid.uuid4().hex[:8]
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
+    # The machine is shared: the reference drains once before and once after the collector,
+    # each from its own queue, and the figure is their mean.
+    col_id = f"bench-{run}"
+    for name in ("r1", "r2", "c"):
+        make_session(mport, f"{name}-{run}" if name != "c" else col_id, f"{name}{run}/sensors/+")
+    print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
+    for name in ("r1", "r2"):
+        publish(mport, f"{name}{run}/sensors", run, messages, publishers, name)
+    readings = publish(mport, f"c{run}/sensors", run, messages, publishers, "c")
+
+    def bare(name: str) -> float:
+        print(f"bare paho subscriber draining ({name}) ...", flush=True)
+        out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{name}-{run}",
+                              f"{name}{run}/sensors/+", str(messages), "1000"], capture_output=True, text=True, timeout=900)
+        got = json.loads(out.stdout.strip().splitlines()[-1])
+        return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
+
+    ref_rates = [bare("r1")]
+    print("collector draining ...", flush=True)
+    port = 19110
+    cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+           "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
+           "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
+           "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+           "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
+    collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
+                                "--output", str(profile), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = last = None
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            got = metric(port, "sluice_collector_readings_received_total")
+            delivered = metric(port, "sluice_collector_kafka_delivered_total")
+        except OSError:
+            time.sleep(0.2)
+            continue
+        now = time.monotonic()
+        if got and first is None:
+            first = now
+        if got >= readings and delivered >= messages:
+            last = now
+            break
+        time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    collector.send_signal(signal.SIGTERM)
+    collector.wait(180)
+    col_s = (last or time.monotonic()) - (first or time.monotonic())
+    ref_rates.append(bare("r2"))
+    rows, distinct = reading_ids(tmp / "landing")
+    ref_rate = sum(ref_rates) / len(ref_rates)
+    col_rate = messages / col_s if col_s else 0.0
+    return {
+        "messages_each": messages, "readings_sent": readings,
+        "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
+        "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
+        "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
+        "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
+        "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
+        "nothing_lost": rows == readings == distinct and last is not None,
+    }
+
+
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     total = 0.0
@@ -178,10 +330,16 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=200, help="simulated devices (default 200)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per device (default 20)")
     parser.add_argument("--publishers", type=int, default=2, help="simulator processes (default 2)")
+    parser.add_argument("--drain", type=int, default=0, metavar="N",
+                        help="also measure the receive limit: N queued messages for paho and for the collector")
+    parser.add_argument("--profile", type=Path, help="with --drain: py-spy raw profile of the collector to this file")
     parser.add_argument("--skip-host", action="store_true")
     parser.add_argument("--skip-mqtt", action="store_true")
     args = parser.parse_args()
     results = {}
+    if args.drain:
+        results["drain"] = bench_drain(args.drain, args.publishers, args.profile)
+        print(json.dumps({"drain": results["drain"]}, indent=2), flush=True)
     if not args.skip_mqtt:
         results["mqtt"] = bench_mqtt(args.mqtt_seconds, args.devices, args.rate, args.publishers)
         print(json.dumps({"mqtt": results["mqtt"]}, indent=2), flush=True)
