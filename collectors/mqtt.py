@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ KAFKA_VALUE_MAX = 1_000_000
 #: of reject codes per payload), from which the minute manifest takes its tallies.
 TALLY = "tally"
 _WIDTH = len(SENSOR_SCHEMA.names)
+#: A share name (MQTT v5, 4.8.2): no "/", "+" or "#"; control characters and spaces refused too.
+_SHARE_GROUP = re.compile(r"[^/+#\x00-\x20\x7f]{1,128}")
 _DEVICE_COLUMN = SENSOR_SCHEMA.names.index("device")
 #: The tally record of a payload without rejects (most of them).
 _NO_REJECTS = orjson.dumps([]) + b"\n"
@@ -88,6 +91,9 @@ class MqttConfig(CommonConfig, CliOptions):
     mqtt_port: int = option(1883, "MQTT broker port.")
     mqtt_client_id: str = option("sluice-mqtt-collector", "Fixed MQTT client id: the persistent session is keyed by it.")
     mqtt_topics: tuple[str, ...] = option(("sluice/sensors/+",), "Comma-separated topic filters to subscribe to with QoS 1.")
+    mqtt_shared_group: str = option(
+        "", "MQTT v5 shared subscription group (empty: none): every filter becomes $share/<group>/<filter>, "
+            "so collectors of one group split the devices' messages between them.")
     mqtt_username: str = option("", "MQTT user name (empty: anonymous).")
     mqtt_password: str = option("", "MQTT password.", secret=True)
     mqtt_session_expiry: int = option(7 * 86400, "Seconds the broker keeps the session (and queues messages) while disconnected.")
@@ -113,6 +119,9 @@ class MqttConfig(CommonConfig, CliOptions):
         for f in self.mqtt_topics:
             require(all(part in ("+", "#") or ("+" not in part and "#" not in part) for part in f.split("/"))
                     and ("#" not in f or f.endswith("#")), "mqtt_topics", f"{f!r} is not a valid topic filter")
+        require(self.mqtt_shared_group == "" or _SHARE_GROUP.fullmatch(self.mqtt_shared_group) is not None,
+                "mqtt_shared_group", f"{self.mqtt_shared_group!r} is not a share name: 1-128 characters, none of / + # "
+                "or a control character (MQTT v5, 4.8.2)")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
         try:
             check_writer(self.mqtt_client_id)
@@ -129,6 +138,13 @@ class MqttConfig(CommonConfig, CliOptions):
         require(self.kafka_retry_interval > 0, "kafka_retry_interval", "must be > 0 seconds")
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
         require(self.kafka_backlog_max_bytes >= 0, "kafka_backlog_max_bytes", "must be >= 0 bytes (0: no cap)")
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """The filters as subscribed: ``$share/<group>/<filter>`` with a shared group."""
+        if not self.mqtt_shared_group:
+            return self.mqtt_topics
+        return tuple(f"$share/{self.mqtt_shared_group}/{f}" for f in self.mqtt_topics)
 
     @property
     def limits(self) -> Limits:
@@ -346,15 +362,15 @@ class MqttCollector:
         log.info("connected to MQTT %s:%s (session present: %s)", self.config.mqtt_host, self.config.mqtt_port,
                  flags.session_present)
         # Subscribing again on a present session is harmless and covers a broker that lost it.
-        client.subscribe([(f, 1) for f in self.config.mqtt_topics])
+        client.subscribe([(f, 1) for f in self.config.subscriptions])
         self.connected.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         granted = [str(rc) for rc in reason_codes]
         if any(rc.is_failure for rc in reason_codes):
-            log.error("MQTT broker refused a subscription of %s: %s", ",".join(self.config.mqtt_topics), granted)
+            log.error("MQTT broker refused a subscription of %s: %s", ",".join(self.config.subscriptions), granted)
         else:
-            log.info("subscribed to %s (granted: %s)", ",".join(self.config.mqtt_topics), ", ".join(granted))
+            log.info("subscribed to %s (granted: %s)", ",".join(self.config.subscriptions), ", ".join(granted))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

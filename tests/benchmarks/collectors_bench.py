@@ -148,7 +148,7 @@ def make_session(port: int, client_id: str, topic: str) -> None:
     props.SessionExpiryInterval = 3600
     c.connect("127.0.0.1", port, keepalive=30, clean_start=True, properties=props)
     c.loop_start()
-    result, mid = c.subscribe(topic, qos=1)
+    c.subscribe(topic, qos=1)
     time.sleep(0.5)
     c.disconnect()
     c.loop_stop()
@@ -200,7 +200,7 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     def bare(name: str) -> float:
         print(f"bare paho subscriber draining ({name}) ...", flush=True)
         out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{name}-{run}",
-                              f"{name}{run}/sensors/+", str(messages), "1000"], capture_output=True, text=True, timeout=900)
+                              f"{name}{run}/sensors/+", str(messages), "1000"], check=True, capture_output=True, text=True, timeout=900)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
