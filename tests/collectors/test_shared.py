@@ -19,6 +19,7 @@ records redelivered) are printed, not asserted.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import time
@@ -176,7 +177,7 @@ def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, k
     assert es_ids == want_ids
 
     times = sorted(at for _, at in records if at >= killed_at - 1)
-    gaps = [b - a for a, b in zip(times, times[1:]) if b >= killed_at]
+    gaps = [b - a for a, b in itertools.pairwise(times) if b >= killed_at]
     redelivered = sum(values.values()) - len(values)
     print(f"\nshared-subscription failover: {count} messages ({3 * count} readings) at {RATE:g}/s over two "
           f"collectors; SIGKILL, restart after {restarted_at - killed_at:.1f} s: longest pause of the group's "
