@@ -36,6 +36,8 @@ and nothing is doubled.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -43,7 +45,7 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -309,6 +311,25 @@ class Journal:
             self._dirty.clear()
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for building a minute's rows (millions of objects, no cycles).
+
+    At 5,000 devices a minute is 900,000 rows; the collector runs full
+    collections over them again and again while they are built, which made
+    the split 1.5-2x slower (measured: 13 s against 8 s on the loaded 2-core
+    machine). Reference counting still frees everything; the collector runs
+    as usual again afterwards.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def journal_name(stream: str, minute: int) -> str:
     return f"{stream}.{minute}{JOURNAL_SUFFIX}"
 
@@ -412,7 +433,8 @@ class MinuteStore:
                 streams: dict[str, list[bytes]] = defaultdict(list)
                 for path in paths:
                     streams[parse_journal_name(path.name)[0]].append(path.read_bytes())  # type: ignore[index]
-                entries = self.splitter(minute, {k: b"".join(v) for k, v in streams.items()})
+                with gc_paused():
+                    entries = self.splitter(minute, {k: b"".join(v) for k, v in streams.items()})
             except Exception as exc:  # a bug or an unreadable file: set this minute aside, land the others
                 reason = f"{INTERNAL}: splitting minute {minute} failed: {type(exc).__name__}: {exc}"
                 folder = self.journal.quarantine(paths, reason)
