@@ -1,0 +1,126 @@
+"""What the Sluice page and the alert checks read back: reconciliation, freshness, lag, dead letters.
+
+Each function takes an Elasticsearch client (or the landing zone) and returns
+plain dicts, newest first, for a time window; a missing index is an empty
+answer, not an error (a fresh install has none yet). Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+from include import loads
+from include.landing import LandingZone, floor_minute, minute_prefix, minutes
+from include.reconcile import reconcile_index_pattern
+from include.schemas import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, SOURCES
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _search(client, index: str, **kwargs) -> list[dict]:
+    resp = client.options(ignore_status=404).search(index=index, allow_no_indices=True, ignore_unavailable=True,
+                                                     **kwargs)
+    return [h["_source"] for h in resp.get("hits", {}).get("hits", [])]
+
+
+def _window(start: datetime, end: datetime) -> dict:
+    return {"range": {ES_TIME_FIELD: {"gte": _iso(start), "lt": _iso(end)}}}
+
+
+def reconcile_grid(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> dict[tuple[str, str], dict]:
+    """(source, minute ISO) -> the stored reconcile document, for minutes in [start, end)."""
+    docs = _search(client, reconcile_index_pattern(prefix), size=10000,
+                   query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, _window(start, end)]}})
+    return {(d["source"], d[ES_TIME_FIELD]): d for d in docs}
+
+
+def freshness_series(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> dict[str, list[dict]]:
+    """source -> SLA documents (minute, freshness_s, breach) in [start, end), oldest first."""
+    docs = _search(client, reconcile_index_pattern(prefix), size=10000, sort=[{ES_TIME_FIELD: "asc"}],
+                   query={"bool": {"filter": [{"term": {"kind": "sla"}}, _window(start, end)]}})
+    out: dict[str, list[dict]] = {s: [] for s in SOURCES}
+    for d in docs:
+        out.setdefault(d["source"], []).append(d)
+    return out
+
+
+def latest_lag(client, *, now: datetime, within: timedelta = timedelta(minutes=10),
+               prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+    """The newest lag document of every (group, topic, partition) of the last ``within``."""
+    docs = _search(client, f"{prefix}-{LAG}-*", size=2000, sort=[{ES_TIME_FIELD: "desc"}],
+                   query={"bool": {"filter": [_window(now - within, now + timedelta(minutes=1))]}})
+    newest: dict[tuple, dict] = {}
+    for d in docs:
+        newest.setdefault((d.get("group"), d.get("topic"), d.get("partition")), d)
+    return sorted(newest.values(), key=lambda d: (d.get("group") or "", d.get("topic") or "", d.get("partition") or 0))
+
+
+def lag_history(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+    """Every lag document in [start, end), oldest first (the page draws status over time)."""
+    return _search(client, f"{prefix}-{LAG}-*", size=10000, sort=[{ES_TIME_FIELD: "asc"}],
+                   query={"bool": {"filter": [_window(start, end)]}})
+
+
+def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device: str = "", reason: str = "",
+                limit: int = 200) -> list[dict]:
+    """The newest dead-lettered rows and files of [start, end), from ``deadletter/``; filter by device, reason code.
+
+    One entry per refused row, file or document: minute, source, device,
+    reason code, reason text, the row when kept. ``reason`` matches the code
+    (the text before the first ``:``) exactly; ``device`` the file's device.
+    """
+    from include.landing import parse_key
+    from include.manifests import reason_code
+
+    out: list[dict] = []
+    for minute in reversed(list(minutes(start, end))):
+        for source in SOURCES:
+            prefix = loads.DEADLETTER + minute_prefix(source, minute)[len(loads.RAW):]
+            for info in landing.list(prefix):
+                raw_key, _ = loads.split_record_key(info.key)
+                dev = parse_key(raw_key).device
+                if device and dev != device:
+                    continue
+                for entry in _entries(loads.DeadLetter.from_json(landing.get(info.key))):
+                    if reason and entry["code"] != reason:
+                        continue
+                    out.append({"minute": _iso(minute), "source": source, "device": dev, "key": raw_key, **entry})
+                    if len(out) >= limit:
+                        return out
+    return out
+
+
+def _entries(dl: loads.DeadLetter) -> Iterator[dict]:
+    from include.manifests import reason_code
+
+    if dl.quarantined:
+        yield {"code": reason_code(dl.reason or "quarantined"), "reason": dl.reason or "", "row": ""}
+    for row in dl.rows:
+        text = str(row.get("reason", ""))
+        yield {"code": reason_code(text), "reason": text, "row": str(row.get("row", ""))[:300]}
+    for doc in dl.documents:
+        yield {"code": f"sink:{doc.get('sink', '?')}", "reason": str(doc.get("reason", "")), "row": doc.get("id", "")}
+
+
+def minute_links(source: str, minute: datetime) -> dict[str, str]:
+    """Landing-zone prefixes of one minute: its raw files, load records and dead letters."""
+    raw = minute_prefix(source, floor_minute(minute))
+    return {"raw": raw, "loaded": loads.LOADED + raw[len(loads.RAW):], "deadletter": loads.DEADLETTER + raw[len(loads.RAW):]}
+
+
+def object_text(landing: LandingZone, key: str, *, limit: int = 200_000) -> bytes:
+    """The first ``limit`` bytes of one landing-zone object (the page shows files of a minute)."""
+    return landing.get(key)[:limit]
+
+
+def listing(landing: LandingZone, prefix: str) -> list[dict]:
+    return [{"key": i.key, "size": i.size, "etag": i.etag} for i in landing.list(prefix)]
+
+
+def to_json(value) -> bytes:
+    return orjson.dumps(value, default=str)
