@@ -63,7 +63,8 @@ def sluice_reconcile():
         from include import reconcile
         from include.alerts import IncidentBook, mismatch_incidents
         from include.kafka import SENSORS_RAW, HOST_METRICS
-        from include.pipeline import configured_sinks, index_prefix
+        from include.contract import index_prefix
+        from include.pipeline import configured_sinks
         from include.schemas import SOURCES
 
         sinks = configured_sinks()
@@ -91,7 +92,7 @@ def sluice_reconcile():
 
         from include import reconcile
         from include.alerts import IncidentBook, sla_incidents
-        from include.pipeline import index_prefix
+        from include.contract import index_prefix
         from include.schemas import SOURCES
 
         landing, now = landing_zone(), datetime.now(timezone.utc)
@@ -125,7 +126,7 @@ def sluice_reconcile():
         from sluice_notifiers import announce
 
         from include.alerts import IncidentBook, lag_incidents
-        from include.pipeline import index_prefix
+        from include.contract import index_prefix
         from include.status import latest_lag
 
         partitions = latest_lag(elasticsearch_client(), now=datetime.now(timezone.utc), prefix=index_prefix())

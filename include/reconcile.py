@@ -41,9 +41,19 @@ from typing import Any
 import orjson
 
 from include import loads
-from include.landing import LandingZone, floor_minute, minute_prefix, parse_key
-from include.manifests import reason_code, read_manifests
-from include.schemas import ES_INDEX_PREFIX, ES_TIME_FIELD, HOST, SENSOR, SENSOR_METRIC, SOURCES
+from include.contract import (
+    ES_INDEX_PREFIX,
+    ES_TIME_FIELD,
+    LOADED,
+    RAW,
+    FileDeadLetter,
+    floor_minute,
+    minute_prefix,
+    reason_code,
+)
+from include.landing import LandingZone
+from include.manifests import read_manifests
+from include.schemas import HOST, SENSOR, SENSOR_METRIC, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +110,23 @@ class MinuteCounts:
 
 
 def count_landed(landing: LandingZone, source: str, minute: datetime) -> tuple[int, list[str], list[str]]:
-    """``(data rows, file keys, devices)`` of the minute's ``raw/`` files (the header row is not counted)."""
-    rows, keys, devices = 0, [], []
+    """``(data rows, file keys, devices)`` of the minute's ``raw/`` files (the header row is not counted).
+
+    Devices (hosts) are read from the rows' second column: a file is one
+    *writer*'s, and may hold many devices.
+    """
+    rows, keys, devices = 0, [], set()
     for info in landing.list(minute_prefix(source, minute)):
         if not info.key.endswith(".csv"):
             continue
-        data = landing.get(info.key)
-        rows += sum(1 for line in data.split(b"\n")[1:] if line.strip())
+        for line in landing.get(info.key).split(b"\n")[1:]:
+            if line.strip():
+                rows += 1
+                parts = line.split(b",", 2)
+                if len(parts) > 1:
+                    devices.add(parts[1].decode("utf-8", "replace"))
         keys.append(info.key)
-        devices.append(parse_key(info.key).device)
-    return rows, keys, devices
+    return rows, keys, sorted(devices)
 
 
 def count_loaded(landing: LandingZone, source: str, minute: datetime) -> tuple[int, dict[str, int], datetime | None]:
@@ -122,7 +139,7 @@ def count_loaded(landing: LandingZone, source: str, minute: datetime) -> tuple[i
     code, sink refusals under ``sink:<name>``.
     """
     newest: dict[str, loads.LoadRecord] = {}
-    prefix = loads.LOADED + minute_prefix(source, minute)[len(loads.RAW):]
+    prefix = LOADED + minute_prefix(source, minute)[len(RAW):]
     for info in landing.list(prefix):
         record = loads.LoadRecord.from_json(landing.get(info.key))
         if record.key not in newest or record.loaded_at >= newest[record.key].loaded_at:
@@ -135,13 +152,13 @@ def count_loaded(landing: LandingZone, source: str, minute: datetime) -> tuple[i
         if when and (loaded_at is None or when > loaded_at):
             loaded_at = when
         if record.rejected and record.deadletter:
-            _add(reasons, _deadletter_reasons(loads.DeadLetter.from_json(landing.get(record.deadletter)), record))
+            _add(reasons, _deadletter_reasons(FileDeadLetter.from_json(landing.get(record.deadletter)), record))
         elif record.rejected:
             _add(reasons, {"rejected": record.rejected})
     return accepted, reasons, loaded_at
 
 
-def _deadletter_reasons(dl: loads.DeadLetter, record: loads.LoadRecord) -> dict[str, int]:
+def _deadletter_reasons(dl: FileDeadLetter, record: loads.LoadRecord) -> dict[str, int]:
     out: dict[str, int] = {}
     if dl.quarantined:
         return {reason_code(dl.reason or "quarantined"): record.rows_read}
@@ -191,12 +208,6 @@ def count_opentsdb(client, source: str, minute: datetime, *, devices: Sequence[s
         for series in client.query(name, tags={tag: "|".join(sorted(devices))}, **window):
             total += sum(1 for ts in series.get("dps", {}) if start <= int(ts) < start + 60)
     return total
-
-
-def loaded_devices(landing: LandingZone, source: str, minute: datetime) -> list[str]:
-    """Devices that have a load record of the minute (a file loaded, then deleted, still counts)."""
-    prefix = loads.LOADED + minute_prefix(source, minute)[len(loads.RAW):]
-    return sorted({parse_key(loads.split_record_key(i.key)[0]).device for i in landing.list(prefix)})
 
 
 def _es_metrics(client, minute: datetime, *, prefix: str) -> list[str]:
@@ -369,7 +380,7 @@ def count_hops(
         measure("elasticsearch", lambda: count_elasticsearch(elasticsearch, source, minute, prefix=es_prefix))
     if opentsdb is not None:
         # Whoever says a device had readings this minute: a deleted file must not hide its points.
-        devices = sorted({*counts.devices, *(d for m in manifests for d in m.rows), *loaded_devices(landing, source, minute)})
+        devices = sorted({*counts.devices, *(d for m in manifests for d in m.rows)})
         metrics: list[str] = []
         if source == SENSOR:
             metrics = sensor_metrics(landing, counts.files)

@@ -12,10 +12,25 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from include import loads
-from include.landing import LandingZone, floor_minute, minute_prefix, minutes
+from include.contract import (
+    ES_INDEX_PREFIX,
+    ES_TIME_FIELD,
+    FILE,
+    LAG,
+    LOADED,
+    RAW,
+    FileDeadLetter,
+    deadletter_prefix,
+    floor_minute,
+    minute_prefix,
+    minutes,
+    parse_key,
+    reason_code,
+    split_record_key,
+)
+from include.landing import LandingZone
 from include.reconcile import reconcile_index_pattern
-from include.schemas import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, SOURCES
+from include.schemas import SOURCES
 
 
 def _iso(value: datetime) -> str:
@@ -74,43 +89,43 @@ def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device:
     reason code, reason text, the row when kept. ``reason`` matches the code
     (the text before the first ``:``) exactly; ``device`` the file's device.
     """
-    from include.landing import parse_key
-    from include.manifests import reason_code
-
     out: list[dict] = []
     for minute in reversed(list(minutes(start, end))):
         for source in SOURCES:
-            prefix = loads.DEADLETTER + minute_prefix(source, minute)[len(loads.RAW):]
+            prefix = deadletter_prefix(FILE) + minute_prefix(source, minute)[len(RAW):]
             for info in landing.list(prefix):
-                raw_key, _ = loads.split_record_key(info.key)
-                dev = parse_key(raw_key).device
-                if device and dev != device:
-                    continue
-                for entry in _entries(loads.DeadLetter.from_json(landing.get(info.key))):
-                    if reason and entry["code"] != reason:
+                raw_key, _ = split_record_key(info.key)
+                writer = parse_key(raw_key).writer
+                for entry in _entries(FileDeadLetter.from_json(landing.get(info.key))):
+                    dev = entry.pop("device") or writer
+                    if (device and dev != device) or (reason and entry["code"] != reason):
                         continue
-                    out.append({"minute": _iso(minute), "source": source, "device": dev, "key": raw_key, **entry})
+                    out.append({"minute": _iso(minute), "source": source, "device": dev, "writer": writer,
+                                "key": raw_key, **entry})
                     if len(out) >= limit:
                         return out
     return out
 
 
-def _entries(dl: loads.DeadLetter) -> Iterator[dict]:
-    from include.manifests import reason_code
-
+def _entries(dl: FileDeadLetter) -> Iterator[dict]:
+    """One entry per refused row, file or document; the device of a row is its second CSV column."""
     if dl.quarantined:
-        yield {"code": reason_code(dl.reason or "quarantined"), "reason": dl.reason or "", "row": ""}
+        yield {"code": reason_code(dl.reason or "quarantined"), "reason": dl.reason or "", "row": "", "device": ""}
     for row in dl.rows:
-        text = str(row.get("reason", ""))
-        yield {"code": reason_code(text), "reason": text, "row": str(row.get("row", ""))[:300]}
+        text, raw = str(row.get("reason", "")), row.get("row", "")
+        fields = raw if isinstance(raw, list) else str(raw).split(",")
+        device = str(fields[1]) if len(fields) > 1 else ""
+        shown = ",".join(map(str, raw)) if isinstance(raw, list) else str(raw)
+        yield {"code": reason_code(text), "reason": text, "row": shown[:300], "device": device}
     for doc in dl.documents:
-        yield {"code": f"sink:{doc.get('sink', '?')}", "reason": str(doc.get("reason", "")), "row": doc.get("id", "")}
+        yield {"code": f"sink:{doc.get('sink', '?')}", "reason": str(doc.get("reason", "")), "row": doc.get("id", ""),
+               "device": ""}
 
 
 def minute_links(source: str, minute: datetime) -> dict[str, str]:
     """Landing-zone prefixes of one minute: its raw files, load records and dead letters."""
     raw = minute_prefix(source, floor_minute(minute))
-    return {"raw": raw, "loaded": loads.LOADED + raw[len(loads.RAW):], "deadletter": loads.DEADLETTER + raw[len(loads.RAW):]}
+    return {"raw": raw, "loaded": LOADED + raw[len(RAW):], "deadletter": deadletter_prefix(FILE) + raw[len(RAW):]}
 
 
 def object_text(landing: LandingZone, key: str, *, limit: int = 200_000) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from include import pipeline
-from include.landing import minute_key
+from include.contract import minute_key
 from include.manifests import Heartbeat, MinuteManifest, write_heartbeat, write_manifest
 
 from test_loads import host_csv

@@ -18,7 +18,7 @@ import pytest
 
 from include import elasticsearch as es_mod
 from include import pipeline, reconcile
-from include.landing import minute_key, parse_key
+from include.contract import minute_key, parse_key
 from include.manifests import MinuteManifest, write_manifest
 from include.opentsdb import OpenTSDBClient
 from include.sensors import csv_line, parse_payload
@@ -89,8 +89,9 @@ class Collector:
         return lines
 
     def close_minute(self, minute: datetime, files: dict[str, list[str]], received: int) -> None:
-        for device, lines in files.items():
-            self.landing.put(minute_key("sensor", minute, device), (HEADER + "".join(lines)).encode())
+        # One file per writer and minute, holding every device the writer heard.
+        rows = "".join(line for lines in files.values() for line in lines)
+        self.landing.put(minute_key("sensor", minute, self.writer), (HEADER + rows).encode())
         write_manifest(self.landing, MinuteManifest("sensor", self.writer, minute,
                                                     rows={d: len(lines) for d, lines in files.items()}, received=received))
 
