@@ -116,7 +116,14 @@ class IncidentBook:
         changes = Changes()
         seen = {p.key: p for p in problems}
         for key, problem in seen.items():
-            if key in open_ or key in cleared:
+            if key in cleared:
+                continue
+            if key in open_:
+                if problem.transient:  # it was open and is over now (a held minute finally loaded)
+                    incident = open_.pop(key)
+                    incident.cleared_at = _now_text(now)
+                    cleared[key] = incident
+                    changes.cleared.append(incident)
                 continue
             problem.opened_at = _now_text(now)
             changes.opened.append(problem)
