@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
-import orjson
-
 from include.contract import (
     ES_INDEX_PREFIX,
     ES_TIME_FIELD,
@@ -22,8 +20,8 @@ from include.contract import (
     FileDeadLetter,
     deadletter_prefix,
     floor_minute,
+    hour_prefix,
     minute_prefix,
-    minutes,
     parse_key,
     reason_code,
     split_record_key,
@@ -83,27 +81,35 @@ def lag_history(client, start: datetime, end: datetime, *, prefix: str = ES_INDE
 
 def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device: str = "", reason: str = "",
                 limit: int = 200) -> list[dict]:
-    """The newest dead-lettered rows and files of [start, end), from ``deadletter/``; filter by device, reason code.
+    """The newest dead-lettered rows and files of [start, end), from ``deadletter/file/``; filter by device, reason code.
 
-    One entry per refused row, file or document: minute, source, device,
-    reason code, reason text, the row when kept. ``reason`` matches the code
-    (the text before the first ``:``) exactly; ``device`` the file's device.
+    One entry per refused row, file or document: minute, source, device (the
+    row's device, else the file's writer), writer, reason code, reason text,
+    the row when kept. ``reason`` matches the code (the text before the first
+    ``:``) exactly. One listing per source and hour, newest records read first.
     """
-    out: list[dict] = []
-    for minute in reversed(list(minutes(start, end))):
+    keys: list[tuple[datetime, str, str]] = []
+    hour = floor_minute(start).replace(minute=0)
+    while hour < end:
         for source in SOURCES:
-            prefix = deadletter_prefix(FILE) + minute_prefix(source, minute)[len(RAW):]
+            prefix = deadletter_prefix(FILE) + hour_prefix(source, hour)[len(RAW):]
             for info in landing.list(prefix):
                 raw_key, _ = split_record_key(info.key)
-                writer = parse_key(raw_key).writer
-                for entry in _entries(FileDeadLetter.from_json(landing.get(info.key))):
-                    dev = entry.pop("device") or writer
-                    if (device and dev != device) or (reason and entry["code"] != reason):
-                        continue
-                    out.append({"minute": _iso(minute), "source": source, "device": dev, "writer": writer,
-                                "key": raw_key, **entry})
-                    if len(out) >= limit:
-                        return out
+                minute = parse_key(raw_key).minute
+                if start <= minute < end:
+                    keys.append((minute, source, info.key))
+        hour += timedelta(hours=1)
+    out: list[dict] = []
+    for minute, source, key in sorted(keys, reverse=True):
+        raw_key, _ = split_record_key(key)
+        writer = parse_key(raw_key).writer
+        for entry in _entries(FileDeadLetter.from_json(landing.get(key))):
+            dev = entry.pop("device") or writer
+            if (device and dev != device) or (reason and entry["code"] != reason):
+                continue
+            out.append({"minute": _iso(minute), "source": source, "device": dev, "writer": writer, "key": raw_key, **entry})
+            if len(out) >= limit:
+                return out
     return out
 
 
@@ -128,14 +134,6 @@ def minute_links(source: str, minute: datetime) -> dict[str, str]:
     return {"raw": raw, "loaded": LOADED + raw[len(RAW):], "deadletter": deadletter_prefix(FILE) + raw[len(RAW):]}
 
 
-def object_text(landing: LandingZone, key: str, *, limit: int = 200_000) -> bytes:
-    """The first ``limit`` bytes of one landing-zone object (the page shows files of a minute)."""
-    return landing.get(key)[:limit]
-
-
 def listing(landing: LandingZone, prefix: str) -> list[dict]:
+    """``{"key", "size", "etag"}`` of every object under ``prefix`` (the page lists a minute's files)."""
     return [{"key": i.key, "size": i.size, "etag": i.etag} for i in landing.list(prefix)]
-
-
-def to_json(value) -> bytes:
-    return orjson.dumps(value, default=str)
