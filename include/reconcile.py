@@ -33,6 +33,7 @@ overwrites it. Nothing here imports Airflow; clients are arguments.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -280,11 +281,16 @@ def count_kafka(consumer, topic: str, source: str, minute: datetime, *, margin_s
     lo_s, hi_s = start.timestamp(), start.timestamp() + 60
     try:
         open_parts = set(ranges)
+        idle_since = time.monotonic()
         while open_parts:
-            batch = consumer.consume(num_messages=5000, timeout=timeout_s)
+            # consume() waits for num_messages or the timeout: short polls, so a small minute is quick.
+            batch = consumer.consume(num_messages=1000, timeout=0.2)
             if not batch:
-                raise RuntimeError(f"Kafka gave no records of {topic} within {timeout_s} s while counting {_iso(start)}; "
-                                   f"still reading partitions {sorted(open_parts)}")
+                if time.monotonic() - idle_since > timeout_s:
+                    raise RuntimeError(f"Kafka gave no records of {topic} for {timeout_s} s while counting "
+                                       f"{_iso(start)}; still reading partitions {sorted(open_parts)}")
+                continue
+            idle_since = time.monotonic()
             for msg in batch:
                 if msg.error() is not None:
                     continue
