@@ -28,8 +28,10 @@ from airflow.sdk import BaseHook, BaseNotifier
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_CONN_ID = "sluice_webhook"
-SMTP_CONN_ID = "smtp_default"
+# Optional, operator-supplied endpoints outside the stack (a mail relay, a chat webhook): not
+# connections every deployment has, so compose does not define them.
+DEFAULT_WEBHOOK_CONNECTION = "sluice_webhook"
+DEFAULT_SMTP_CONNECTION = "smtp_default"
 
 
 class AlertNotDelivered(RuntimeError):
@@ -46,7 +48,7 @@ class WebhookNotifier(BaseNotifier):
 
     template_fields = ("body",)
 
-    def __init__(self, *, body: dict, conn_id: str = WEBHOOK_CONN_ID, timeout: float = 10.0) -> None:
+    def __init__(self, *, body: dict, conn_id: str = DEFAULT_WEBHOOK_CONNECTION, timeout: float = 10.0) -> None:
         super().__init__()
         self.body = body
         self.conn_id = conn_id
@@ -96,9 +98,9 @@ def notifiers(subject: str, text: str, body: dict) -> list[tuple[str, BaseNotifi
 
         out.append(("smtp", SmtpNotifier(
             to=to, from_email=os.environ.get("SLUICE_ALERT_EMAIL_FROM", "sluice@localhost"), subject=subject,
-            html_content=f"<pre>{escape(text)}</pre>", smtp_conn_id=os.environ.get("SLUICE_ALERT_SMTP_CONN", SMTP_CONN_ID),
+            html_content=f"<pre>{escape(text)}</pre>", smtp_conn_id=os.environ.get("SLUICE_ALERT_SMTP_CONN", DEFAULT_SMTP_CONNECTION),
         )))
-    webhook = os.environ.get("SLUICE_ALERT_WEBHOOK_CONN", WEBHOOK_CONN_ID)
+    webhook = os.environ.get("SLUICE_ALERT_WEBHOOK_CONN", DEFAULT_WEBHOOK_CONNECTION)
     if _connection_exists(webhook):
         out.append(("webhook", WebhookNotifier(body=body, conn_id=webhook)))
     return out
@@ -113,7 +115,7 @@ def send_alerts(changes, context: dict | None = None) -> list[str]:
     subject, text = message(changes)
     channels = notifiers(subject, text, payload(changes))
     if not channels:
-        log.warning("no alert channel configured (SLUICE_ALERT_EMAIL_TO, Connection %s): %s", WEBHOOK_CONN_ID, subject)
+        log.warning("no alert channel configured (SLUICE_ALERT_EMAIL_TO, Connection %s): %s", DEFAULT_WEBHOOK_CONNECTION, subject)
         return []
     sent: list[str] = []
     errors: list[str] = []

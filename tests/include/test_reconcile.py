@@ -49,7 +49,7 @@ def topic(kafka):
     from include.kafka import ensure_topics
 
     name = f"sluice.test.reconcile.{uuid.uuid4().hex[:8]}"
-    bootstrap = f"{kafka.config.host}:{kafka.config.ports['kafka']}"
+    bootstrap = kafka.config.kafka_bootstrap
     ensure_topics(bootstrap, [name], partitions=3)
     yield bootstrap, name
     from confluent_kafka.admin import AdminClient
