@@ -69,3 +69,11 @@ def test_the_freshness_chart_pins_an_unloaded_minute_to_the_top_as_a_breach():
                        {"@timestamp": "2026-12-01T09:46:00Z", "freshness_s": 12.0, "breach": False, "summary": "ok"}]}
     svg = sluice_page.freshness_svg(docs, MINUTE, MINUTE + timedelta(minutes=5), 30)
     assert svg.count("class='freshness-point'") == 2 and svg.count("class='breach'") == 1 and "SLA 30 s" in svg
+
+
+def test_lag_tiles_show_each_partitions_status_and_lag():
+    parts = [{"group": "sluice-stream-loader", "topic": "sluice.sensors.raw", "partition": p, "status": s, "lag": lag,
+              "@timestamp": "2026-12-01T09:45:00Z"} for p, s, lag in ((0, "OK", 0), (1, "STOP", 1200))]
+    svg = sluice_page.lag_svg(parts)
+    assert svg.count("class='lag-tile'") == 2 and "data-status='STOP'" in svg and "STOP lag 1200" in svg
+    assert "no consumer-lag check" in sluice_page.lag_svg([])
