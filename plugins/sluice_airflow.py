@@ -67,3 +67,18 @@ def sink(name: str):
 def task_retries() -> int:
     """Retries of every Sluice task: ``SLUICE_TASK_RETRIES`` (default 3; tests set 0)."""
     return int(os.environ.get("SLUICE_TASK_RETRIES", "3"))
+
+
+def kafka_consumer_factory(conn_id: str = "kafka_default"):
+    """A factory of ``confluent_kafka.Consumer`` from the kafka provider's Connection (its extra is the config).
+
+    The consumers are for counting (``assign``, never ``subscribe``): group
+    ``sluice-reconcile``, no auto-commit, so they never move a real group's offsets.
+    """
+    from airflow.sdk import BaseHook
+    from confluent_kafka import Consumer
+
+    config = dict(BaseHook.get_connection(conn_id).extra_dejson)
+    config.update({"group.id": "sluice-reconcile", "enable.auto.commit": False, "enable.partition.eof": False,
+                   "log_level": 3})
+    return lambda: Consumer(config)

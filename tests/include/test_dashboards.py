@@ -8,6 +8,7 @@ import json
 import pytest
 
 from include.dashboards import kibana_objects
+from include.reconcile import RECONCILE, reconcile_template
 from include.dashboards.datasources import ES_UIDS, OPENTSDB_VERSION_2_4, sluice_datasources
 from include.dashboards.drift import fingerprint
 from include.dashboards.grafana_dashboards import dashboard_models, sluice_dashboards
@@ -41,6 +42,9 @@ WRITTEN_METRICS = {
 
 def _es_fields(source: str) -> set[str]:
     """Fields of a source's documents, from its index template (the loader builds it from the schemas)."""
+    if source == RECONCILE:
+        props = reconcile_template()["template"]["mappings"]["properties"]
+        return set(props) | {f"hops.{h}" for h in props["hops"]["properties"]} | {ES_TIME_FIELD}
     templates = sluice_index_templates()
     props = templates[f"sluice-{source}"]["template"]["mappings"]["properties"]
     return set(props) | {ES_TIME_FIELD}
@@ -53,7 +57,7 @@ def _panels():
 
 
 def test_uids_are_stable_and_valid():
-    assert list(MODELS) == ["sluice-hosts", "sluice-sensors", "sluice-kafka-lag", "sluice-freshness"]
+    assert list(MODELS) == ["sluice-hosts", "sluice-sensors", "sluice-kafka-lag", "sluice-freshness", "sluice-reconcile"]
     assert [d.uid for d in DATASOURCES] == ["sluice-opentsdb", *ES_UIDS.values()]
     for uid in [*MODELS, *(d.uid for d in DATASOURCES)]:
         assert len(uid) <= 40 and uid.replace("-", "").isalnum(), uid
@@ -131,7 +135,7 @@ def test_invalid_opentsdb_query_is_refused():
 def test_elasticsearch_queries_use_written_fields():
     by_uid = {uid: source for source, uid in ES_UIDS.items()}
     es_panels = [(u, p) for u, p in _panels() if p["datasource"]["type"] == "elasticsearch"]
-    assert {by_uid[p["datasource"]["uid"]] for _, p in es_panels} == {HOST, SENSOR, LAG}
+    assert {by_uid[p["datasource"]["uid"]] for _, p in es_panels} == {HOST, SENSOR, LAG, RECONCILE}
     for uid, panel in es_panels:
         fields = _es_fields(by_uid[panel["datasource"]["uid"]])
         for t in panel["targets"]:
@@ -143,7 +147,7 @@ def test_elasticsearch_queries_use_written_fields():
 def test_datasource_settings():
     tsdb, *es = DATASOURCES
     assert tsdb.type == "opentsdb" and tsdb.json_data["tsdbVersion"] == OPENTSDB_VERSION_2_4 == 4
-    assert {d.json_data["index"] for d in es} == {index_pattern(s) for s in (HOST, SENSOR, LAG)}
+    assert {d.json_data["index"] for d in es} == {index_pattern(s) for s in (HOST, SENSOR, LAG)} | {"sluice-reconcile-*"}
     assert all(d.json_data["timeField"] == ES_TIME_FIELD for d in es)
     # Passwords go in secureJsonData only, never in the compared fields.
     secret = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", elasticsearch_user="u", elasticsearch_password="pw")[1]
