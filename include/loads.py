@@ -183,3 +183,26 @@ def find_unloaded(landing: LandingZone, source: str, start: datetime, end: datet
     """
     loaded = list_loaded(landing, source, start, end)
     return [f for f in list_landed(landing, source, start, end) if (f.key, f.etag) not in loaded]
+
+
+def list_quarantined(landing: LandingZone, source: str, start: datetime, end: datetime) -> dict[tuple[str, str], str]:
+    """``(raw key, etag) -> reason`` of every quarantined file of ``source`` for minutes in [start, end).
+
+    A quarantined file always has a dead-letter record (see the module doc), so
+    this lists ``deadletter/`` (far fewer objects than ``loaded/``) and reads
+    only those records. Other objects there (a collector's ``.jsonl`` of refused
+    payloads) are not file records and are passed over.
+    """
+    out: dict[tuple[str, str], str] = {}
+    for prefix in _day_prefixes(DEADLETTER, source, start, end):
+        for info in landing.list(prefix):
+            try:
+                raw_key, etag = split_record_key(info.key)
+            except ValueError:
+                continue
+            if not _in_window(raw_key, start, end):
+                continue
+            record = DeadLetter.from_json(landing.get(info.key))
+            if record.quarantined:
+                out[(raw_key, etag)] = record.reason or "quarantined (no reason recorded)"
+    return out
