@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 import orjson
 
 from include.anomaly.detect import SERIES, Method, daily_aggregates, find_anomalies
-from include.landing import LandingZone, open_landing
+from include.landing import LandingZone, open_landing, parse_key
 from include.loads import list_landed, list_quarantined
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, SOURCES
 
@@ -130,7 +130,14 @@ def start_spark(app_name: str, conf: Mapping[str, str]):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    for k, v in {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false", **conf}.items():
+    defaults = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        # The job passes explicit file paths (a day is 1,440 minutes × writers): checking them in the
+        # driver is a few ms each, a distributed listing job of one task per path costs minutes.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "1000000",
+    }
+    for k, v in {**defaults, **conf}.items():
         builder = builder.config(k, v)
     try:
         spark = builder.getOrCreate()
@@ -143,6 +150,7 @@ def start_spark(app_name: str, conf: Mapping[str, str]):
 
 @dataclass
 class WindowFiles:
+    #: What Spark reads: folders (or single files) that hold exactly the window's readable files.
     paths: list[str]
     skipped: list[dict]
     keys: list[str]
@@ -151,7 +159,7 @@ class WindowFiles:
 def window_files(landing: LandingZone, source: str, start: datetime, end: datetime) -> WindowFiles:
     """The CSV files of ``source`` for minutes in [start, end), quarantined ones left out with their reason."""
     quarantined = list_quarantined(landing, source, start, end)
-    paths, keys, skipped = [], [], []
+    keys, skipped = [], []
     for info in list_landed(landing, source, start, end):
         reason = quarantined.get((info.key, info.etag))
         if reason is not None:
@@ -159,12 +167,39 @@ def window_files(landing: LandingZone, source: str, start: datetime, end: dateti
             log.warning("skipping quarantined file %s: %s", info.key, reason)
             continue
         keys.append(info.key)
-        paths.append(spark_path(landing.url, info.key))
+    if skipped:
+        paths = [spark_path(landing.url, k) for k in keys]
+    else:
+        paths = [spark_path(landing.url, p) for p in covering_folders(keys, start, end)]
     return WindowFiles(paths, skipped, keys)
 
 
+def covering_folders(keys: Sequence[str], start: datetime, end: datetime) -> list[str]:
+    """The fewest landing folders (day, hour or minute) holding exactly ``keys``.
+
+    ``keys`` are every file of the window (none left out), so a day or hour
+    folder that the window covers whole holds nothing else. Spark lists a few
+    folders recursively in one go; checking a day's 1,440+ file paths one by
+    one costs it far more (and one request each on S3).
+    """
+    folders: set[str] = set()
+    for key in keys:
+        minute_folder = key.rsplit("/", 1)[0] + "/"
+        hour_folder = minute_folder.rsplit("/", 2)[0] + "/"
+        day_folder = hour_folder.rsplit("/", 2)[0] + "/"
+        m = parse_key(key).minute
+        day, hour = m.replace(hour=0, minute=0), m.replace(minute=0)
+        if start <= day and day + timedelta(days=1) <= end:
+            folders.add(day_folder)
+        elif start <= hour and hour + timedelta(hours=1) <= end:
+            folders.add(hour_folder)
+        else:
+            folders.add(minute_folder)
+    return sorted(folders)
+
+
 def read_readings(spark, source: str, paths: Sequence[str]):
-    """Long format ``source, device, metric, tags, timestamp, epoch, value`` of the CSV files at ``paths``.
+    """Long format ``source, device, metric, tags, timestamp, epoch, value`` of the CSV files under ``paths``.
 
     Columns are read by position against the full schema (columns are only
     ever appended, so an older, shorter file gets nulls for the newer ones);
@@ -177,7 +212,10 @@ def read_readings(spark, source: str, paths: Sequence[str]):
 
     schema = SENSOR_SCHEMA if source == SENSOR else HOST_SCHEMA
     struct = StructType([StructField(name, StringType()) for name in schema.names])
-    raw = spark.read.csv(list(paths), header=True, schema=struct, mode="PERMISSIVE")
+    # Folders are read recursively for their .csv files (never the .meta.json sidecars); Spark skips
+    # names starting with "." (a file store's half-written temporaries) itself.
+    raw = spark.read.csv(list(paths), header=True, schema=struct, mode="PERMISSIVE",
+                         recursiveFileLookup=True, pathGlobFilter="*.csv")
     ts = F.to_timestamp(F.col("timestamp"))
     if source == SENSOR:
         long = raw.select(
@@ -223,7 +261,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
         "source": source,
         "window": {"start": _iso(config.start), "end": _iso(config.end)},
         "method": config.method.describe(),
-        "files": len(files.paths),
+        "files": len(files.keys),
         "skipped": files.skipped,
         "rows": 0,
         "series": 0,
@@ -231,7 +269,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
         "daily_days": [d.strftime("%Y-%m-%d") for d in days],
         "daily": [],
     }
-    if not files.paths:
+    if not files.keys:
         log.info("%s: no files for [%s, %s): zero anomalies", source, _iso(read_start), _iso(config.end))
         return result
     readings = read_readings(spark, source, files.paths).cache()
@@ -257,7 +295,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
     readings.unpersist()
     log.info("%s: %d rows, %d series, %d anomalies, %d daily aggregates from %d files (%d skipped)",
              source, result["rows"], result["series"], len(result["anomalies"]), len(result["daily"]),
-             len(files.paths), len(files.skipped))
+             len(files.keys), len(files.skipped))
     return result
 
 
