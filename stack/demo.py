@@ -75,7 +75,7 @@ class Demo:
 
     def start_collectors(self) -> None:
         c = self.config
-        kafka = f"{c.host}:{c.ports['kafka']}"
+        kafka = c.kafka_bootstrap
         landing = [
             "--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", c.url("minio"),
             "--metrics-port", "0",
@@ -116,7 +116,7 @@ class Demo:
         from include.kafka import HOST_METRICS, SENSORS_RAW
         from include.kafka_lag import fetch_offsets
 
-        admin = AdminClient({"bootstrap.servers": f"{self.config.host}:{self.config.ports['kafka']}"})
+        admin = AdminClient({"bootstrap.servers": self.config.kafka_bootstrap})
         return fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS])
 
     def wait_for_stream_loader(self, timeout: float = 120) -> int:
@@ -150,13 +150,13 @@ class Demo:
 
     def batch_loaded(self, landing, source: str, minute: datetime) -> int:
         """Documents the minute DAG recorded as loaded for the current version of each file."""
-        from include import loads
+        from include import contract, loads
         from include.pipeline import minute_files
 
         total = 0
         for f in minute_files(landing, source, minute):
             try:
-                total += loads.LoadRecord.from_json(landing.get(loads.loaded_key(f.key, f.etag))).accepted
+                total += loads.LoadRecord.from_json(landing.get(contract.loaded_key(f.key, f.etag))).accepted
             except KeyError:  # no load record: the DAG did not load this version
                 pass
         return total
