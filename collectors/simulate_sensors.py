@@ -41,7 +41,8 @@ import orjson
 
 from collectors.common import Clock, start_cli
 from collectors.config import build_parser, option, require, resolve
-from include.landing import minute_key, open_landing
+from include.contract import minute_key
+from include.landing import open_landing
 from include.schemas import SENSOR, SENSOR_METRIC, SENSOR_SCHEMA
 from include.sensors import Limits, csv_line, parse_payload
 

@@ -82,7 +82,7 @@ def sluice_anomaly():
     @task
     def publish_results(window: dict) -> list[dict]:
         from include.anomaly.results import publish_window
-        from include.pipeline import index_prefix
+        from include.contract import index_prefix
         from opentsdb_hook import OpenTSDBHook
         from sluice_airflow import OPENTSDB_CONN_ID, elasticsearch_client, landing_zone
 

@@ -32,10 +32,13 @@ from datetime import datetime, timedelta
 import orjson
 
 from include.contract import (
+    FILE,
     LOADED,
     RAW,
+    ContractError,
     FileDeadLetter,
     day_prefix,
+    deadletter_prefix,
     file_deadletter_key,
     floor_minute,
     loaded_key,
@@ -143,20 +146,20 @@ def list_quarantined(landing: LandingZone, source: str, start: datetime, end: da
     """``(raw key, etag) -> reason`` of every quarantined file of ``source`` for minutes in [start, end).
 
     A quarantined file always has a dead-letter record (see the module doc), so
-    this lists ``deadletter/`` (far fewer objects than ``loaded/``) and reads
-    only those records. Other objects there (a collector's ``.jsonl`` of refused
-    payloads) are not file records and are passed over.
+    this lists ``deadletter/file/`` (far fewer objects than ``loaded/``) and
+    reads only those records; anything else there is not a file record and is
+    passed over.
     """
     out: dict[tuple[str, str], str] = {}
-    for prefix in _day_prefixes(DEADLETTER, source, start, end):
+    for prefix in _day_prefixes(deadletter_prefix(FILE), source, start, end):
         for info in landing.list(prefix):
             try:
                 raw_key, etag = split_record_key(info.key)
-            except ValueError:
+            except ContractError:
                 continue
             if not _in_window(raw_key, start, end):
                 continue
-            record = DeadLetter.from_json(landing.get(info.key))
+            record = FileDeadLetter.from_json(landing.get(info.key))
             if record.quarantined:
                 out[(raw_key, etag)] = record.reason or "quarantined (no reason recorded)"
     return out

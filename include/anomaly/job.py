@@ -46,7 +46,8 @@ from urllib.parse import urlparse
 import orjson
 
 from include.anomaly.detect import SERIES, Method, daily_aggregates, find_anomalies
-from include.landing import LandingZone, open_landing, parse_key
+from include.contract import format_timestamp, parse_key
+from include.landing import LandingZone, open_landing
 from include.loads import list_landed, list_quarantined
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, SOURCES
 
@@ -259,7 +260,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
     files = window_files(landing, source, read_start, config.end)
     result = {
         "source": source,
-        "window": {"start": _iso(config.start), "end": _iso(config.end)},
+        "window": {"start": format_timestamp(config.start), "end": format_timestamp(config.end)},
         "method": config.method.describe(),
         "files": len(files.keys),
         "skipped": files.skipped,
@@ -270,7 +271,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
         "daily": [],
     }
     if not files.keys:
-        log.info("%s: no files for [%s, %s): zero anomalies", source, _iso(read_start), _iso(config.end))
+        log.info("%s: no files for [%s, %s): zero anomalies", source, format_timestamp(read_start), format_timestamp(config.end))
         return result
     readings = read_readings(spark, source, files.paths).cache()
     lo, hi = config.start.timestamp(), config.end.timestamp()
@@ -301,7 +302,7 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
 
 def run(spark, landing: LandingZone, config: JobConfig) -> dict:
     """Run every source and write each result into the landing zone; the summary."""
-    summary: dict = {"window": {"start": _iso(config.start), "end": _iso(config.end)}, "sources": {}}
+    summary: dict = {"window": {"start": format_timestamp(config.start), "end": format_timestamp(config.end)}, "sources": {}}
     for source in config.sources:
         t0 = time.monotonic()
         result = run_source(spark, landing, config, source)
@@ -313,10 +314,6 @@ def run(spark, landing: LandingZone, config: JobConfig) -> dict:
             "seconds": round(time.monotonic() - t0, 3),
         }
     return summary
-
-
-def _iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> datetime:
@@ -344,8 +341,8 @@ def resolve_window(params: Mapping[str, Any], interval_start: datetime | None, i
             raise ValueError("no data interval and no params start/end: nothing to run")
         start, end = interval_start.astimezone(timezone.utc), interval_end.astimezone(timezone.utc)
     if end <= start:
-        raise ValueError(f"end {_iso(end)} is not after start {_iso(start)}")
-    return {"start": _iso(start), "end": _iso(end)}
+        raise ValueError(f"end {format_timestamp(end)} is not after start {format_timestamp(start)}")
+    return {"start": format_timestamp(start), "end": format_timestamp(end)}
 
 
 def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> JobConfig:
@@ -374,7 +371,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         config = parse_args(argv, environ)
         landing = open_landing(config.landing_url)
         conf = s3a_conf(environ) if config.landing_url.startswith("s3://") else {}
-        spark = start_spark(f"sluice_anomaly {_iso(config.start)}..{_iso(config.end)}", conf)
+        spark = start_spark(f"sluice_anomaly {format_timestamp(config.start)}..{format_timestamp(config.end)}", conf)
     except (ValueError, SparkStartError) as exc:
         print(f"sluice anomaly job: {exc}", file=sys.stderr)
         return 2

@@ -32,8 +32,16 @@ import orjson
 from include import elasticsearch as es_mod
 from include.anomaly.detect import METHOD
 from include.opentsdb import OpenTSDBRequestError, OpenTSDBResponseError, sanitise
-from include.schemas import ES_INDEX_PREFIX, ES_TIME_FIELD, HOST, SENSOR, format_tags, parse_tags, reading_id
-from include.transform import canonical_timestamp, document_datapoints
+from include.contract import (
+    ES_INDEX_PREFIX,
+    ES_TIME_FIELD,
+    canonical_timestamp,
+    format_tags,
+    parse_tags,
+    reading_id,
+)
+from include.schemas import HOST, SENSOR
+from include.transform import document_datapoints
 
 log = logging.getLogger(__name__)
 

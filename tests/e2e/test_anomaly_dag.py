@@ -19,7 +19,7 @@ from collectors.simulate_sensors import SimulatorConfig, write_offline
 from include.anomaly.results import anomaly_id, assign_uids, get_annotation, opentsdb_series, tsuid
 from include.opentsdb import OpenTSDBClient
 from include.schemas import SENSOR, SENSOR_METRIC
-from include.transform import format_timestamp
+from include.contract import timestamp_text
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -37,10 +37,8 @@ def window(landing):
 
 
 def _expected_ids(sent) -> set[str]:
-    from datetime import datetime, timezone
-
     return {
-        anomaly_id(SENSOR, i["device"], format_timestamp(datetime.fromtimestamp(i["timestamp"], timezone.utc)),
+        anomaly_id(SENSOR, i["device"], timestamp_text(i["timestamp"]),
                    SENSOR_METRIC, f"loc={i['device']} type={i['type']}")
         for i in sent.injected
     }

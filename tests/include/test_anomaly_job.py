@@ -34,7 +34,8 @@ from collectors.simulate_sensors import SimulatorConfig, write_offline
 from include.anomaly import job
 from include.anomaly.detect import Method
 from include.landing import FileLanding
-from include.loads import DeadLetter, LoadRecord, write_records
+from include.contract import FileDeadLetter
+from include.loads import LoadRecord, write_records
 from include.schemas import SENSOR
 
 DAY = datetime(2026, 11, 22, tzinfo=timezone.utc)
@@ -165,7 +166,7 @@ def test_a_quarantined_file_is_skipped_with_its_reason(day, spark):
         landing,
         LoadRecord(key=bad_key, etag=info.etag, size=info.size, rows_read=0, accepted=0, rejected=0,
                    quarantined=True, reason=reason),
-        DeadLetter(key=bad_key, etag=info.etag, quarantined=True, reason=reason, rejected_rows=0),
+        FileDeadLetter(key=bad_key, etag=info.etag, quarantined=True, reason=reason, rejected_rows=0),
     )
     job.run(spark, landing, job.JobConfig(day["root"].as_uri(), start, end, (SENSOR,)))
     result = orjson.loads(landing.get(job.result_key(SENSOR, start, end)))
