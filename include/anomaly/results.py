@@ -223,6 +223,27 @@ def get_annotation(client, tsuid_: str, start_time: int) -> dict | None:
     return resp.json()
 
 
+def delete_stale(es, prefix: str, source: str, window: Mapping[str, str], *, keep: set[str]) -> int:
+    """Delete the window's anomaly documents of ``source`` not in ``keep``; how many.
+
+    What an earlier run of the window found and this one did not goes, so a
+    window holds exactly its latest run's set. Search (scroll) and bulk delete,
+    not ``_delete_by_query``: that lives in the reindex module, which a minimal
+    Elasticsearch (the local stack's) does not have.
+    """
+    from elasticsearch.helpers import bulk, scan
+
+    query = {"bool": {"filter": [{"term": {"source": source}},
+                                 {"range": {ES_TIME_FIELD: {"gte": window["start"], "lt": window["end"]}}}]}}
+    stale = [{"_op_type": "delete", "_index": hit["_index"], "_id": hit["_id"]}
+             for hit in scan(es, index=f"{prefix}-{ANOMALY}-*", query={"query": query}, _source=False,
+                             ignore_unavailable=True, allow_no_indices=True)
+             if hit["_id"] not in keep]
+    if stale:
+        bulk(es, stale, refresh=True)
+    return len(stale)
+
+
 def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
     """Send one job result to Elasticsearch (``es``) and OpenTSDB (``tsdb``, may be None); counts per output."""
     from include.dashboards.index_templates import apply_index_templates
@@ -232,15 +253,7 @@ def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFI
     docs = anomaly_documents(result)
     loaded = es_mod.bulk_index(es, es_mod.bulk_actions(ANOMALY, [d[0] for d in docs], [d[1] for d in docs],
                                                        [d[2] for d in docs], prefix=prefix))
-    # The window now holds this run's anomalies; what an earlier run found and this one did not goes.
-    stale = es.options(ignore_status=404).delete_by_query(
-        index=f"{prefix}-{ANOMALY}-*", refresh=True, conflicts="proceed", allow_no_indices=True,
-        query={"bool": {
-            "filter": [{"term": {"source": source}},
-                       {"range": {ES_TIME_FIELD: {"gte": window["start"], "lt": window["end"]}}}],
-            "must_not": [{"ids": {"values": [d[0] for d in docs]}}],
-        }},
-    )
+    stale = delete_stale(es, prefix, source, window, keep={d[0] for d in docs})
     daily = daily_documents(result)
     daily_loaded = es_mod.bulk_index(es, es_mod.bulk_actions(DAILY, [d[0] for d in daily], [d[1] for d in daily],
                                                              [d[2] for d in daily], prefix=prefix))
@@ -249,7 +262,7 @@ def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFI
     summary = {
         "source": source, "window": window, "files": result["files"], "skipped": result["skipped"],
         "rows": result["rows"], "anomalies": loaded.accepted, "anomalies_refused": loaded.failed,
-        "stale_deleted": int(stale.body.get("deleted", 0)) if stale.meta.status == 200 else 0,
+        "stale_deleted": stale,
         "annotations": annotated, "daily": daily_loaded.accepted, "daily_refused": daily_loaded.failed,
     }
     if not result["files"]:

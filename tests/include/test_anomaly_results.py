@@ -149,3 +149,17 @@ def test_offline_simulator_refuses_what_it_cannot_do():
         SimulatorConfig(output="file:///tmp/x", malformed_rate=0.1).validate()
     with pytest.raises(ValueError, match="has no time zone"):
         SimulatorConfig(output="file:///tmp/x", start="2026-11-22T00:00:00").validate()
+
+
+def test_sensor_and_host_dashboards_query_the_anomaly_annotations():
+    from include.dashboards.grafana_dashboards import HOSTS_UID, SENSORS_UID, dashboard_models
+    from include.dashboards.index_templates import sluice_index_templates
+
+    models = dashboard_models()
+    (sensor,) = models[SENSORS_UID]["annotations"]["list"]
+    assert sensor == {"name": "Anomalies: mqtt.home.pcroom", "datasource": {"type": "opentsdb", "uid": "sluice-opentsdb"},
+                      "enable": True, "iconColor": "red", "target": "mqtt.home.pcroom", "isGlobal": False}
+    host_targets = {a["target"] for a in models[HOSTS_UID]["annotations"]["list"]}
+    panel_metrics = {t["metric"] for p in models[HOSTS_UID]["panels"] for t in p.get("targets", [])}
+    assert host_targets == panel_metrics
+    assert {"sluice-anomaly", "sluice-daily"} <= set(sluice_index_templates())
