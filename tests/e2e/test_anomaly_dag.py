@@ -23,7 +23,8 @@ from include.contract import timestamp_text
 
 pytestmark = pytest.mark.timeout(1500)
 
-LOGICAL = "2026-11-22T10:00:00+00:00"
+# A manual run (dags test) covers the last whole interval before its logical date: [10:00, 10:15).
+LOGICAL = "2026-11-22T10:15:00+00:00"
 WINDOW = {"start": "2026-11-22T10:00:00Z", "end": "2026-11-22T10:15:00Z"}
 
 
