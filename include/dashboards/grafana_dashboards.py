@@ -327,7 +327,30 @@ def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
     return json.loads(json.dumps(model, cls=JSONEncoder))
 
 
+def anomaly_annotations(metrics: list[str]) -> dict[str, Any]:
+    """Grafana annotation queries showing the Spark anomaly job's OpenTSDB annotations on ``metrics``.
+
+    The job (include/anomaly/results.py) annotates each anomalous reading's own
+    series; Grafana's OpenTSDB annotation query asks for a metric's series
+    annotations (``isGlobal`` false). The SDK's AnnotationQuery has no field for
+    OpenTSDB's ``target``/``isGlobal``, so these are plain JSON.
+    """
+    ref = REFS["opentsdb"]
+    return {"list": [
+        {"name": f"Anomalies: {metric}", "datasource": {"type": ref.type_val, "uid": ref.uid}, "enable": True,
+         "iconColor": "red", "target": metric, "isGlobal": False}
+        for metric in metrics
+    ]}
+
+
+#: Dashboards that show anomalies: each queries the annotations of every metric its panels show.
+ANOMALY_ANNOTATED = (HOSTS_UID, SENSORS_UID)
+
+
 def dashboard_models() -> dict[str, dict[str, Any]]:
     """uid -> dashboard JSON of every Sluice dashboard."""
-    models = [to_json(b) for b in sluice_dashboards()]
-    return {m["uid"]: m for m in models}
+    models = {m["uid"]: m for m in (to_json(b) for b in sluice_dashboards())}
+    for uid in ANOMALY_ANNOTATED:
+        metrics = sorted({t["metric"] for p in models[uid]["panels"] for t in p.get("targets", []) if "metric" in t})
+        models[uid]["annotations"] = anomaly_annotations(metrics)
+    return models
