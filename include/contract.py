@@ -63,8 +63,10 @@ NAME_MAX: Final = 200
 _NAME: Final = re.compile(r"[\w./-]{1,%d}" % NAME_MAX)
 #: Longest device or writer id (characters).
 ID_MAX: Final = 128
-#: Device and writer ids become file names: a portable, unambiguous ASCII alphabet.
-_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (ID_MAX - 1))
+#: Device and writer ids become file names: a portable, unambiguous ASCII alphabet (unanchored:
+#: Python matches it whole, polars anchored ``^…$``; plus: not ending in :data:`SIDECAR_SUFFIX`).
+ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (ID_MAX - 1)
+_ID: Final = re.compile(ID_PATTERN)
 #: The file store's metadata sidecar suffix; an id ending in it would shadow a sidecar.
 SIDECAR_SUFFIX: Final = ".meta.json"
 
