@@ -75,7 +75,7 @@ class Demo:
 
     def start_collectors(self) -> None:
         c = self.config
-        kafka = f"{c.host}:{c.ports['kafka']}"
+        kafka = c.kafka_bootstrap
         landing = [
             "--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", c.url("minio"),
             "--metrics-port", "0",
@@ -116,7 +116,7 @@ class Demo:
         from include.kafka import HOST_METRICS, SENSORS_RAW
         from include.kafka_lag import fetch_offsets
 
-        admin = AdminClient({"bootstrap.servers": f"{self.config.host}:{self.config.ports['kafka']}"})
+        admin = AdminClient({"bootstrap.servers": self.config.kafka_bootstrap})
         return fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS])
 
     def wait_for_stream_loader(self, timeout: float = 120) -> int:
