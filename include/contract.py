@@ -314,7 +314,7 @@ CSV_SUFFIX: Final = ".csv"
 
 _RAW_KEY: Final = re.compile(
     r"(?:(?P<prefix>.*)/)?raw/(?P<source>[a-z]+)/date=(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})/hour=(?P<hour>[0-9]{2})/"
-    r"minute=(?P<minute>[0-9]{2})/(?P<name>[^/]+)"
+    r"minute=(?P<minute>[0-9]{2})/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)"
 )
 
 
