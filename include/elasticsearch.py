@@ -24,13 +24,13 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from include.contract import ES_INDEX_PREFIX, daily_index, index_pattern, template_name
+from include.contract import ES_INDEX_PREFIX, NAME_MAX, daily_index, index_pattern, template_name
 from include.schemas import HOST, SCHEMAS, SOURCES
 
 log = logging.getLogger(__name__)
 
 #: Bump when the templates below change: a stored template of an older version is replaced.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 #: Statuses worth retrying: too many requests and a busy or restarting node.
 RETRY_STATUSES = (429, 502, 503, 504)
 _KINDS = {"int": "long", "float": "double", "str": "keyword", "tags": "keyword", "timestamp": "date"}
@@ -48,7 +48,8 @@ def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
     """The composable index template of a source's daily indices.
 
     ``@timestamp`` is a date, numeric columns are ``long``/``double`` as in the
-    CSV schema, names (host, device, metric) and every tag are keywords. Host
+    CSV schema, names (host, device, metric) are keywords and ``tags`` is one
+    ``flattened`` field (every tag value a keyword under ``tags.<key>``). Host
     columns appended to the schema later and not known here map as ``double``
     (dynamic template), never as text.
     """
@@ -62,14 +63,16 @@ def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
                 properties[column.name] = {"type": _KINDS[column.kind]}
         dynamic_templates.append({"numbers_as_double": {"match_mapping_type": "long", "mapping": {"type": "double"}}})
     else:
+        # Tags are free-form per device: one flattened field, not a field per key. A key
+        # "type.x" cannot collide with another device's "type" (an object mapping would
+        # make "tags.type" an object and refuse every later "type=dust"), and a new key per
+        # message adds no mapping field, so the field limit cannot be reached. Keyed
+        # queries ("tags.type : dust"), term aggregations and sorting still work.
         properties.update(
             device={"type": "keyword"},
             metric={"type": "keyword"},
             value={"type": "double"},
-            tags={"type": "object", "dynamic": True},
-        )
-        dynamic_templates.insert(
-            0, {"tags_as_keywords": {"path_match": "tags.*", "mapping": {"type": "keyword"}}}
+            tags={"type": "flattened", "ignore_above": NAME_MAX},
         )
     return {
         "index_patterns": [index_pattern(source, prefix=prefix)],
