@@ -184,7 +184,7 @@ class HostSampler:
         import orjson
 
         doc = {}
-        for name, value in zip(HOST_SCHEMA.names, row):
+        for name, value in zip(HOST_SCHEMA.names, row, strict=True):
             if value == "" or name in ("timestamp", "host"):
                 doc[name] = value or None
             else:

@@ -64,7 +64,7 @@ from collectors.common import Clock, MetricsEndpoint, start_cli
 from collectors.config import CliOptions, option, require
 from include import kafka as topics
 from include.contract import ES_INDEX_PREFIX, ContractError, check_device
-from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
+from include.sinks import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_row, parse_payload
 from include.transform import TIME_FIELD, FileDocuments, document_id, host_document, sensor_document
@@ -207,7 +207,7 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     docs = []
     for reading in parsed.readings:
         try:
-            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading)))))
+            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading), strict=True))))
         except ContractError as exc:  # parse_payload's checks make this unreachable for its readings
             raise Undecodable("bad_row", str(exc)) from None
     return docs, Tally(r.code for r in parsed.rejects)
@@ -254,7 +254,7 @@ def host_documents(value: bytes | None) -> list[dict]:
 
 def build_sinks(config: StreamConfig) -> list:
     """The configured sinks, with short client time-outs: the loader retries outages itself."""
-    from include.pipeline import ElasticsearchSink, OpenTSDBSink
+    from include.sinks import ElasticsearchSink, OpenTSDBSink
 
     sinks = []
     for name in config.sinks:

@@ -123,7 +123,7 @@ def evaluate(window: PartitionWindow, *, size: int, group_active: bool = True) -
     if not obs:
         return Status.OK
     committed = [o.committed if o.committed is not None else -1 for o in obs]
-    if any(b < a for a, b in zip(committed, committed[1:])):
+    if any(b < a for a, b in zip(committed, committed[1:], strict=False)):
         return Status.REWIND
     if any(o.lag == 0 for o in obs):
         return Status.OK
@@ -132,7 +132,7 @@ def evaluate(window: PartitionWindow, *, size: int, group_active: bool = True) -
     if len(set(committed)) == 1:
         return Status.STALL if group_active else Status.STOP
     lags = [o.lag for o in obs]
-    if all(b >= a for a, b in zip(lags, lags[1:])):
+    if all(b >= a for a, b in zip(lags, lags[1:], strict=False)):
         return Status.WARN
     return Status.OK
 

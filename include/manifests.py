@@ -46,7 +46,6 @@ from include.contract import (
     heartbeat_prefix,
     manifest_key,
     manifest_prefix,
-    reason_code,
 )
 from include.landing import LandingZone
 from include.schemas import SOURCES

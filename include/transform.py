@@ -346,7 +346,7 @@ def _row_result(source: str, header: list[str], row: list[str]) -> dict[str, Any
     if len(row) != len(header):
         return f"row has {len(row)} fields, the header has {len(header)}"
     try:
-        return row_document(source, dict(zip(header, row)), header)
+        return row_document(source, dict(zip(header, row, strict=True)), header)
     except ContractError as exc:
         return str(exc)
 
@@ -520,7 +520,7 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
             exprs.append(pl.when(col.str.contains(f"^(?:{ID_PATTERN})$") & ~col.str.ends_with(SIDECAR_SUFFIX)).then(col))
         else:
             exprs.append(col)
-    docs = frame.select([e.alias(n) for e, n in zip(exprs, [TIME_FIELD, *header[1:]])]).with_row_index("_row")
+    docs = frame.select([e.alias(n) for e, n in zip(exprs, [TIME_FIELD, *header[1:]], strict=True)]).with_row_index("_row")
     # A null anywhere is a rejected row: empty values, failed casts, short rows.
     bad = docs.select(pl.any_horizontal(pl.all().is_null()).alias("bad"))["bad"]
     bad_rows: set[int] = set(bad.arg_true().to_list()) if bad.any() else set()

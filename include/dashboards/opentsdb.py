@@ -23,8 +23,6 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard
 
-#: Plugin id of Grafana's OpenTSDB data source.
-DATASOURCE_TYPE = "opentsdb"
 #: Aggregators and fill policies OpenTSDB 2.4 accepts.
 AGGREGATORS = frozenset({"avg", "sum", "min", "max", "count", "dev", "last", "first", "none", "zimsum", "mimmin", "mimmax"})
 FILL_POLICIES = frozenset({"none", "nan", "null", "zero"})

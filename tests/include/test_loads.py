@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from include import contract, loads, pipeline
+from include import contract, loads, pipeline, sinks
 from include.contract import minute_key
 
 HOST_HEADER = (
@@ -140,9 +140,9 @@ def test_waiting_is_done_when_the_previous_minutes_devices_are_in_or_the_grace_i
 )
 def test_configured_sinks(value, expected, monkeypatch):
     monkeypatch.delenv("SLUICE_SINKS", raising=False)
-    assert pipeline.configured_sinks(value) == expected
+    assert sinks.configured_sinks(value) == expected
 
 
 def test_an_unknown_sink_is_named():
-    with pytest.raises(pipeline.UnknownSink, match="'kinesis'"):
-        pipeline.configured_sinks("elasticsearch,kinesis")
+    with pytest.raises(sinks.UnknownSink, match="'kinesis'"):
+        sinks.configured_sinks("elasticsearch,kinesis")

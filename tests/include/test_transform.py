@@ -229,7 +229,7 @@ def test_a_batch_of_files_gives_each_file_what_it_gives_alone():
     ]
     batch = transform_files("host", files)
     assert len(batch) == len(files)
-    for data, got in zip(files, batch):
+    for data, got in zip(files, batch, strict=True):
         try:
             alone = transform_file_rows("host", data)
         except FileRejected as exc:
