@@ -110,11 +110,11 @@ def check_writer(writer: object) -> str:
     return _check_id(writer, "writer id")
 
 
-def check_source(source: object) -> str:
+def check_source(source: str) -> str:
     """Return ``source`` when it is one of :data:`include.schemas.SOURCES`; else raise ContractError."""
     if source not in SOURCES:
         raise ContractError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    return source  # type: ignore[return-value]  # membership proves it is a str
+    return source
 
 
 def _shown(text: object, limit: int = 80) -> str:

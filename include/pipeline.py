@@ -20,11 +20,11 @@ imports Airflow.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import orjson
 
@@ -41,6 +41,9 @@ from include.contract import (
 from include.landing import LandingZone, ObjectInfo
 from include.sinks import Sink
 from include.transform import FileDocuments, FileRejected, document_id, transform_file, transform_files
+
+if TYPE_CHECKING:
+    from include.opentsdb import OpenTSDBClient
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -217,7 +220,7 @@ def load_staged(landing: LandingZone, sink: Sink, source: str, summaries: Sequen
     return {key: r.to_dict() for key, r in results.items()}
 
 
-def record_freshness(client, source: str, minute: datetime) -> None:
+def record_freshness(client: OpenTSDBClient, source: str, minute: datetime) -> None:
     """Tell OpenTSDB that ``minute`` of ``source`` is loaded (:data:`FRESHNESS_METRIC`).
 
     The datapoint stands at the minute itself with the minute's epoch seconds as
@@ -300,7 +303,7 @@ def find_late_files(
 
 def load_files(
     landing: LandingZone, sinks: Sequence[Sink], source: str, files: Sequence[ObjectInfo], *, run_id: str
-) -> dict:
+) -> dict[str, int]:
     """Transform and load ``files`` in one process (no staging), then record them.
 
     The fast path for large ranges: reads run on :data:`IO_THREADS` threads,
@@ -371,7 +374,7 @@ def parse_range(start_text: str, end_text: str) -> tuple[datetime, datetime]:
     return out[0], out[1]
 
 
-def add_totals(parts: Iterable[dict]) -> dict:
+def add_totals(parts: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     """Sum the numeric totals of several :func:`record_loads` results."""
     totals: dict[str, int] = {}
     for part in parts:

@@ -37,7 +37,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -60,6 +60,9 @@ from include.contract import (
     reading_id,
 )
 from include.schemas import HOST, HOST_METRICS, REQUIRED, SCHEMAS, SENSOR, SOURCES
+
+if TYPE_CHECKING:  # polars is imported where it is used: the stream loader and the DAGs' parse never need it
+    import polars as pl
 
 TIME_FIELD = ES_TIME_FIELD
 
@@ -90,7 +93,7 @@ class RowError:
     reason: str
     row: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "reason": self.reason, "row": self.row}
 
 
@@ -158,7 +161,7 @@ def _field(row: Mapping[str, str | None], column: str) -> str:
     return value
 
 
-def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict[str, Any]:
     """One host row -> its document: ``@timestamp``, ``host``, numeric fields as numbers.
 
     ``columns`` are the file's header (default: the row's keys); every one of
@@ -195,7 +198,7 @@ def _checked(check: Callable[[str], str], column: str, text: str) -> str:
         raise ContractError(f"column {column}: {exc}") from None
 
 
-def sensor_document(row: Mapping[str, str | None]) -> dict:
+def sensor_document(row: Mapping[str, str | None]) -> dict[str, Any]:
     """One sensor row -> ``{"@timestamp", "device", "metric", "value", "tags": {k: v}}``.
 
     ``tags`` may be empty; a tag without ``=`` rejects the row (ContractError).
@@ -208,7 +211,10 @@ def sensor_document(row: Mapping[str, str | None]) -> dict:
 
 def _sensor_document(stamp: str, device: str, metric: str, value: float, tags_text: str) -> dict[str, Any]:
     """The sensor document of checked parts; both engines build it here."""
-    tags = _checked(parse_tags, "tags", tags_text)
+    try:
+        tags = parse_tags(tags_text)
+    except ContractError as exc:
+        raise ContractError(f"column tags: {exc}") from None
     return {
         TIME_FIELD: stamp,
         "device": _checked(check_device, "device", device),
@@ -218,7 +224,9 @@ def _sensor_document(stamp: str, device: str, metric: str, value: float, tags_te
     }
 
 
-def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+def row_document(
+    source: str, row: Mapping[str, str | None], columns: Sequence[str] | None = None
+) -> dict[str, Any]:
     """:func:`host_document` or :func:`sensor_document` by source."""
     if source == HOST:
         return host_document(row, columns)
@@ -227,7 +235,7 @@ def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[s
     raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
 
 
-def document_id(source: str, doc: Mapping) -> str:
+def document_id(source: str, doc: Mapping[str, Any]) -> str:
     """Deterministic id of a document (see :func:`include.contract.reading_id`).
 
     A host document is keyed by (host, timestamp) under the metric ``"host"``;
@@ -255,7 +263,7 @@ def opentsdb_timestamp(timestamp: str) -> int:
     return seconds * 1000 + millis
 
 
-def document_datapoints(source: str, doc: Mapping) -> list[dict]:
+def document_datapoints(source: str, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """OpenTSDB datapoints ``{"metric", "timestamp", "value", "tags"}`` of one document.
 
     A host document gives one datapoint per numeric field, metric
@@ -397,7 +405,8 @@ def transform_files(source: str, datas: Sequence[bytes]) -> list[FileDocuments |
             groups.setdefault(tuple(header), []).append(i)
         else:
             results[i] = _row_engine(source, data)
-    for header, indexes in groups.items():
+    for names, indexes in groups.items():
+        header = list(names)
         counts = {i: datas[i].count(b"\n") - 1 for i in indexes}  # plain layout: one row a line
         for i in indexes:
             if counts[i] == 0:
@@ -409,15 +418,15 @@ def transform_files(source: str, datas: Sequence[bytes]) -> list[FileDocuments |
             batch = datas[members[0]]
         else:
             batch = (",".join(header) + "\n").encode() + b"".join(datas[i].split(b"\n", 1)[1] for i in members)
-        frame, typed = _read(source, batch, list(header))
+        frame, typed = _read(source, batch, header)
         if frame is None:  # ragged rows somewhere: find them file by file
             for i in members:
-                results[i] = _transform_one(source, datas[i], list(header))
+                results[i] = _transform_one(source, datas[i], header)
             continue
-        whole = _transform_frame(source, frame, list(header), typed)
+        whole = _transform_frame(source, frame, header, typed)
         offset = 0
         for i in members:
-            results[i] = whole.slice(offset, offset + counts[i], datas[i], list(header))
+            results[i] = whole.slice(offset, offset + counts[i], datas[i], header)
             offset += counts[i]
     return results  # type: ignore[return-value]
 
@@ -439,7 +448,7 @@ def _transform_one(source: str, data: bytes, header: list[str]) -> FileDocuments
     return _transform_frame(source, frame, header, typed).slice(0, frame.height, data, header)
 
 
-def _read(source: str, data: bytes, header: list[str]):
+def _read(source: str, data: bytes, header: list[str]) -> tuple[pl.DataFrame | None, bool]:
     """``(frame, typed)``: numbers parsed by the CSV reader when every value allows, else all text.
 
     ``(None, False)`` when polars cannot split the rows, or the columns it
@@ -492,11 +501,12 @@ class _Frame:
 _WHOLE_SECOND = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 
 
-def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Frame:
+def _transform_frame(source: str, frame: pl.DataFrame, header: list[str], typed: bool) -> _Frame:
     import polars as pl
 
     kinds = _KINDS[source]
     ts = pl.col("timestamp")
+    stamp: pl.Expr
     if frame["timestamp"].str.contains(_WHOLE_SECOND).all():
         stamp = pl.when(ts.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False).is_not_null()).then(ts)
     else:
@@ -557,7 +567,7 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
     return out
 
 
-def _host_json(docs, kinds: dict[str, str]) -> list[bytes]:
+def _host_json(docs: pl.DataFrame, kinds: dict[str, str]) -> list[bytes]:
     """One JSON object per row, columns in order; numbers as JSON numbers, names as strings.
 
     No string needs a JSON escape: the timestamp is contract text and the host a
@@ -574,7 +584,8 @@ def _host_json(docs, kinds: dict[str, str]) -> list[bytes]:
         else:
             parts += [pl.lit(f'{lead}"{column}":'), pl.col(column).cast(pl.String)]
     parts.append(pl.lit("}"))
-    return docs.select(pl.concat_str(parts).cast(pl.Binary).alias("json"))["json"].to_list()
+    rows: list[bytes] = docs.select(pl.concat_str(parts).cast(pl.Binary).alias("json"))["json"].to_list()
+    return rows
 
 
 def _explain_rows(source: str, data: bytes, header: list[str], indexes: set[int]) -> list[RowError]:

@@ -220,7 +220,7 @@ def _documents_per_minute(source: str) -> timeseries.Panel:
                     es_b.DateHistogram()
                     .id("2")
                     .field(ES_TIME_FIELD)
-                    .settings(es_b.DateHistogramSettings().interval("1m").min_doc_count("0"))
+                    .settings(es_b.ElasticsearchDateHistogramSettings().interval("1m").min_doc_count("0"))
                 ]
             )
         )
@@ -272,7 +272,8 @@ def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
     for n, panel in enumerate(model.panels or [], 1):
         if panel.id_val is None:
             panel.id_val = n
-    return json.loads(json.dumps(model, cls=JSONEncoder))
+    built: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    return built
 
 
 def dashboard_models() -> dict[str, dict[str, Any]]:

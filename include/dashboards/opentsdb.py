@@ -172,7 +172,7 @@ def check_no_blind_sum(target: dict[str, object], *, required_tags: typing.Itera
     metric carries temperature, humidity and dust) must pin or split each of
     them; otherwise OpenTSDB returns their aggregate.
     """
-    tagks = {f["tagk"] for f in typing.cast(list, target.get("filters", []))}
+    tagks = {f["tagk"] for f in typing.cast(list[dict[str, typing.Any]], target.get("filters", []))}
     missing = [t for t in required_tags if t not in tagks]
     if missing:
         raise InvalidOpenTSDBQuery(
