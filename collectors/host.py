@@ -98,7 +98,7 @@ def host_splitter(host: str):
 
     def split(minute: int, streams: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
         rows, bad = decode_rows(streams.get(HOST, b""), width)
-        for lineno, reason, raw in bad:
+        for lineno, reason, _raw in bad:
             log.warning("host journal of minute %d, line %d left out: %s", minute, lineno, reason)
         if not rows:
             return []
