@@ -5,8 +5,9 @@
 the data interval is the minute. For that minute they
 
 1. **wait_for_minute_files** — a reschedule-mode sensor (no worker slot held
-   between pokes): done as soon as every device of the previous minute has
-   landed a file, else after the grace period (`SLUICE_GRACE_SECONDS`, default
+   between pokes): done as soon as every live collector (heartbeat under
+   `heartbeats/`) has written its manifest of the minute under `manifests/`,
+   else after the grace period (`SLUICE_GRACE_SECONDS`, default
    45 s after the minute ends) with what is there. Stragglers are loaded by
    `sluice_sweep_late_files`.
 2. **csv_to_json** — typed JSON documents, one per CSV row, staged as NDJSON

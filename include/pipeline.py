@@ -40,6 +40,7 @@ from include.contract import (
 )
 from include.landing import LandingZone, ObjectInfo
 from include.sinks import Sink
+from include.manifests import live_writers, read_heartbeats, read_manifests
 from include.transform import FileDocuments, FileRejected, document_id, transform_file, transform_files
 
 if TYPE_CHECKING:
@@ -67,7 +68,10 @@ def minute_files(landing: LandingZone, source: str, minute: datetime) -> list[Ob
 class Readiness:
     done: bool
     files: list[ObjectInfo]
+    #: Live writers whose manifest of the minute is not there yet.
     missing: list[str]
+    #: Writers whose heartbeat stopped: they no longer hold the minute.
+    stopped: list[str] = field(default_factory=list)
 
 
 def minute_files_ready(
@@ -75,24 +79,39 @@ def minute_files_ready(
 ) -> Readiness:
     """Whether the minute's files are complete enough to go on.
 
-    Done early when every device that landed a file for the previous minute has
-    landed one for this minute; otherwise done at ``minute + 1 min +
-    grace_seconds`` with whatever is there (the devices still missing are
-    named, and the late-file sweep loads them if they arrive).
+    Done early when every *live* writer (:mod:`include.manifests`: heartbeat
+    within its misses, started before the minute ended) has written its
+    manifest for the minute, so a device that published in one minute only
+    holds back nothing. A writer whose heartbeat stopped is named in
+    ``stopped`` and waited for no longer. Otherwise done at ``minute + 1 min +
+    grace_seconds`` with whatever is there (the writers still missing are
+    named, and the late-file sweep loads their files if they arrive). With no
+    live writer at all the run waits for the grace: nothing says the minute is
+    whole.
     """
     files = minute_files(landing, source, minute)
-    present = {f.key.rsplit("/", 1)[1] for f in files}
-    expected = {f.key.rsplit("/", 1)[1] for f in minute_files(landing, source, minute - timedelta(minutes=1))}
-    missing = sorted(n.removesuffix(".csv") for n in expected - present)
-    deadline = minute + timedelta(minutes=1, seconds=grace_seconds)
-    done = now >= deadline or (bool(present) and not missing)
+    heartbeats, unreadable = read_heartbeats(landing, source)
+    manifests, unreadable_manifests = read_manifests(landing, source, minute)
+    for reason in unreadable + unreadable_manifests:
+        log.warning("%s %s: %s", source, minute.isoformat(), reason)
+    end = minute + timedelta(minutes=1)
+    # A writer started after the minute ended has nothing to say about it.
+    writers = [hb for hb in heartbeats if hb.started_at < end]
+    live = {hb.writer for hb in live_writers(writers, now)}
+    stopped = sorted({hb.writer for hb in writers} - live)
+    missing = sorted(live - {m.writer for m in manifests})
+    deadline = end + timedelta(seconds=grace_seconds)
+    done = now >= deadline or (bool(live) and not missing)
+    if stopped:
+        log.warning("%s %s: writer(s) %s stopped heartbeating; not waiting for them", source, minute.isoformat(),
+                    ", ".join(stopped))
     if done and missing:
-        log.warning("%s %s: going on without %s (no file %ss after the minute)", source, minute.isoformat(),
+        log.warning("%s %s: going on without the manifests of %s (%ss after the minute)", source, minute.isoformat(),
                     ", ".join(missing), grace_seconds)
     elif not done:
-        log.info("%s %s: waiting for %s until %s", source, minute.isoformat(), ", ".join(missing) or "a first file",
-                 deadline.isoformat())
-    return Readiness(done, files, missing)
+        log.info("%s %s: waiting for the manifests of %s until %s", source, minute.isoformat(),
+                 ", ".join(missing) or "a live writer", deadline.isoformat())
+    return Readiness(done, files, missing, stopped)
 
 
 class FileRef(TypedDict):

@@ -112,3 +112,18 @@ def transform_and_load(source: str, files: Any) -> Any:
     staged = csv_to_json(files)
     results = {name: load_task(name)(staged) for name in configured_sinks()}
     return record_loads(staged, results)
+
+
+def kafka_consumer_factory(conn_id: str = "kafka_default"):
+    """A factory of ``confluent_kafka.Consumer`` from the kafka provider's Connection (its extra is the config).
+
+    The consumers are for counting (``assign``, never ``subscribe``): group
+    ``sluice-reconcile``, no auto-commit, so they never move a real group's offsets.
+    """
+    from airflow.sdk import BaseHook
+    from confluent_kafka import Consumer
+
+    config = dict(BaseHook.get_connection(conn_id).extra_dejson)
+    config.update({"group.id": "sluice-reconcile", "enable.auto.commit": False, "enable.partition.eof": False,
+                   "log_level": 3})
+    return lambda: Consumer(config)
