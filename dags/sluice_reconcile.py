@@ -64,7 +64,7 @@ def sluice_reconcile():
         from include.alerts import IncidentBook, mismatch_incidents
         from include.kafka import SENSORS_RAW, HOST_METRICS
         from include.contract import index_prefix
-        from include.pipeline import configured_sinks
+        from include.sinks import configured_sinks
         from include.schemas import SOURCES
 
         sinks = configured_sinks()

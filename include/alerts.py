@@ -7,6 +7,9 @@ Nothing here imports Airflow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -16,7 +19,7 @@ import orjson
 log = logging.getLogger("sluice.alerts")
 
 
-def log_failure(context) -> None:
+def log_failure(context: Mapping[str, Any]) -> None:
     """Log one ERROR line an operator (or a log-based alert rule) can match on."""
     ti = context.get("task_instance") or context.get("ti")
     dag_id = getattr(ti, "dag_id", "?")

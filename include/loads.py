@@ -70,7 +70,7 @@ class LoadRecord:
     rejected: int
     quarantined: bool = False
     reason: str | None = None
-    sinks: dict[str, dict] = field(default_factory=dict)
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     deadletter: str | None = None
     run_id: str = ""
     loaded_at: str = ""

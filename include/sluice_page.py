@@ -124,7 +124,7 @@ def freshness_svg(series: Mapping[str, Sequence[Mapping]], start: datetime, end:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in points)
             out.append(f"<polyline class='freshness-line' data-source='{_a(source)}' points='{path}' fill='none' "
                        f"stroke='{colour}' stroke-width='1.6'/>")
-        for px, py, d, v in points:
+        for px, py, d, _v in points:
             label = d.get("summary", "")
             if d.get("breach"):
                 out.append(f"<circle class='breach' data-source='{_a(source)}' data-minute='{_a(d['@timestamp'])}' "

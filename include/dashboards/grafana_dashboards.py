@@ -224,7 +224,7 @@ def _documents_per_minute(source: str) -> timeseries.Panel:
                     es_b.DateHistogram()
                     .id("2")
                     .field(ES_TIME_FIELD)
-                    .settings(es_b.DateHistogramSettings().interval("1m").min_doc_count("0"))
+                    .settings(es_b.ElasticsearchDateHistogramSettings().interval("1m").min_doc_count("0"))
                 ]
             )
         )
@@ -262,7 +262,7 @@ def freshness_dashboard() -> dashboard_b.Dashboard:
     )
 
 
-def _reconcile_query(ref_id: str, query: str, metric, *, split: str | None = None) -> es_b.Dataquery:
+def _reconcile_query(ref_id: str, query: str, metric: Any, *, split: str | None = None) -> es_b.Dataquery:
     buckets = [] if split is None else [es_b.Terms().id("3").field(split)]
     return (
         es_b.Dataquery()
@@ -272,7 +272,7 @@ def _reconcile_query(ref_id: str, query: str, metric, *, split: str | None = Non
         .time_field(ES_TIME_FIELD)
         .metrics([metric])
         .bucket_aggs([*buckets, es_b.DateHistogram().id("2").field(ES_TIME_FIELD)
-                      .settings(es_b.DateHistogramSettings().interval("1m").min_doc_count("0"))])
+                      .settings(es_b.ElasticsearchDateHistogramSettings().interval("1m").min_doc_count("0"))])
     )
 
 
@@ -324,7 +324,8 @@ def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
     for n, panel in enumerate(model.panels or [], 1):
         if panel.id_val is None:
             panel.id_val = n
-    return json.loads(json.dumps(model, cls=JSONEncoder))
+    built: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    return built
 
 
 def anomaly_annotations(metrics: list[str]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 import orjson
 
 from include import elasticsearch as es_mod
-from include import pipeline, reconcile
+from include import pipeline, reconcile, sinks
 from include.contract import minute_key
 from include.landing import S3Landing
 from include.manifests import MinuteManifest, write_manifest
@@ -101,11 +101,11 @@ def main() -> None:
             landing.put(minute_key("host", minute, host), f"{HOST_HEADER}\n{body}".encode())
             write_manifest(landing, MinuteManifest("host", host, minute, rows={host: 60}, received=60))
 
-        sinks = [pipeline.ElasticsearchSink(es, prefix=prefix), pipeline.OpenTSDBSink(tsdb)]
+        loaders = [sinks.ElasticsearchSink(es, prefix=prefix), sinks.OpenTSDBSink(tsdb)]
         load_cpu = load_wall = 0.0
         for source in ("sensor", "host"):
             files = pipeline.minute_files(landing, source, minute)
-            cpu, wall, _ = measure(lambda: pipeline.load_files(landing, sinks, source, files, run_id="bench"))
+            cpu, wall, _ = measure(lambda s=source, f=files: pipeline.load_files(landing, loaders, s, f, run_id="bench"))
             load_cpu, load_wall = load_cpu + cpu, load_wall + wall
         es.indices.refresh(index=f"{prefix}-*")
 

@@ -206,3 +206,19 @@ def test_kibana_visualizations_use_written_fields():
 def test_data_views_match_index_patterns():
     for source, view in kibana_objects.data_views().items():
         assert view.title == index_pattern(source) and view.time_field == ES_TIME_FIELD
+
+
+def test_data_sources_and_data_views_follow_the_index_prefix():
+    """SLUICE_ES_INDEX_PREFIX moves the loaders' indices; Grafana and Kibana must look there too."""
+    sources = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", index_prefix="t42")
+    patterns = {d.json_data["index"] for d in sources if d.type == "elasticsearch"}
+    assert patterns >= {index_pattern(s, prefix="t42") for s in (HOST, SENSOR, LAG)}
+    assert all(p.startswith("t42-") for p in patterns)
+    views = kibana_objects.data_views("t42")
+    assert {v.title for v in views.values()} == {index_pattern(s, prefix="t42") for s in views}
+    assert all(v.title.startswith("t42-") for v in views.values())
+    # Saved visualizations refer to data views by id: ids stay put whatever the prefix.
+    assert {v.id for v in views.values()} == {v.id for v in kibana_objects.data_views().values()}
+    templates = sluice_index_templates(prefix="t42")
+    assert {"t42-host", "t42-lag", "t42-sensor"} <= set(templates) and all(n.startswith("t42-") for n in templates)
+    assert all(t["index_patterns"] == [f"{name}-*"] for name, t in templates.items())

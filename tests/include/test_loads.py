@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from include import contract, loads, pipeline
+from include import contract, loads, pipeline, sinks
 from include.contract import minute_key
 
 HOST_HEADER = (
@@ -126,9 +126,9 @@ def test_late_and_grown_files_are_found_until_loaded(landing, sink):
 )
 def test_configured_sinks(value, expected, monkeypatch):
     monkeypatch.delenv("SLUICE_SINKS", raising=False)
-    assert pipeline.configured_sinks(value) == expected
+    assert sinks.configured_sinks(value) == expected
 
 
 def test_an_unknown_sink_is_named():
-    with pytest.raises(pipeline.UnknownSink, match="'kinesis'"):
-        pipeline.configured_sinks("elasticsearch,kinesis")
+    with pytest.raises(sinks.UnknownSink, match="'kinesis'"):
+        sinks.configured_sinks("elasticsearch,kinesis")

@@ -18,6 +18,7 @@ import pytest
 
 from include import elasticsearch as es_mod
 from include import pipeline, reconcile
+from include.sinks import ElasticsearchSink, OpenTSDBSink
 from include.contract import minute_key, parse_key
 from include.manifests import MinuteManifest, write_manifest
 from include.opentsdb import OpenTSDBClient
@@ -100,9 +101,9 @@ def load(landing, es, tsdb, minute: datetime, *, sinks=("elasticsearch", "opents
     client, prefix = es
     chosen = []
     if "elasticsearch" in sinks:
-        chosen.append(pipeline.ElasticsearchSink(client, prefix=prefix))
+        chosen.append(ElasticsearchSink(client, prefix=prefix))
     if "opentsdb" in sinks:
-        chosen.append(pipeline.OpenTSDBSink(tsdb))
+        chosen.append(OpenTSDBSink(tsdb))
     totals = pipeline.load_files(landing, chosen, "sensor", pipeline.minute_files(landing, "sensor", minute), run_id=run_id)
     client.indices.refresh(index=f"{prefix}-*", allow_no_indices=True, ignore_unavailable=True)
     return totals

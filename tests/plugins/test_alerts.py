@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from include import pipeline, reconcile
+from include import pipeline, reconcile, sinks
 from include import elasticsearch as es_mod
 from include.alerts import IncidentBook, heartbeat_incidents, mismatch_incidents, sla_incidents
 from include.contract import minute_key
@@ -119,7 +119,7 @@ def test_a_minute_held_past_the_sla_is_a_recorded_breach_alerted_once_and_cleare
         assert received[0]["opened"][0]["numbers"] == {"sla_s": 30.0, "freshness_s": None}
 
         # The load resumes: the minute is queryable (late); the breach stays recorded, the incident clears.
-        pipeline.load_files(landing, [pipeline.ElasticsearchSink(es, prefix=prefix)], "sensor",
+        pipeline.load_files(landing, [sinks.ElasticsearchSink(es, prefix=prefix)], "sensor",
                             pipeline.minute_files(landing, "sensor", minute), run_id="resumed")
         late = reconcile.check_freshness(landing, "sensor", minute, now=datetime.now(timezone.utc), sla_s=30)
         assert late.breach and late.freshness_s > 30

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from include import elasticsearch as es_mod
-from include import pipeline, reconcile
+from include import pipeline, reconcile, sinks
 from include.contract import minute_key
 from include.landing import S3Landing
 from include.manifests import MinuteManifest, write_manifest
@@ -60,7 +60,7 @@ def page_data(minio, elasticsearch):
     landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-ui-{run}")
     es = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
     prefix = f"sluicetest-ui-{run}"
-    sink = pipeline.ElasticsearchSink(es, prefix=prefix)
+    sink = sinks.ElasticsearchSink(es, prefix=prefix)
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=20)
     names = ("clean", "file_deleted", "docs_deleted", "healed", "deadletters", "held")
     m = {name: base + timedelta(minutes=i) for i, name in enumerate(names)}
