@@ -37,7 +37,9 @@ status:
 demo: install                    ## the main job: collect 3 minutes, run the DAGs, print landed vs loaded
 	$(PY) -m stack demo
 
-test: install                    ## the whole suite: unit, DAG integrity, real-service integration
+test: install                    ## lint (ruff), types (mypy --strict include/), then the whole suite
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(STACK_ENV) && $(PY) -m pytest
 
 test-unit: venv

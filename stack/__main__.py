@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
             return _print_status(config, names)
         if args.cmd == "install":
             api.install(config, names)
+            if names is None:
+                # Not a service: the jars the Spark anomaly job reads s3a:// with.
+                from stack import spark
+
+                spark.install(config)
             return 0
         if args.cmd == "logs":
             (svc,) = api.services(config, [args.service])

@@ -13,6 +13,7 @@ import os
 
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.minio import MinIO
+from stack.spark import spark_env
 
 
 def airflow_connections(config: StackConfig) -> dict[str, dict]:
@@ -38,6 +39,9 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         },
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
         "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
+        # The Spark anomaly job runs in-process on this machine's cores; docker-compose points the
+        # same id at its Spark master (spark://spark-master:7077), a cluster at spark:// or k8s://.
+        "spark_default": {"conn_type": "spark", "host": "local[*]"},
         # Grafana and Kibana are not part of the local stack (docker-compose runs them): these point
         # at their default ports on this host; credentials come from the environment, never from code.
         "grafana_default": {
@@ -78,6 +82,8 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         # The local stack has both sinks: the minute DAGs load Elasticsearch and OpenTSDB.
         "SLUICE_SINKS": "elasticsearch,opentsdb",
     }
+    # A JDK pyspark supports (stack's find_jdk) and the s3a jars, when this machine has them.
+    env.update(spark_env(config))
     for conn_id, conn in airflow_connections(config).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env
