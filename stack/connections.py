@@ -57,6 +57,16 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
     }
 
 
+def airflow_parallelism(cores: int | None = None) -> int:
+    """Task processes Airflow runs at once: two a core, at least 4.
+
+    A Sluice task mostly waits on MinIO, Elasticsearch or OpenTSDB, so two a core
+    keep the cores busy without a queue of forked interpreters competing for
+    memory (each is ~150 MB).
+    """
+    return max(4, 2 * (cores if cores is not None else (os.cpu_count() or 1)))
+
+
 def landing_url(config: StackConfig) -> str:
     return f"s3://{LANDING_BUCKET}"
 
@@ -68,9 +78,9 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # Two cores: a handful of task processes, not the default 32.
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        # Sized for the machine (two task processes a core), not the default 32.
+        "AIRFLOW__CORE__PARALLELISM": str(airflow_parallelism()),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(airflow_parallelism()),
         "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
         # include/ is imported by DAGs and plugins; it lives at the repository root.
         "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p),
