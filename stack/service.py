@@ -214,6 +214,19 @@ class Service:
             return None
         return pid if _proc_start_time(pid) == started else None
 
+    def uptime(self) -> float | None:
+        """Seconds since our process started, or None when it is not running."""
+        pid = self.pid()
+        started = _proc_start_time(pid) if pid else None
+        if started is None:
+            return None
+        boot_s = float(Path("/proc/uptime").read_text().split()[0])
+        return boot_s - int(started) / os.sysconf("SC_CLK_TCK")
+
+    def restarts(self) -> int | None:
+        """Restarts by a supervisor; None for a service nothing restarts."""
+        return None
+
     def health(self) -> tuple[bool, str]:
         try:
             return True, self.check_health()
