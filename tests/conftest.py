@@ -22,7 +22,7 @@ from stack.service import Service
 for _key, _value in airflow_env(StackConfig.from_env()).items():
     os.environ.setdefault(_key, _value)
 
-SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch", "opentsdb")
+SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch", "opentsdb", "airflow_api", "platform")
 
 
 class LocalStack:
@@ -76,6 +76,38 @@ def elasticsearch(local_stack) -> Service:
 @pytest.fixture(scope="session")
 def opentsdb(local_stack) -> Service:
     return local_stack.ensure("opentsdb")
+
+
+@pytest.fixture(scope="session")
+def airflow_api(local_stack, minio, kafka, elasticsearch, opentsdb):
+    """The platform's Airflow: PostgreSQL, api-server, scheduler, dag-processor, triggerer.
+
+    Returns an :class:`stack.airflow_api.AirflowClient` logged in as ``admin``
+    with the generated password; ``airflow_api.base`` is the UI's URL. The DAGs
+    stay as they are (paused unless ``platform`` or a user unpaused them).
+    """
+    from stack.airflow_api import AirflowClient
+    from stack.services import AIRFLOW
+
+    for cls in AIRFLOW:
+        local_stack.ensure(cls.name)
+    client = AirflowClient(local_stack.config)
+    client.login()
+    return client
+
+
+@pytest.fixture(scope="session")
+def platform(local_stack, airflow_api, mosquitto):
+    """All of it, as ``make run`` brings it up: the collectors and the simulator feed the
+    pipeline and the scheduled Sluice DAGs are unpaused. Returns the ``airflow_api`` client.
+    """
+    from stack.platform import unpause
+    from stack.services import COLLECTORS
+
+    for cls in COLLECTORS:
+        local_stack.ensure(cls.name)
+    unpause(local_stack.config)
+    return airflow_api
 
 
 def pytest_collection_modifyitems(items):
