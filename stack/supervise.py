@@ -1,4 +1,4 @@
-"""Keep one long-running program alive: ``python -m stack.supervise STATE_FILE -- CMD ...``.
+"""Keep one long-running program alive: ``python -m stack.supervise [OPTIONS] STATE_FILE -- CMD ...``.
 
 The local stack starts the collectors, the stream loader and the simulator
 through this supervisor. It runs ``CMD`` as its child (in the supervisor's own
@@ -45,9 +45,17 @@ def read_state(path: Path) -> dict:
 
 
 class Supervisor:
-    def __init__(self, state_file: Path, cmd: list[str]) -> None:
+    """Backoff and the failing rule are keyword options (seconds; tests shorten them)."""
+
+    def __init__(self, state_file: Path, cmd: list[str], *, first_backoff_s: float = FIRST_BACKOFF_S,
+                 max_backoff_s: float = MAX_BACKOFF_S, healthy_run_s: float = HEALTHY_RUN_S,
+                 failing_after: int = FAILING_AFTER) -> None:
         self.state_file = state_file
         self.cmd = cmd
+        self.first_backoff_s = first_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.healthy_run_s = healthy_run_s
+        self.failing_after = failing_after
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
         self.state = {"child_pid": None, "child_started": None, "restarts": 0, "last_exit": None,
@@ -64,7 +72,7 @@ class Supervisor:
             self.child.send_signal(signal.SIGTERM)
 
     def run(self) -> int:
-        backoff = FIRST_BACKOFF_S
+        backoff = self.first_backoff_s
         while not self.stop.is_set():
             started = time.monotonic()
             # stdout/stderr are inherited: the service's log file.
@@ -75,32 +83,44 @@ class Supervisor:
             if self.stop.is_set():
                 break
             ran = time.monotonic() - started
-            if ran >= HEALTHY_RUN_S:
-                backoff = FIRST_BACKOFF_S
+            if ran >= self.healthy_run_s:
+                backoff = self.first_backoff_s
                 self.state["quick_exits"] = 0
             else:
                 self.state["quick_exits"] += 1
             self.state.update(
                 child_pid=None, last_exit=code, last_exit_at=time.time(), restarts=self.state["restarts"] + 1,
-                failing=self.state["quick_exits"] >= FAILING_AFTER, backoff_s=backoff,
+                failing=self.state["quick_exits"] >= self.failing_after, backoff_s=backoff,
             )
             self.write()
-            print(f"=== sluice supervisor: {self.cmd[2] if len(self.cmd) > 2 else self.cmd[0]} exited with {code} "
+            what = " ".join(self.cmd)[:100]
+            print(f"=== sluice supervisor: {what} exited with {code} "
                   f"after {ran:.0f} s; restart {self.state['restarts']} in {backoff:.0f} s", flush=True)
             if self.stop.wait(backoff):
                 break
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            backoff = min(backoff * 2, self.max_backoff_s)
         self.state.update(child_pid=None)
         self.write()
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 3 or args[1] != "--":
-        print("usage: python -m stack.supervise STATE_FILE -- CMD [ARG ...]", file=sys.stderr)
+    if "--" not in args or args.index("--") == len(args) - 1:
+        print("usage: python -m stack.supervise [OPTIONS] STATE_FILE -- CMD [ARG ...]", file=sys.stderr)
         return 2
-    sup = Supervisor(Path(args[0]), args[2:])
+    split = args.index("--")
+    parser = argparse.ArgumentParser(prog="python -m stack.supervise")
+    parser.add_argument("state_file", type=Path)
+    parser.add_argument("--first-backoff", type=float, default=FIRST_BACKOFF_S, help="seconds (default 1)")
+    parser.add_argument("--max-backoff", type=float, default=MAX_BACKOFF_S, help="seconds (default 30)")
+    parser.add_argument("--healthy-run", type=float, default=HEALTHY_RUN_S, help="seconds (default 60)")
+    parser.add_argument("--failing-after", type=int, default=FAILING_AFTER, help="quick exits in a row (default 5)")
+    opts = parser.parse_args(args[:split])
+    sup = Supervisor(opts.state_file, args[split + 1:], first_backoff_s=opts.first_backoff,
+                     max_backoff_s=opts.max_backoff, healthy_run_s=opts.healthy_run, failing_after=opts.failing_after)
     signal.signal(signal.SIGTERM, sup.on_signal)
     signal.signal(signal.SIGINT, sup.on_signal)
     return sup.run()

@@ -30,7 +30,8 @@ from stack.service import port_open
 from stack.services.collectors import MqttCollector
 from stack.services.minio import MinIO
 
-pytestmark = pytest.mark.integration
+# A loaded machine can take minutes per scheduled run; the three-minute wait has its own deadline.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 
 def _next_minute(after: datetime | None = None) -> datetime:
