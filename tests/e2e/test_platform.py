@@ -73,6 +73,26 @@ def test_scheduled_minutes_load_exact_counts_into_both_sinks(three_minutes, land
         assert (loaded, docs, points) == (rows, rows, rows), f"{key}: landed, DAG loaded, ES, OpenTSDB = {rows_by[key]}"
 
 
+def test_status_shows_every_component_and_the_pipeline(three_minutes, stack_config):
+    import subprocess
+    import sys
+
+    from stack.config import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "stack", "status"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for svc in api.services(stack_config):
+        line = next(line for line in out.splitlines() if line.startswith(svc.name + " "))
+        assert " running " in line, line
+    for source in ("host", "sensor"):
+        line = next(line for line in out.splitlines() if f"last minute loaded  {source}" in line)
+        assert "UTC" in line, line  # a minute, not "none" or "unavailable"
+    assert "stream loader lag   " in out and "messages (group sluice-stream-loader)" in out, out
+    assert "failed DAG runs     " in out and "in the last hour" in out, out
+
+
 def test_browser_logs_in_and_sees_successful_scheduled_runs(three_minutes, platform, stack_config):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as ChromeService
