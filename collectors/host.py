@@ -32,9 +32,8 @@ from collectors.common import (
 from collectors.config import CliOptions, ConfigError, default_host, option, require
 from collectors.journal import MinuteStore
 from include.kafka import HOST_METRICS
-from include.landing import check_device, minute_key
+from include.contract import check_writer, minute_key, timestamp_text
 from include.schemas import HOST, HOST_SCHEMA
-from include.sensors import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class HostConfig(CommonConfig, CliOptions):
     def validate(self) -> None:
         self.validate_common()
         try:
-            check_device(self.host)
+            check_writer(self.host)
         except ValueError as exc:
             raise ConfigError(f"--host / SLUICE_HOST: {exc}") from None
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
@@ -69,7 +68,7 @@ def sample_row(host: str, second: int) -> list[str]:
     disk = psutil.disk_io_counters(perdisk=False)
     net = psutil.net_io_counters(pernic=False)
     row = [
-        iso_utc(second), host, str(psutil.cpu_percent(interval=None)),
+        timestamp_text(second), host, str(psutil.cpu_percent(interval=None)),
         str(cpu.ctx_switches), str(cpu.interrupts), str(cpu.soft_interrupts), str(cpu.syscalls),
         str(mem.total), str(mem.available), str(mem.percent), str(mem.used), str(mem.free),
         f"{load[0]:.2f}", f"{load[1]:.2f}", f"{load[2]:.2f}",

@@ -33,7 +33,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import orjson
 
 from collectors.common import (
     Clock, CollectorMetrics, CommonConfig, start_cli, start_minute_store,
@@ -41,16 +40,14 @@ from collectors.common import (
 from collectors.config import CliOptions, ConfigError, describe, option, require
 from collectors.journal import MinuteStore
 from include import kafka as topics
-from include.landing import check_device, minute_key, minute_prefix
+from include.contract import check_writer, minute_key, payload_deadletter_key, payload_deadletter_line, timestamp_text
 from include.schemas import SENSOR, SENSOR_SCHEMA
-from include.sensors import DeviceError, Limits, Parsed, Reject, csv_line, device_from_topic, iso_utc, parse_payload
+from include.sensors import DeviceError, Limits, Parsed, Reject, csv_line, device_from_topic, parse_payload
 from include.spool import DEADLETTER
 
 log = logging.getLogger(__name__)
 
 _HEADER = (",".join(SENSOR_SCHEMA.names) + "\n").encode()
-#: Dead-letter files keep at most this much of a payload, bytes.
-DEADLETTER_PAYLOAD_MAX = 65536
 
 
 @dataclass(frozen=True)
@@ -87,7 +84,7 @@ class MqttConfig(CommonConfig, CliOptions):
                     and ("#" not in f or f.endswith("#")), "mqtt_topics", f"{f!r} is not a valid topic filter")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
         try:
-            check_device(self.mqtt_client_id)
+            check_writer(self.mqtt_client_id)
         except ValueError as exc:
             raise ConfigError(f"{describe('mqtt_client_id')}: {exc}") from None
         require(self.mqtt_session_expiry > 0, "mqtt_session_expiry",
@@ -110,7 +107,7 @@ def sensor_splitter(client_id: str):
     def split(stream: str, minute: int, data: bytes) -> list[tuple[str, str, bytes]]:
         at = datetime.fromtimestamp(minute, timezone.utc)
         if stream == DEADLETTER:
-            key = "deadletter/" + minute_prefix(SENSOR, at).removeprefix("raw/") + f"{client_id}.jsonl"
+            key = payload_deadletter_key(at, client_id)
             return [(key, DEADLETTER, data)] if data.strip() else []
         by_device: dict[bytes, list[bytes]] = defaultdict(list)
         for line in data.splitlines(keepends=True):
@@ -313,7 +310,7 @@ class MqttCollector:
                 self.metrics.deadletters.labels(reject.code).inc()
         self.messages += 1
         if self.bridge is not None:
-            headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, iso_utc(round(received, 3)).encode())]
+            headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, timestamp_text(round(received, 3)).encode())]
             if parsed.readings:
                 topic = self.config.kafka_topic
             else:
@@ -325,22 +322,10 @@ class MqttCollector:
 
     @staticmethod
     def _deadletter_line(topic: str, payload: bytes, received: float, parsed: Parsed) -> bytes:
-        entry = {
-            "received_at": iso_utc(round(received, 3)),
-            "topic": topic,
-            "reason": parsed.reason,
-            "codes": sorted({r.code for r in parsed.rejects}),
-            "accepted_readings": len(parsed.readings),
-            "payload_bytes": len(payload),
-        }
-        kept = payload[:DEADLETTER_PAYLOAD_MAX]
-        try:
-            entry["payload"] = kept.decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-
-            entry["payload_base64"] = base64.b64encode(kept).decode()
-        return orjson.dumps(entry) + b"\n"
+        return payload_deadletter_line(
+            topic=topic, payload=payload, received=received, reason=parsed.reason,
+            codes=[r.code for r in parsed.rejects], accepted_readings=len(parsed.readings),
+        )
 
     def _done(self, token, backlog_seq: int) -> None:
         seq, mid, qos = token

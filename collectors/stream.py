@@ -63,13 +63,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from collectors.common import Clock, MetricsEndpoint, start_cli
 from collectors.config import CliOptions, option, require
 from include import kafka as topics
-from include.landing import check_device
+from include.contract import ES_INDEX_PREFIX, ContractError, check_device
 from include.pipeline import DEFAULT_SINKS, ELASTICSEARCH, KNOWN_SINKS, OPENTSDB
-from include.schemas import ES_INDEX_PREFIX, HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
+from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_row, parse_payload
-from include.transform import (
-    TIME_FIELD, FileDocuments, RowValueError, document_id, host_document, sensor_document,
-)
+from include.transform import TIME_FIELD, FileDocuments, document_id, host_document, sensor_document
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +208,7 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     for reading in parsed.readings:
         try:
             docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading)))))
-        except RowValueError as exc:  # parse_payload's checks make this unreachable for its readings
+        except ContractError as exc:  # parse_payload's checks make this unreachable for its readings
             raise Undecodable("bad_row", str(exc)) from None
     return docs, Tally(r.code for r in parsed.rejects)
 
@@ -247,7 +245,7 @@ def host_documents(value: bytes | None) -> list[dict]:
     row, columns = host_row(value)
     try:
         return [host_document(row, columns)]
-    except RowValueError as exc:
+    except ContractError as exc:
         raise Undecodable("bad_row", str(exc)) from None
 
 

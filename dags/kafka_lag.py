@@ -75,7 +75,8 @@ def sluice_kafka_lag():
         from sluice_airflow import elasticsearch_client
 
         from include.kafka_lag import record_metrics, report_from_dict
-        from include.pipeline import configured_sinks, index_prefix
+        from include.contract import index_prefix
+        from include.pipeline import configured_sinks
 
         sinks = configured_sinks()
         return record_metrics(

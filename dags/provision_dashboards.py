@@ -49,7 +49,7 @@ def provision_dashboards():
     @task
     def elasticsearch_index_templates() -> list[dict]:
         from include.dashboards.index_templates import apply_index_templates
-        from include.pipeline import index_prefix
+        from include.contract import index_prefix
         from sluice_airflow import elasticsearch_client
 
         return apply_index_templates(elasticsearch_client(), prefix=index_prefix())
@@ -77,13 +77,14 @@ def provision_dashboards():
 
     @task
     def kibana_data_views() -> list[dict]:
-        from include.dashboards.kibana_objects import DATA_VIEWS
+        from include.contract import index_prefix
+        from include.dashboards.kibana_objects import data_views
         from include.dashboards.provision import provision_kibana_data_views
         from kibana_hook import KibanaHook
 
         client = KibanaHook().get_conn()
         client.check_version()
-        return provision_kibana_data_views(client, list(DATA_VIEWS.values()))
+        return provision_kibana_data_views(client, list(data_views(index_prefix()).values()))
 
     @task
     def kibana_dashboard() -> list[dict]:

@@ -41,7 +41,8 @@ from sluice_airflow import landing_zone, sink, task_retries
 def sluice_backfill_fast():
     @task
     def list_hours(params=None) -> list[str]:
-        from include.pipeline import check_source, hours_between, parse_range
+        from include.contract import check_source
+        from include.pipeline import hours_between, parse_range
 
         check_source(params["source"])
         start, end = parse_range(params["from"], params["to"])

@@ -24,7 +24,8 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from include.schemas import ES_INDEX_PREFIX, HOST, SCHEMAS, SOURCES
+from include.contract import ES_INDEX_PREFIX, daily_index, index_pattern, template_name
+from include.schemas import HOST, SCHEMAS, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,6 @@ class ElasticsearchUnavailable(RuntimeError):
 
 class RetryableFailuresLeft(RuntimeError):
     """Documents still refused with a retryable status (429/5xx) after every backoff."""
-
-
-def template_name(source: str, *, prefix: str = ES_INDEX_PREFIX) -> str:
-    return f"{prefix}-{source}"
-
-
-def daily_index(source: str, timestamp: str, *, prefix: str = ES_INDEX_PREFIX) -> str:
-    """``{prefix}-{source}-YYYY.MM.DD`` of a canonical ``@timestamp`` (``YYYY-MM-DDT…Z``)."""
-    return f"{prefix}-{source}-{timestamp[0:4]}.{timestamp[5:7]}.{timestamp[8:10]}"
 
 
 def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
@@ -80,7 +72,7 @@ def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
             0, {"tags_as_keywords": {"path_match": "tags.*", "mapping": {"type": "keyword"}}}
         )
     return {
-        "index_patterns": [f"{prefix}-{source}-*"],
+        "index_patterns": [index_pattern(source, prefix=prefix)],
         "priority": 200,
         "template": {
             "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-1"},

@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+# Dead-letter names belong to the reading contract; re-exported for the topic list below.
+from include.contract import DEADLETTER_TOPIC as DEADLETTER
+from include.contract import HEADER_REASON as HEADER_REASON
+
 log = logging.getLogger(__name__)
 
 #: Original MQTT payloads, value unchanged, key = device, headers = topic and receive time.
 SENSORS_RAW = "sluice.sensors.raw"
 #: One JSON object per host CSV row, key = host.
 HOST_METRICS = "sluice.host.metrics"
-#: MQTT payloads without a single valid reading, headers carry the reason.
-DEADLETTER = "sluice.deadletter"
+#: DEADLETTER (imported above): dead letters of kinds payload (MQTT payloads without a
+#: valid reading) and record (Kafka records the stream loader refused).
 
 TOPICS = (SENSORS_RAW, HOST_METRICS, DEADLETTER)
 PARTITIONS = 3
@@ -25,7 +29,6 @@ PARTITIONS = 3
 #: Header names on forwarded MQTT payloads.
 HEADER_MQTT_TOPIC = "mqtt_topic"
 HEADER_RECEIVED_AT = "received_at"
-HEADER_REASON = "reason"
 
 
 def producer_config(bootstrap: str, *, message_timeout_s: float = 30.0, client_id: str = "sluice", **extra) -> dict:
@@ -52,15 +55,25 @@ def producer_config(bootstrap: str, *, message_timeout_s: float = 30.0, client_i
     return config
 
 
+def min_insync_replicas(replication: int) -> int:
+    """Copies an ``acks=all`` write needs: 2 of 3 or more replicas (one may be down), else 1."""
+    return 1 if replication < 3 else 2
+
+
 def ensure_topics(
     bootstrap: str,
     topics: Iterable[str] = TOPICS,
     *,
     partitions: int = PARTITIONS,
-    replication: int = 1,
+    replication: int | None = None,
     timeout_s: float = 15.0,
 ) -> list[str]:
     """Create whichever of ``topics`` do not exist; return the names created.
+
+    ``replication`` defaults to what the cluster can hold: 3 where there are
+    three or more brokers, with ``min.insync.replicas=2`` so that ``acks=all``
+    writes survive one broker down and never rest on a single copy; 1 on a
+    single broker.
 
     Raises RuntimeError naming the topic when the broker refuses one, and
     KafkaException when the broker cannot be reached within ``timeout_s``.
@@ -69,12 +82,15 @@ def ensure_topics(
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [t for t in dict.fromkeys(topics) if t not in existing]
+    meta = admin.list_topics(timeout=timeout_s)
+    wanted = [t for t in dict.fromkeys(topics) if t not in meta.topics]
     if not wanted:
         return []
+    if replication is None:
+        replication = min(3, len(meta.brokers))
+    config = {"min.insync.replicas": str(min_insync_replicas(replication))}
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in wanted],
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication, config=config) for t in wanted],
         request_timeout=timeout_s,
     )
     created = []
@@ -82,7 +98,7 @@ def ensure_topics(
         try:
             future.result(timeout=timeout_s)
             created.append(topic)
-            log.info("created Kafka topic %s (%d partitions)", topic, partitions)
+            log.info("created Kafka topic %s (%d partitions, replication %d)", topic, partitions, replication)
         except KafkaException as exc:
             if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue

@@ -35,7 +35,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from include.schemas import ES_INDEX_PREFIX, LAG, LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
+from include.contract import ES_INDEX_PREFIX, LAG, daily_index, format_timestamp, state_key, template_name
+from include.schemas import LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def active_members(admin, group: str, *, timeout: float = 15.0) -> int:
 
 
 #: Where the lag windows live in the landing zone (one JSON document for all groups).
-STATE_KEY = "state/kafka-lag/windows.json"
+STATE_KEY = state_key("kafka-lag/windows")
 
 
 def check_groups(
@@ -355,12 +356,12 @@ def lag_documents(report: GroupReport, *, prefix: str = ES_INDEX_PREFIX) -> list
     """Elasticsearch documents (one per partition and check) for ``{prefix}-lag-*``."""
     from datetime import datetime, timezone
 
-    at = datetime.fromtimestamp(report.checked_at, timezone.utc)
+    stamp = format_timestamp(datetime.fromtimestamp(int(report.checked_at), timezone.utc))
     return [
         {
-            "_index": f"{prefix}-{LAG}-{at:%Y.%m.%d}",
+            "_index": daily_index(LAG, stamp, prefix=prefix),
             "_id": f"{p.group}/{p.topic}/{p.partition}/{int(report.checked_at)}",
-            "@timestamp": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "@timestamp": stamp,
             "group": p.group,
             "topic": p.topic,
             "partition": p.partition,
@@ -411,7 +412,7 @@ def record_metrics(
     """Write lag and status per partition into the sinks that are given.
 
     ``elasticsearch`` is an ``elasticsearch.Elasticsearch`` client (documents
-    into ``sluice-lag-YYYY.MM.DD``, template ensured first), ``opentsdb`` an
+    into ``{index_prefix}-lag-YYYY.MM.DD``, template ensured first), ``opentsdb`` an
     :class:`include.opentsdb.OpenTSDBClient`. Returns the counts per sink;
     raises LagMetricsRefused when a sink refused anything.
     """
@@ -424,7 +425,7 @@ def record_metrics(
         from include.dashboards.index_templates import apply_index_templates, lag_index_template
 
         docs = [d for r in reports for d in lag_documents(r, prefix=index_prefix)]
-        apply_index_templates(elasticsearch, {f"{index_prefix}-{LAG}": lag_index_template(prefix=index_prefix)})
+        apply_index_templates(elasticsearch, {template_name(LAG, prefix=index_prefix): lag_index_template(prefix=index_prefix)})
         actions = (
             (orjson.dumps({"index": {"_index": d.pop("_index"), "_id": d.pop("_id")}}), orjson.dumps(d)) for d in docs
         )

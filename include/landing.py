@@ -3,9 +3,10 @@
 One URL decides the store: ``s3://bucket/prefix`` (S3 or MinIO; the endpoint
 comes from the injected boto3 client or ``SLUICE_S3_ENDPOINT_URL``) or
 ``file:///path`` (the embedded default). The key of a minute file is
-deterministic, so rewriting a minute replaces the file instead of adding one::
+deterministic (:func:`include.contract.minute_key`), so rewriting a minute
+replaces the file instead of adding one::
 
-    raw/{source}/date=YYYY-MM-DD/hour=HH/minute=MM/{device}.csv
+    raw/{source}/date=YYYY-MM-DD/hour=HH/minute=MM/{writer}.csv
 
 A file is complete when it appears: S3 puts are atomic, and the file store
 writes to a temporary name and renames. Object metadata (schema name and
@@ -18,82 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from include.schemas import SOURCES
-
-_KEY = re.compile(
-    r"^(?:(?P<prefix>.*)/)?raw/(?P<source>[a-z]+)/date=(?P<date>\d{4}-\d{2}-\d{2})/hour=(?P<hour>\d{2})/"
-    r"minute=(?P<minute>\d{2})/(?P<name>[^/]+)$"
-)
-#: Device ids become file names: keep them to a portable, unambiguous alphabet.
-_DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-SIDECAR = ".meta.json"
-
-
-def check_device(device: str) -> str:
-    """Return device unchanged, or raise ValueError saying what is allowed."""
-    if not _DEVICE.match(device) or device.endswith(SIDECAR):
-        raise ValueError(
-            f"device id {device!r} is not usable in a file name: use letters, digits, '.', '_' or '-' "
-            "(at most 128, starting with a letter or digit)"
-        )
-    return device
-
-
-def floor_minute(ts: datetime) -> datetime:
-    if ts.tzinfo is None:
-        raise ValueError(f"{ts!r} has no time zone; landing-zone times are UTC")
-    return ts.astimezone(timezone.utc).replace(second=0, microsecond=0)
-
-
-def minute_prefix(source: str, minute: datetime) -> str:
-    """``raw/{source}/date=…/hour=…/minute=…/`` of the minute containing ``minute``."""
-    if source not in SOURCES:
-        raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    m = floor_minute(minute)
-    return f"raw/{source}/date={m:%Y-%m-%d}/hour={m:%H}/minute={m:%M}/"
-
-
-def minute_key(source: str, minute: datetime, device: str, suffix: str = ".csv") -> str:
-    return minute_prefix(source, minute) + check_device(device) + suffix
-
-
-@dataclass(frozen=True)
-class MinuteFile:
-    source: str
-    minute: datetime
-    name: str
-
-    @property
-    def device(self) -> str:
-        return self.name.rsplit(".", 1)[0]
-
-
-def parse_key(key: str) -> MinuteFile:
-    """Split a landing key into source, minute (UTC) and file name."""
-    match = _KEY.match(key)
-    if not match:
-        raise ValueError(f"{key!r} is not a landing-zone minute key (raw/<source>/date=…/hour=…/minute=…/<file>)")
-    minute = datetime.strptime(
-        f"{match['date']} {match['hour']}:{match['minute']}", "%Y-%m-%d %H:%M"
-    ).replace(tzinfo=timezone.utc)
-    return MinuteFile(match["source"], minute, match["name"])
-
-
-def minutes(start: datetime, end: datetime) -> Iterator[datetime]:
-    """Every minute in [start, end), UTC."""
-    m = floor_minute(start)
-    while m < end:
-        yield m
-        m += timedelta(minutes=1)
+from include.contract import SIDECAR_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -132,7 +66,7 @@ class FileLanding:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Sidecar first, data last: the data file appearing is the commit point.
-        self._write_atomic(path.with_name(path.name + SIDECAR), json.dumps(metadata or {}, sort_keys=True).encode())
+        self._write_atomic(path.with_name(path.name + SIDECAR_SUFFIX), json.dumps(metadata or {}, sort_keys=True).encode())
         self._write_atomic(path, data)
         return self.head(key)  # type: ignore[return-value]
 
@@ -163,7 +97,7 @@ class FileLanding:
         except FileNotFoundError:
             return None
         try:
-            metadata = json.loads(path.with_name(path.name + SIDECAR).read_text())
+            metadata = json.loads(path.with_name(path.name + SIDECAR_SUFFIX).read_text())
         except FileNotFoundError:
             metadata = {}
         return ObjectInfo(
@@ -181,7 +115,7 @@ class FileLanding:
             return
         for path in sorted(folder.rglob("*")):
             name = path.name
-            if not path.is_file() or name.startswith(".") or name.endswith(SIDECAR):
+            if not path.is_file() or name.startswith(".") or name.endswith(SIDECAR_SUFFIX):
                 continue
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
@@ -192,7 +126,7 @@ class FileLanding:
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        path.with_name(path.name + SIDECAR).unlink(missing_ok=True)
+        path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
 
 
 class S3Landing:

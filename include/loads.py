@@ -1,12 +1,13 @@
 """Load and dead-letter records: what the DAGs loaded from each landed file, and what they refused.
 
 Both live in the landing zone beside ``raw/``, one JSON object per landed file
-version, under a key that mirrors the file's key plus its etag::
+version, under a key that mirrors the file's key plus its etag (the keys and
+the dead-letter record's layout are in :mod:`include.contract`)::
 
-    raw/{source}/date=D/hour=H/minute=M/{device}.csv                 the landed file
-    loaded/{source}/date=D/hour=H/minute=M/{device}.csv@{etag}.json  its load record
-    deadletter/{source}/date=D/hour=H/minute=M/{device}.csv@{etag}.json  why rows/the file were refused
-    staged/{source}/date=D/hour=H/minute=M/{device}.ndjson           its JSON documents (per-minute DAGs)
+    raw/{source}/date=D/hour=H/minute=M/{writer}.csv                       the landed file
+    loaded/{source}/date=D/hour=H/minute=M/{writer}.csv@{etag}.json        its load record
+    deadletter/file/{source}/date=D/hour=H/minute=M/{writer}.csv@{etag}.json  why rows/the file were refused
+    staged/{source}/date=D/hour=H/minute=M/{writer}.ndjson                 its JSON documents (per-minute DAGs)
 
 The etag in the key makes a record name one exact version of the file: a file
 that grows after it was loaded (a collector restarted within the minute and
@@ -26,48 +27,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import orjson
 
-from include.landing import LandingZone, ObjectInfo, floor_minute, minute_prefix, parse_key
+from include.contract import (
+    LOADED,
+    RAW,
+    FileDeadLetter,
+    day_prefix,
+    file_deadletter_key,
+    floor_minute,
+    loaded_key,
+    parse_key,
+    split_record_key,
+)
+from include.landing import LandingZone, ObjectInfo
 
 log = logging.getLogger(__name__)
 
-RAW = "raw/"
-LOADED = "loaded/"
-DEADLETTER = "deadletter/"
-STAGED = "staged/"
 #: At most this many rejected rows are kept per dead-letter record (the count is always exact).
 MAX_ROWS_KEPT = 1000
-
-
-def _mirror(kind: str, raw_key: str, suffix: str) -> str:
-    if not raw_key.startswith(RAW):
-        raise ValueError(f"{raw_key!r} is not a key under {RAW}")
-    parse_key(raw_key)  # raises ValueError naming the key when it is not a minute file
-    return kind + raw_key[len(RAW):] + suffix
-
-
-def loaded_key(raw_key: str, etag: str) -> str:
-    return _mirror(LOADED, raw_key, f"@{etag}.json")
-
-
-def deadletter_key(raw_key: str, etag: str) -> str:
-    return _mirror(DEADLETTER, raw_key, f"@{etag}.json")
-
-
-def staged_key(raw_key: str) -> str:
-    return _mirror(STAGED, raw_key.removesuffix(".csv"), ".ndjson")
-
-
-def split_record_key(key: str) -> tuple[str, str]:
-    """``(raw key, etag)`` of a ``loaded/`` or ``deadletter/`` record key."""
-    for kind in (LOADED, DEADLETTER):
-        if key.startswith(kind) and key.endswith(".json") and "@" in key:
-            body, _, etag = key[len(kind):-len(".json")].rpartition("@")
-            return RAW + body, etag
-    raise ValueError(f"{key!r} is not a load or dead-letter record key")
 
 
 @dataclass
@@ -100,37 +80,11 @@ class LoadRecord:
         return cls(**orjson.loads(data))
 
 
-@dataclass
-class DeadLetter:
-    """Why a file, or some of its rows or documents, were refused."""
-
-    key: str
-    etag: str
-    quarantined: bool
-    reason: str | None
-    rejected_rows: int
-    rows: list[dict] = field(default_factory=list)  # {"line", "reason", "row"}
-    documents: list[dict] = field(default_factory=list)  # {"id", "sink", "reason"}
-    run_id: str = ""
-    written_at: str = ""
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
-
-    @classmethod
-    def from_json(cls, data: bytes) -> DeadLetter:
-        return cls(**orjson.loads(data))
-
-
-def now_text() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def write_records(landing: LandingZone, record: LoadRecord, deadletter: DeadLetter | None) -> None:
+def write_records(landing: LandingZone, record: LoadRecord, deadletter: FileDeadLetter | None) -> None:
     """Write the dead-letter record (if any) first, then the load record that points at it."""
     if deadletter is not None:
         deadletter.rows = deadletter.rows[:MAX_ROWS_KEPT]
-        key = deadletter_key(deadletter.key, deadletter.etag)
+        key = file_deadletter_key(deadletter.key, deadletter.etag)
         landing.put(key, deadletter.to_json(), {"kind": "deadletter"})
         record.deadletter = key
     landing.put(loaded_key(record.key, record.etag), record.to_json(), {"kind": "loaded"})
@@ -139,7 +93,7 @@ def write_records(landing: LandingZone, record: LoadRecord, deadletter: DeadLett
 def _day_prefixes(kind: str, source: str, start: datetime, end: datetime) -> Iterator[str]:
     day = floor_minute(start).replace(hour=0, minute=0)
     while day < end:
-        yield kind + minute_prefix(source, day)[len(RAW):].split("hour=")[0]
+        yield day_prefix(kind, source, day)
         day += timedelta(days=1)
 
 

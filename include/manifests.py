@@ -39,41 +39,24 @@ from typing import Any
 
 import orjson
 
-from include.landing import LandingZone, check_device, floor_minute
+from include.contract import (
+    floor_minute,
+    format_timestamp,
+    heartbeat_key,
+    heartbeat_prefix,
+    manifest_key,
+    manifest_prefix,
+    reason_code,
+)
+from include.landing import LandingZone
 from include.schemas import SOURCES
 
-MANIFESTS = "manifests/"
-HEARTBEATS = "heartbeats/"
 #: A writer whose heartbeat is older than this many intervals is taken as gone.
 DEFAULT_MISSES = 3
 
 
 class ManifestError(ValueError):
     """A manifest or heartbeat in the store could not be read; the message names the key."""
-
-
-def _check_source(source: str) -> str:
-    if source not in SOURCES:
-        raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    return source
-
-
-def manifest_prefix(source: str, minute: datetime) -> str:
-    m = floor_minute(minute)
-    return f"{MANIFESTS}{_check_source(source)}/date={m:%Y-%m-%d}/hour={m:%H}/minute={m:%M}/"
-
-
-def manifest_key(source: str, minute: datetime, writer: str) -> str:
-    return manifest_prefix(source, minute) + check_device(writer) + ".json"
-
-
-def heartbeat_key(source: str, writer: str) -> str:
-    return f"{HEARTBEATS}{_check_source(source)}/{check_device(writer)}.json"
-
-
-def reason_code(reason: str) -> str:
-    """The code of a reject reason: the text before its first ``:`` (the whole text if none)."""
-    return reason.split(":", 1)[0].strip() or "unknown"
 
 
 def _time(text: Any, key: str, name: str) -> datetime:
@@ -86,10 +69,6 @@ def _time(text: Any, key: str, name: str) -> datetime:
     if value.tzinfo is None:
         raise ManifestError(f"{key}: {name}={text!r} has no time zone")
     return value.astimezone(timezone.utc)
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _counts(value: Any, key: str, name: str) -> dict[str, int]:
@@ -133,11 +112,11 @@ class MinuteManifest:
             {
                 "source": self.source,
                 "writer": self.writer,
-                "minute": _iso(floor_minute(self.minute)),
+                "minute": format_timestamp(floor_minute(self.minute)),
                 "rows": dict(sorted(self.rows.items())),
                 "received": self.received,
                 "deadletters": dict(sorted(self.deadletters.items())),
-                "closed_at": _iso(self.closed_at),
+                "closed_at": format_timestamp(self.closed_at),
             }
         )
 
@@ -184,9 +163,9 @@ class Heartbeat:
             {
                 "source": self.source,
                 "writer": self.writer,
-                "at": _iso(self.at),
+                "at": format_timestamp(self.at),
                 "interval_s": self.interval_s,
-                "started_at": _iso(self.started_at),
+                "started_at": format_timestamp(self.started_at),
             }
         )
 
@@ -234,7 +213,7 @@ def read_manifests(landing: LandingZone, source: str, minute: datetime) -> tuple
 
 def read_heartbeats(landing: LandingZone, source: str) -> tuple[list[Heartbeat], list[str]]:
     """Every writer's last heartbeat for ``source``, and a reason per heartbeat that could not be read."""
-    keys = [info.key for info in landing.list(f"{HEARTBEATS}{_check_source(source)}/") if info.key.endswith(".json")]
+    keys = [info.key for info in landing.list(heartbeat_prefix(source)) if info.key.endswith(".json")]
     return _read_all(landing, keys, Heartbeat.from_json)
 
 

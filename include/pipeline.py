@@ -33,8 +33,17 @@ from typing import Protocol
 import orjson
 
 from include import loads
-from include.landing import LandingZone, ObjectInfo, minute_prefix, parse_key
-from include.schemas import ES_INDEX_PREFIX, SOURCES
+from include.contract import (
+    ES_INDEX_PREFIX,
+    FileDeadLetter,
+    check_source,
+    hour_prefix,
+    minute_prefix,
+    now_text,
+    parse_key,
+    staged_key,
+)
+from include.landing import LandingZone, ObjectInfo
 from include.transform import FileDocuments, FileRejected, document_id, transform_file, transform_files
 
 log = logging.getLogger(__name__)
@@ -65,11 +74,6 @@ def configured_sinks(value: str | None = None) -> tuple[str, ...]:
         if name not in KNOWN_SINKS:
             raise UnknownSink(f"sink {name!r} in SLUICE_SINKS is not one of {', '.join(KNOWN_SINKS)}")
     return names or DEFAULT_SINKS
-
-
-def index_prefix() -> str:
-    """Index name prefix: ``SLUICE_ES_INDEX_PREFIX`` or ``sluice`` (tests use their own)."""
-    return os.environ.get("SLUICE_ES_INDEX_PREFIX") or ES_INDEX_PREFIX
 
 
 # --- Sinks -----------------------------------------------------------------------------------
@@ -266,7 +270,7 @@ def stage_files(landing: LandingZone, source: str, refs: Sequence[dict]) -> list
         summary, docs = transform_landed(landing, source, ref)
         summary["staged_key"] = None
         if docs is not None:
-            key = loads.staged_key(ref["key"])
+            key = staged_key(ref["key"])
             landing.put(key, b"\n".join(docs.documents) + b"\n" if docs.documents else b"",
                         {"source-etag": ref["etag"], "documents": str(docs.accepted)})
             summary["staged_key"] = key
@@ -346,11 +350,11 @@ def record_loads(
             key=summary["key"], etag=summary["etag"], size=summary["size"], rows_read=summary["rows_read"],
             accepted=accepted, rejected=summary["rejected"] + len(refused) + (summary["rows_read"] if summary["quarantined"] else 0),
             quarantined=summary["quarantined"], reason=summary["reason"], sinks=sinks, run_id=run_id,
-            loaded_at=loads.now_text(),
+            loaded_at=now_text(),
         )
         deadletter = None
         if summary["quarantined"] or summary["rejected"] or refused:
-            deadletter = loads.DeadLetter(
+            deadletter = FileDeadLetter(
                 key=summary["key"], etag=summary["etag"], quarantined=summary["quarantined"],
                 reason=summary["reason"], rejected_rows=summary["rejected"], rows=list(summary["rows"]),
                 documents=[{"id": i, "sink": s, "reason": r} for i, (s, r) in refused.items()],
@@ -419,16 +423,10 @@ def hours_between(start: datetime, end: datetime) -> list[str]:
 def hour_files(landing: LandingZone, source: str, hour: datetime, *, start: datetime, end: datetime) -> list[ObjectInfo]:
     """The ``.csv`` files of one hour (one listing), limited to minutes in [start, end)."""
     lo, hi = max(hour, start), min(hour + timedelta(hours=1), end)
-    prefix = minute_prefix(source, hour).split("minute=")[0]
+    prefix = hour_prefix(source, hour)
     return [
         f for f in landing.list(prefix) if f.key.endswith(".csv") and lo <= parse_key(f.key).minute < hi
     ]
-
-
-def check_source(source: str) -> str:
-    if source not in SOURCES:
-        raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    return source
 
 
 def _map(fn, items: Iterable) -> list:

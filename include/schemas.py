@@ -1,4 +1,4 @@
-"""The data contracts of Sluice: CSV columns of the minute files and reading ids.
+"""The CSV schemas of Sluice's minute files, and the metric names derived from them.
 
 Both collectors write these columns, the DAGs and the stream loader read them,
 and the dashboards query the metric names derived from them. Columns are only
@@ -8,7 +8,6 @@ version of the schema (see :meth:`CsvSchema.check_header`).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 #: Values of the ``source`` path segment of the landing zone.
@@ -132,47 +131,7 @@ SENSOR_TYPES = ("temperature", "humidity", "dust")
 SENSOR_METRIC = "mqtt.home.pcroom"
 
 
-def format_tags(tags: dict[str, str]) -> str:
-    """OpenTSDB style ``k=v k=v``, sorted by key so equal tag sets compare equal."""
-    return " ".join(f"{k}={tags[k]}" for k in sorted(tags))
-
-
-def parse_tags(text: str) -> dict[str, str]:
-    """Inverse of :func:`format_tags`; raises ValueError on a pair without ``=``."""
-    tags: dict[str, str] = {}
-    for pair in text.split():
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"tag {pair!r} is not of the form key=value")
-        tags[key] = value
-    return tags
-
-
-def reading_id(source: str, device: str, timestamp: str, metric: str, tags: str = "") -> str:
-    """Deterministic id of one reading, shared by the batch and the stream path.
-
-    ARCHITECTURE.md names (source, device, timestamp, metric); the sorted tags
-    are part of it too, because one Arduino payload sends temperature, humidity
-    and dust under the same metric and timestamp, told apart only by ``type=``.
-    """
-    raw = "\x1f".join((source, device, timestamp, metric, tags))
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
-
-# --- Names the lag checks, the loaders and the dashboards agree on ------------
-# (issue 6 plans them; issue 5 writes the lag metrics, the loaders the freshness one)
-
-#: Elasticsearch: daily indices ``sluice-{source}-YYYY.MM.DD`` with ``@timestamp``.
-ES_INDEX_PREFIX = "sluice"
-ES_TIME_FIELD = "@timestamp"
-#: Source name of the Kafka consumer-lag documents (index ``sluice-lag-YYYY.MM.DD``).
-LAG = "lag"
-ES_SOURCES = (HOST, SENSOR, LAG)
-
-
-def es_index_pattern(source: str) -> str:
-    """The wildcard pattern matching every daily index of ``source``."""
-    return f"{ES_INDEX_PREFIX}-{source}-*"
-
+# Names of the lag checks and the freshness metric (index names are in include/contract.py).
 
 #: OpenTSDB: consumer lag in messages, tagged group, topic, partition.
 LAG_METRIC = "kafka.consumer.lag"

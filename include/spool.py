@@ -3,7 +3,8 @@
 The restart rule of the landing zone (MERGE): there is exactly one file per
 device per minute at ``{device}.csv``. A writer that finds a file already there
 for that minute reads it, takes the union of its rows and the new ones, drops
-duplicates by *row identity* (see :data:`IDENTITY`) and replaces the file. A
+duplicates by *row identity* (:func:`include.contract.row_identity`, the
+identity documents are loaded under) and replaces the file. A
 file therefore only ever grows: a collector restarted in the same minute, a
 late reading for a closed minute, or a spooled upload retried after a crash all
 end in the same file with every row once. Rows are written sorted by timestamp
@@ -34,8 +35,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.contract import RowIdentity, row_identity
 from include.landing import LandingZone
-from include.schemas import HOST, HOST_SCHEMA, SCHEMAS, SENSOR, SENSOR_SCHEMA, CsvSchema
+from include.schemas import SCHEMAS, CsvSchema
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,6 @@ META_ROWS = "sluice-rows"
 #: Dead-letter files: JSON lines, one rejected MQTT payload per line.
 DEADLETTER = "deadletter"
 DEADLETTER_VERSION = 1
-
-#: Columns that identify a row: two rows with equal identity are one row.
-#: Host files have one row per second per host; sensor files one per reading,
-#: where the sorted tags tell apart the three readings of one Arduino payload.
-IDENTITY: dict[str, tuple[int, ...]] = {
-    HOST: (HOST_SCHEMA.names.index("timestamp"), HOST_SCHEMA.names.index("host")),
-    SENSOR: tuple(SENSOR_SCHEMA.names.index(c) for c in ("timestamp", "device", "metric", "tags")),
-}
-
 
 def metadata(kind: str, rows: int) -> dict[str, str]:
     """Object metadata of a landed file of ``kind`` (a schema name or ``deadletter``)."""
@@ -102,10 +95,9 @@ def merge_csv(schema: CsvSchema, existing: bytes | None, new_rows: Iterable[list
     On equal identity the row already landed wins (a redelivered reading has
     the same value anyway). Returns the file bytes and the row count.
     """
-    ident = IDENTITY[schema.name]
-    merged: dict[tuple[str, ...], list[str]] = {}
+    merged: dict[RowIdentity, list[str]] = {}
     for row in itertools.chain(parse_csv(schema, existing) if existing else (), new_rows):
-        merged.setdefault(tuple(row[i] for i in ident), row)
+        merged.setdefault(row_identity(schema.name, row), row)
     ordered = [merged[k] for k in sorted(merged)]
     return format_csv(schema, ordered), len(ordered)
 

@@ -16,9 +16,9 @@ Two layers, one meaning:
   files polars cannot split (ragged rows) and the baseline of the benchmark.
 
 A document is one CSV row: ``@timestamp`` (ISO-8601 UTC, canonical form, see
-:func:`canonical_timestamp`), then the row's columns with numbers as numbers.
+:func:`include.contract.canonical_timestamp`), then the row's columns with numbers as numbers.
 A sensor row's ``tags`` (``k=v k=v``) becomes an object of strings. Its id is
-:func:`include.schemas.reading_id` of (source, device, timestamp, metric, tags);
+:func:`include.contract.reading_id` of (source, device, timestamp, metric, tags);
 a host row is one document under the metric ``"host"`` (:data:`HOST_DOC_METRIC`).
 
 File-level faults (no header, a header the schema refuses, no data rows) raise
@@ -30,29 +30,41 @@ fields) become :class:`RowError` entries and reject only that row.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
+import math
 import re
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 
-from include.schemas import HOST, HOST_METRICS, SCHEMAS, SENSOR, SOURCES, format_tags, parse_tags, reading_id
+from include.contract import (
+    ES_TIME_FIELD,
+    HOST_DOC_METRIC,
+    ID_SEPARATOR,
+    POLARS_TIMESTAMP_FORMAT,
+    TIMESTAMP_PATTERN,
+    ContractError,
+    canonical_timestamp,
+    format_tags,
+    hash_identity,
+    parse_tags,
+    reading_id,
+)
+from include.schemas import HOST, HOST_METRICS, SCHEMAS, SENSOR, SOURCES
 
-#: The metric part of a host document's id: a host row is one document.
-HOST_DOC_METRIC = "host"
-TIME_FIELD = "@timestamp"
+TIME_FIELD = ES_TIME_FIELD
 
-#: The one timestamp form the contract allows: ISO-8601, UTC, ``Z``, 0-9 decimals.
-_TIMESTAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z$")
-_INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+#: Numbers of the CSV, ASCII digits only (``\d`` would take Arabic-Indic digits too), unanchored:
+#: Python matches them whole (fullmatch), polars anchored ``^…$``.
+_INT_PATTERN = r"[+-]?[0-9]+"
+_FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_INT = re.compile(_INT_PATTERN)
+_FLOAT = re.compile(_FLOAT_PATTERN)
 _INT64 = (-(2**63), 2**63 - 1)
-#: The columnar engine's date format; it must agree with :data:`_TIMESTAMP`.
-_POLARS_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 
 
 class FileRejected(ValueError):
@@ -61,10 +73,6 @@ class FileRejected(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class RowValueError(ValueError):
-    """One value of one row is unusable; the message names column and value."""
 
 
 @dataclass(frozen=True)
@@ -107,61 +115,30 @@ class FileDocuments:
 # --- Values --------------------------------------------------------------------------------
 
 
-def canonical_timestamp(text: str) -> str:
-    """The canonical form of an ISO-8601 UTC timestamp with ``Z``.
-
-    Whole seconds have no decimals; otherwise milliseconds when they suffice,
-    else microseconds (digits beyond microseconds are dropped). Ids hash this
-    form, so ``...:05.500Z`` and ``...:05.5Z`` are the same reading. Raises
-    RowValueError naming the text when it is not of the contract's form or not
-    a real date.
-    """
-    match = _TIMESTAMP.match(text)
-    if not match:
-        raise RowValueError(f"timestamp {text!r} is not ISO-8601 UTC of the form YYYY-MM-DDTHH:MM:SS[.fff]Z")
-    year, month, day, hour, minute, second, frac = match.groups()
-    micro = int((frac or "0").ljust(6, "0")[:6])
-    try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro)
-    except ValueError as exc:
-        raise RowValueError(f"timestamp {text!r} is not a real date and time: {exc}") from None
-    return format_timestamp(dt)
-
-
-def format_timestamp(dt: datetime) -> str:
-    """Canonical text of a datetime (naive means UTC); see :func:`canonical_timestamp`."""
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
-    if dt.microsecond == 0:
-        return base + "Z"
-    if dt.microsecond % 1000 == 0:
-        return f"{base}.{dt.microsecond // 1000:03d}Z"
-    return f"{base}.{dt.microsecond:06d}Z"
-
-
 def parse_int(column: str, text: str) -> int:
-    """A signed 64-bit integer written in decimal digits; RowValueError otherwise."""
-    if not _INT.match(text):
-        raise RowValueError(f"column {column}: {text!r} is not an integer")
+    """A signed 64-bit integer written in decimal digits; ContractError otherwise."""
+    if not _INT.fullmatch(text):
+        raise ContractError(f"column {column}: {text!r} is not an integer")
     value = int(text)
     if not _INT64[0] <= value <= _INT64[1]:
-        raise RowValueError(f"column {column}: {text!r} does not fit in 64 bits")
+        raise ContractError(f"column {column}: {text!r} does not fit in 64 bits")
     return value
 
 
 def parse_float(column: str, text: str) -> float:
-    """A finite decimal number (``1``, ``-2.5``, ``1e3``); RowValueError otherwise.
+    """A finite decimal number (``1``, ``-2.5``, ``1e3``) in ASCII digits; ContractError otherwise.
 
-    NaN and infinities are refused: JSON has no spelling for them and a sink
-    would store them as null or fail.
+    NaN and infinities, spelled out or out of range (``1e999``), are refused:
+    JSON has no spelling for them and a sink would store them as null or fail.
     """
-    low = text.lower()
-    if low in ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"):
-        raise RowValueError(f"column {column}: {text!r} is not a finite number")
-    if not _FLOAT.match(text):
-        raise RowValueError(f"column {column}: {text!r} is not a number")
-    return float(text)
+    if text.lstrip("+-").lower() in ("nan", "inf", "infinity"):
+        raise ContractError(f"column {column}: {text!r} is not a finite number")
+    if not _FLOAT.fullmatch(text):
+        raise ContractError(f"column {column}: {text!r} is not a number")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ContractError(f"column {column}: {text!r} is not a finite number")
+    return value
 
 
 # --- Rows ------------------------------------------------------------------------------------
@@ -170,7 +147,7 @@ def parse_float(column: str, text: str) -> float:
 def _field(row: Mapping[str, str | None], column: str) -> str:
     value = row.get(column)
     if value is None or value == "":
-        raise RowValueError(f"column {column}: no value")
+        raise ContractError(f"column {column}: no value")
     return value
 
 
@@ -178,16 +155,16 @@ def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None =
     """One host row -> its document: ``@timestamp``, ``host``, numeric fields as numbers.
 
     ``columns`` are the file's header (default: the row's keys); every one of
-    them must have a value. Raises RowValueError naming the first bad value.
+    them must have a value. Raises ContractError naming the first bad value.
     """
     kinds = {c.name: c.kind for c in SCHEMAS[HOST].columns}
-    doc: dict = {TIME_FIELD: canonical_timestamp(_field(row, "timestamp"))}
+    doc: dict[str, Any] = {TIME_FIELD: canonical_timestamp(_field(row, "timestamp"))}
     for column in columns if columns is not None else row.keys():
         if column == "timestamp":
             continue
         kind = kinds.get(column)
         if kind is None:
-            raise RowValueError(f"column {column} is not in the host schema")
+            raise ContractError(f"column {column} is not in the host schema")
         text = _field(row, column)
         if kind == "int":
             doc[column] = parse_int(column, text)
@@ -201,13 +178,13 @@ def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None =
 def sensor_document(row: Mapping[str, str | None]) -> dict:
     """One sensor row -> ``{"@timestamp", "device", "metric", "value", "tags": {k: v}}``.
 
-    ``tags`` may be empty; a tag without ``=`` rejects the row (RowValueError).
+    ``tags`` may be empty; a tag without ``=`` rejects the row (ContractError).
     """
     tags_text = row.get("tags") or ""
     try:
         tags = parse_tags(tags_text)
-    except ValueError as exc:
-        raise RowValueError(f"column tags: {exc}") from None
+    except ContractError as exc:
+        raise ContractError(f"column tags: {exc}") from None
     return {
         TIME_FIELD: canonical_timestamp(_field(row, "timestamp")),
         "device": _field(row, "device"),
@@ -227,7 +204,7 @@ def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[s
 
 
 def document_id(source: str, doc: Mapping) -> str:
-    """Deterministic id of a document (see :func:`include.schemas.reading_id`).
+    """Deterministic id of a document (see :func:`include.contract.reading_id`).
 
     A host document is keyed by (host, timestamp) under the metric ``"host"``;
     a sensor document by (device, timestamp, metric, sorted tags). Re-running a
@@ -325,7 +302,7 @@ def transform_file_rows(source: str, data: bytes) -> FileDocuments:
             continue
         try:
             doc = row_document(source, dict(zip(header, row)), header)
-        except RowValueError as exc:
+        except ContractError as exc:
             out.row_errors.append(RowError(line, str(exc), ",".join(row)))
             continue
         out.documents.append(orjson.dumps(doc))
@@ -461,7 +438,7 @@ class _Frame:
 
 
 #: Canonical whole-second timestamps need no reformatting, only a check that the date exists.
-_WHOLE_SECOND = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+_WHOLE_SECOND = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 #: Characters JSON strings must escape: such values take polars' JSON writer instead of concat_str.
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 
@@ -475,18 +452,18 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
         stamp = pl.when(ts.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False).is_not_null()).then(ts)
     else:
         stamp = (
-            pl.when(ts.str.contains(_TIMESTAMP.pattern))
-            .then(ts.str.to_datetime(_POLARS_TS_FORMAT, time_zone="UTC", strict=False))
-            .dt.to_string(_POLARS_TS_FORMAT)
+            pl.when(ts.str.contains(f"^(?:{TIMESTAMP_PATTERN})$"))
+            .then(ts.str.to_datetime(POLARS_TIMESTAMP_FORMAT, time_zone="UTC", strict=False))
+            .dt.to_string(POLARS_TIMESTAMP_FORMAT)
         )
     exprs = [stamp.alias(TIME_FIELD)]
     for column in header[1:]:
         kind = kinds[column]
         col = pl.col(column)
         if kind == "int":
-            exprs.append(col if typed else pl.when(col.str.contains(_INT.pattern)).then(col.cast(pl.Int64, strict=False)))
+            exprs.append(col if typed else pl.when(col.str.contains(f"^(?:{_INT_PATTERN})$")).then(col.cast(pl.Int64, strict=False)))
         elif kind == "float":
-            number = col if typed else pl.when(col.str.contains(_FLOAT.pattern)).then(col.cast(pl.Float64, strict=False))
+            number = col if typed else pl.when(col.str.contains(f"^(?:{_FLOAT_PATTERN})$")).then(col.cast(pl.Float64, strict=False))
             exprs.append(pl.when(number.is_finite()).then(number).alias(column))
         elif kind == "tags":
             exprs.append(col.fill_null(""))
@@ -502,13 +479,13 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
     if source == HOST:
         stamps = docs[TIME_FIELD].to_list()
         out.documents = _host_json(docs.drop("_row"), kinds) if docs.height else []
-        # reading_id(HOST, host, timestamp, HOST_DOC_METRIC, ""), its input joined by polars.
+        # contract.identity_key(HOST, host, timestamp, HOST_DOC_METRIC, ""), joined by polars.
+        sep = ID_SEPARATOR
         keys = docs.select(
-            pl.concat_str([pl.lit(f"{HOST}\x1f"), pl.col("host"), pl.lit("\x1f"), pl.col(TIME_FIELD),
-                           pl.lit(f"\x1f{HOST_DOC_METRIC}\x1f")]).cast(pl.Binary).alias("key")
+            pl.concat_str([pl.lit(f"{HOST}{sep}"), pl.col("host"), pl.lit(sep), pl.col(TIME_FIELD),
+                           pl.lit(f"{sep}{HOST_DOC_METRIC}{sep}")]).cast(pl.Binary).alias("key")
         )["key"].to_list()
-        blake = hashlib.blake2b
-        out.ids = [blake(key, digest_size=16).hexdigest() for key in keys]
+        out.ids = [hash_identity(key) for key in keys]
         out.timestamps = stamps
         return out
     # Tags are free-form key=value pairs: build the objects row by row.
@@ -518,7 +495,7 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
     ).iter_rows():
         try:
             tags = parse_tags(tags_text)
-        except ValueError:
+        except ContractError:
             bad_rows.add(index)
             continue
         keep.append(index)
@@ -565,7 +542,7 @@ def _explain_rows(source: str, data: bytes, header: list[str], indexes: set[int]
             continue
         try:
             row_document(source, dict(zip(header, row)), header)
-        except RowValueError as exc:
+        except ContractError as exc:
             errors.append(RowError(line, str(exc), ",".join(row)))
         else:  # the engines disagree: refuse the row rather than load a guess
             errors.append(RowError(line, "value refused by the columnar parser", ",".join(row)))

@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from include.contract import index_prefix
 from include.dashboards.datasources import GrafanaDatasource, sluice_datasources
 from include.grafana import GrafanaClient
 
@@ -72,4 +73,5 @@ class GrafanaHook(BaseHook):
             elasticsearch_url=es_url,
             elasticsearch_user=es.login or "",
             elasticsearch_password=es.password or "",
+            index_prefix=index_prefix(),
         )

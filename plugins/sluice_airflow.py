@@ -53,9 +53,10 @@ def elasticsearch_client(conn_id: str = ELASTICSEARCH_CONN_ID):
 def sink(name: str):
     """The :class:`include.pipeline.Sink` called ``name``, built from its Airflow Connection."""
     from include import pipeline
+    from include.contract import index_prefix
 
     if name == pipeline.ELASTICSEARCH:
-        return pipeline.ElasticsearchSink(elasticsearch_client(), prefix=pipeline.index_prefix())
+        return pipeline.ElasticsearchSink(elasticsearch_client(), prefix=index_prefix())
     if name == pipeline.OPENTSDB:
         from opentsdb_hook import OpenTSDBHook
 

@@ -14,13 +14,17 @@ log = logging.getLogger(__name__)
 
 def services(config: StackConfig, names: Iterable[str] | None = None) -> list[Service]:
     """Service objects in start order; unknown names raise ValueError."""
+    enabled = [cls for cls in ALL if cls.enabled(config)]
     if names is None:
-        return [cls(config) for cls in ALL]
+        return [cls(config) for cls in enabled]
     wanted = list(names)
     unknown = [n for n in wanted if n not in BY_NAME]
     if unknown:
         raise ValueError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    return [cls(config) for cls in ALL if cls.name in wanted]
+    # Naming "kafka" means the whole Kafka cluster of this configuration.
+    if "kafka" in wanted:
+        wanted += [cls.name for cls in enabled if cls.name.startswith("kafka-")]
+    return [cls(config) for cls in enabled if cls.name in wanted]
 
 
 def install(config: StackConfig, names: Iterable[str] | None = None) -> None:

@@ -8,6 +8,8 @@ run beside a developer's stack) can live on one machine:
 * ``SLUICE_CACHE`` – downloads and builds shared between checkouts
   (default: ``~/.cache/sluice``). Maven keeps its own cache in ``~/.m2``.
 * ``SLUICE_<SERVICE>_PORT`` – one per port, see :data:`DEFAULT_PORTS`.
+* ``SLUICE_KAFKA_BROKERS`` – 1 (default: one KRaft node) or 3 (a replicated
+  cluster: topics get replication factor 3 and ``min.insync.replicas=2``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ DEFAULT_PORTS: dict[str, int] = {
     "mosquitto": 1883,
     "kafka": 9092,
     "kafka_controller": 9093,
+    # Brokers 2 and 3 of the optional three-broker cluster (SLUICE_KAFKA_BROKERS=3).
+    "kafka_2": 9094,
+    "kafka_2_controller": 9095,
+    "kafka_3": 9096,
+    "kafka_3_controller": 9097,
     "minio": 9000,
     "minio_console": 9001,
     "elasticsearch": 9200,
@@ -43,6 +50,9 @@ DEFAULT_PORTS: dict[str, int] = {
     "mqtt_collector": 9109,
     "stream_loader": 9110,
 }
+
+#: Kafka cluster sizes the stack can run: one node, or three that survive losing one.
+KAFKA_BROKER_COUNTS = (1, 3)
 
 #: The bucket the landing zone uses on the local MinIO.
 LANDING_BUCKET = "sluice-landing"
@@ -68,6 +78,7 @@ class StackConfig:
     cache: Path
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    kafka_brokers: int = 1
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StackConfig:
@@ -93,7 +104,23 @@ class StackConfig:
             taken[port] = name
         runtime = Path(env.get("SLUICE_RUNTIME", REPO_ROOT / "runtime")).resolve()
         cache = Path(env.get("SLUICE_CACHE", Path.home() / ".cache" / "sluice")).resolve()
-        return cls(runtime=runtime, cache=cache, ports=ports)
+        brokers_text = env.get("SLUICE_KAFKA_BROKERS", "1")
+        if brokers_text not in {str(n) for n in KAFKA_BROKER_COUNTS}:
+            raise ValueError(
+                f"SLUICE_KAFKA_BROKERS={brokers_text!r}: use 1 (one node) or 3 (a replicated cluster)"
+            )
+        return cls(runtime=runtime, cache=cache, ports=ports, kafka_brokers=int(brokers_text))
+
+    def kafka_port_names(self, node: int) -> tuple[str, str]:
+        """(broker, controller) port names of Kafka node ``node`` (1-based)."""
+        return ("kafka", "kafka_controller") if node == 1 else (f"kafka_{node}", f"kafka_{node}_controller")
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """``host:port,…`` of every broker of the configured cluster."""
+        return ",".join(
+            f"{self.host}:{self.ports[self.kafka_port_names(n)[0]]}" for n in range(1, self.kafka_brokers + 1)
+        )
 
     def url(self, port_name: str, scheme: str = "http") -> str:
         return f"{scheme}://{self.host}:{self.ports[port_name]}"

@@ -28,7 +28,7 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         },
         "kafka_default": {
             "conn_type": "kafka",
-            "extra": {"bootstrap.servers": f"{host}:{config.ports['kafka']}"},
+            "extra": {"bootstrap.servers": config.kafka_bootstrap},
         },
         "elasticsearch_default": {
             "conn_type": "elasticsearch",

@@ -49,22 +49,25 @@ def landed_rows(landing, source: str, minute: datetime) -> tuple[int, int]:
 
 def batch_loaded(landing, source: str, minute: datetime) -> int:
     """Documents the minute DAG recorded as loaded for the current version of each file."""
-    from include import loads
+    from include import contract, loads
     from include.pipeline import minute_files
 
     total = 0
     for f in minute_files(landing, source, minute):
         try:
-            total += loads.LoadRecord.from_json(landing.get(loads.loaded_key(f.key, f.etag))).accepted
+            total += loads.LoadRecord.from_json(landing.get(contract.loaded_key(f.key, f.etag))).accepted
         except KeyError:  # no load record: the DAG did not load this version
             pass
     return total
 
 
-def es_docs(es, source: str, minute: datetime, *, prefix: str = "sluice") -> int:
+def es_docs(es, source: str, minute: datetime) -> int:
+    from include import contract
+
     end = minute + timedelta(minutes=1)
     query = {"range": {"@timestamp": {"gte": minute.isoformat(), "lt": end.isoformat()}}}
-    return es.count(index=f"{prefix}-{source}-*", query=query, ignore_unavailable=True)["count"]
+    return es.count(index=contract.index_pattern(source, prefix=contract.index_prefix()), query=query,
+                    ignore_unavailable=True)["count"]
 
 
 def tsdb_points(tsdb, source: str, minute: datetime) -> int:

@@ -145,7 +145,7 @@ def stream_lag(config: StackConfig) -> int:
     from include.kafka import HOST_METRICS, SENSORS_RAW
     from include.kafka_lag import fetch_offsets
 
-    admin = AdminClient({"bootstrap.servers": f"{config.host}:{config.ports['kafka']}"})
+    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap})
     return sum(o.lag for o in fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS], timeout=5))
 
 

@@ -173,6 +173,11 @@ class Service:
         return self.config.ports[self.port_names[0]]
 
     # -- hooks for subclasses ----------------------------------------------
+    @classmethod
+    def enabled(cls, config: StackConfig) -> bool:
+        """Whether this configuration runs the service at all (e.g. Kafka nodes 2 and 3)."""
+        return True
+
     def install(self) -> None:
         """Fetch or build what the service needs; a no-op when already cached."""
 

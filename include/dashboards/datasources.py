@@ -18,7 +18,8 @@ from typing import Any
 
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from include.schemas import ES_TIME_FIELD, HOST, LAG, SENSOR, es_index_pattern
+from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, index_pattern
+from include.schemas import HOST, SENSOR
 
 OPENTSDB_UID = "sluice-opentsdb"
 ES_UIDS = {HOST: "sluice-es-host", SENSOR: "sluice-es-sensor", LAG: "sluice-es-lag"}
@@ -86,29 +87,39 @@ def opentsdb_datasource(url: str) -> GrafanaDatasource:
     )
 
 
-def elasticsearch_datasource(source: str, url: str, *, user: str = "", password: str = "") -> GrafanaDatasource:
-    """The Elasticsearch data source over the daily indices of ``source``."""
+def elasticsearch_datasource(
+    source: str, url: str, *, user: str = "", password: str = "", prefix: str = ES_INDEX_PREFIX
+) -> GrafanaDatasource:
+    """The Elasticsearch data source over the daily indices ``{prefix}-{source}-*``."""
     return GrafanaDatasource(
         uid=ES_UIDS[source],
         name=f"Sluice Elasticsearch {source}",
         type="elasticsearch",
         url=url,
-        json_data={"index": es_index_pattern(source), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
+        json_data={"index": index_pattern(source, prefix=prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
         basic_auth_user=user,
         secure_json_data={"basicAuthPassword": password} if user and password else {},
     )
 
 
 def sluice_datasources(
-    *, opentsdb_url: str, elasticsearch_url: str, elasticsearch_user: str = "", elasticsearch_password: str = ""
+    *,
+    opentsdb_url: str,
+    elasticsearch_url: str,
+    elasticsearch_user: str = "",
+    elasticsearch_password: str = "",
+    index_prefix: str = ES_INDEX_PREFIX,
 ) -> list[GrafanaDatasource]:
     """Every data source the Sluice dashboards use, for the given service URLs.
 
     The URLs are as Grafana's server sees them (Grafana proxies the queries):
     compose service names under docker-compose, loopback on one machine.
+    ``index_prefix`` is the loaders' (:func:`include.contract.index_prefix`).
     """
     return [opentsdb_datasource(opentsdb_url)] + [
-        elasticsearch_datasource(s, elasticsearch_url, user=elasticsearch_user, password=elasticsearch_password)
+        elasticsearch_datasource(
+            s, elasticsearch_url, user=elasticsearch_user, password=elasticsearch_password, prefix=index_prefix
+        )
         for s in ES_UIDS
     ]
 

@@ -31,12 +31,11 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from include.dashboards.datasources import REFS
 from include.dashboards.opentsdb import Query
+from include.contract import ES_TIME_FIELD, LAG
 from include.schemas import (
-    ES_TIME_FIELD,
     FRESHNESS_METRIC,
     HOST,
     HOST_METRICS,
-    LAG,
     LAG_METRIC,
     LAG_STATUS_CODES,
     LAG_STATUS_METRIC,

@@ -1,7 +1,7 @@
 """Elasticsearch index templates for the daily Sluice indices, applied idempotently.
 
-``sluice-host-*`` and ``sluice-sensor-*`` use the loader's templates
-(:func:`include.elasticsearch.index_template`); ``sluice-lag-*`` (documents
+``{prefix}-host-*`` and ``{prefix}-sensor-*`` use the loader's templates
+(:func:`include.elasticsearch.index_template`); ``{prefix}-lag-*`` (documents
 of the Kafka lag DAG, which the loader does not define) gets its template
 here. Explicit mappings make Kibana and Grafana see numbers as numbers and
 names as keywords from the first document on.
@@ -18,7 +18,8 @@ from typing import Any
 
 from include import elasticsearch as es_loader
 from include.dashboards.drift import CREATED, UNCHANGED, UPDATED, fingerprint
-from include.schemas import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, SOURCES
+from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, index_pattern, template_name
+from include.schemas import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def lag_index_template(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
         "group_status": {"type": "keyword"},
     }
     return {
-        "index_patterns": [f"{prefix}-{LAG}-*"],
+        "index_patterns": [index_pattern(LAG, prefix=prefix)],
         "priority": 200,
         # One node in the local stack and in docker-compose: replicas would stay unassigned.
         "template": {
@@ -53,8 +54,8 @@ def lag_index_template(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
 
 def sluice_index_templates(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, Any]]:
     """Template name -> body for every Sluice index family."""
-    templates = {es_loader.template_name(s, prefix=prefix): es_loader.index_template(s, prefix=prefix) for s in SOURCES}
-    templates[f"{prefix}-{LAG}"] = lag_index_template(prefix=prefix)
+    templates = {template_name(s, prefix=prefix): es_loader.index_template(s, prefix=prefix) for s in SOURCES}
+    templates[template_name(LAG, prefix=prefix)] = lag_index_template(prefix=prefix)
     return templates
 
 

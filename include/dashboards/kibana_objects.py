@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from include.schemas import ES_TIME_FIELD, HOST, LAG, SENSOR, SENSOR_METRIC, SENSOR_TYPES, es_index_pattern
+from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, index_pattern
+from include.schemas import HOST, SENSOR, SENSOR_METRIC, SENSOR_TYPES
 
 DASHBOARD_ID = "sluice-overview"
 SEARCH_INDEX_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
@@ -36,10 +37,16 @@ class DataView:
         return {"id": self.id, "title": self.title, "name": self.name, "timeFieldName": self.time_field}
 
 
-DATA_VIEWS = {
-    source: DataView(id=f"sluice-{source}", title=es_index_pattern(source), name=f"Sluice {source}")
-    for source in (HOST, SENSOR, LAG)
-}
+#: Data view ids are stable whatever the index prefix: the saved visualizations refer to them.
+DATA_VIEW_IDS = {source: f"sluice-{source}" for source in (HOST, SENSOR, LAG)}
+
+
+def data_views(prefix: str = ES_INDEX_PREFIX) -> dict[str, DataView]:
+    """Source -> its data view over ``{prefix}-{source}-*`` (:func:`include.contract.index_pattern`)."""
+    return {
+        source: DataView(id=view_id, title=index_pattern(source, prefix=prefix), name=f"Sluice {source}")
+        for source, view_id in DATA_VIEW_IDS.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class Visualization:
                 "version": 1,
                 "kibanaSavedObjectMeta": {"searchSourceJSON": json.dumps(search_source, sort_keys=True)},
             },
-            "references": [{"name": SEARCH_INDEX_REF, "type": "index-pattern", "id": DATA_VIEWS[self.source].id}],
+            "references": [{"name": SEARCH_INDEX_REF, "type": "index-pattern", "id": DATA_VIEW_IDS[self.source]}],
         }
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 from stack.services.airflow import COMPONENTS
 from stack.services.collectors import COLLECTORS
 from stack.services.elasticsearch import Elasticsearch
-from stack.services.kafka import Kafka
+from stack.services.kafka import Kafka, KafkaNode2, KafkaNode3
 from stack.services.minio import MinIO
 from stack.services.mosquitto import Mosquitto
 from stack.services.opentsdb import OpenTSDB
 from stack.services.postgres import Postgres
 
-INFRA = (Mosquitto, MinIO, Kafka, Elasticsearch, OpenTSDB)
+INFRA = (Mosquitto, MinIO, Kafka, KafkaNode2, KafkaNode3, Elasticsearch, OpenTSDB)
 AIRFLOW = (Postgres, *COMPONENTS)
 ALL = (*INFRA, *AIRFLOW, *COLLECTORS)
 BY_NAME = {cls.name: cls for cls in ALL}

@@ -110,7 +110,7 @@ class SupervisedService(Service):
                 "--state-dir", str(self.dir / "state"), "--metrics-port", str(self.port)]
 
     def kafka(self) -> str:
-        return f"{self.config.host}:{self.config.ports['kafka']}"
+        return self.config.kafka_bootstrap
 
 
 class HostCollector(SupervisedService):

@@ -1,10 +1,20 @@
-"""Apache Kafka 4.x as a single KRaft node, from Maven Central's jars.
+"""Apache Kafka 4.x in KRaft mode, from Maven Central's jars: one node, or a cluster of three.
 
 `mvn dependency:build-classpath` resolves ``kafka_2.13`` and its runtime
-dependencies (stack/maven/kafka-pom.xml) into Maven's cache; the broker runs as
-``java -cp <those jars> kafka.Kafka server.properties`` after the storage was
+dependencies (stack/maven/kafka-pom.xml) into Maven's cache; each node runs as
+``java -cp <those jars> kafka.Kafka server.properties`` after its storage was
 formatted once with ``kafka.tools.StorageTool``. It is Apache Kafka itself:
 lag checks depend on its exact offsets and watermarks.
+
+``SLUICE_KAFKA_BROKERS=3`` runs three combined broker+controller nodes
+(services ``kafka``, ``kafka-2``, ``kafka-3``, each its own process group, so a
+test can SIGKILL one) with a static three-voter quorum and one cluster id. The
+internal topics get replication factor 3 and ``min.isr`` 2, and so do Sluice's
+topics (:func:`include.kafka.ensure_topics` sizes them from the brokers it
+sees): the cluster keeps accepting ``acks=all`` writes with one node down.
+While the quorum forms, nodes 1 and 2 count as started once their controller
+listens; the last node waits for the whole cluster, so ``up`` returns with every
+broker registered and offset commits working.
 """
 
 from __future__ import annotations
@@ -13,8 +23,8 @@ import base64
 import time
 import uuid
 
-from stack.config import REPO_ROOT
-from stack.service import Service
+from stack.config import REPO_ROOT, StackConfig, StackError
+from stack.service import Service, port_open
 from stack.toolchain import find_jdk, maven_classpath
 
 POM = REPO_ROOT / "stack" / "maven" / "kafka-pom.xml"
@@ -22,8 +32,23 @@ POM = REPO_ROOT / "stack" / "maven" / "kafka-pom.xml"
 
 class Kafka(Service):
     name = "kafka"
+    node_id = 1
     port_names = ("kafka", "kafka_controller")
     start_timeout = 90.0
+    _starting = False
+
+    @classmethod
+    def enabled(cls, config: StackConfig) -> bool:
+        return cls.node_id <= config.kafka_brokers
+
+    @property
+    def brokers(self) -> int:
+        return self.config.kafka_brokers
+
+    @property
+    def cluster_id_file(self):
+        # One id for every node of the cluster, kept in node 1's folder.
+        return self.config.runtime / "kafka" / "cluster-id"
 
     @property
     def classpath_file(self):
@@ -47,14 +72,20 @@ class Kafka(Service):
         ]
 
     def prepare(self) -> None:
-        host = self.config.host
-        broker, controller = self.config.ports["kafka"], self.config.ports["kafka_controller"]
+        self._starting = True
+        host, n = self.config.host, self.brokers
+        broker, controller = self.ports.values()
+        voters = ",".join(
+            f"{node}@{host}:{self.config.ports[self.config.kafka_port_names(node)[1]]}" for node in range(1, n + 1)
+        )
+        # Internal topics as replicated as the cluster allows: with 3 nodes one may die.
+        rf, min_isr = min(n, 3), 2 if n >= 3 else 1
         logs = self.data_dir / "logs"
         self.properties_file.write_text(
             "# Written by `python -m stack`; edits are replaced at the next start.\n"
             "process.roles=broker,controller\n"
-            "node.id=1\n"
-            f"controller.quorum.voters=1@{host}:{controller}\n"
+            f"node.id={self.node_id}\n"
+            f"controller.quorum.voters={voters}\n"
             f"listeners=PLAINTEXT://{host}:{broker},CONTROLLER://{host}:{controller}\n"
             f"advertised.listeners=PLAINTEXT://{host}:{broker}\n"
             "controller.listener.names=CONTROLLER\n"
@@ -62,13 +93,15 @@ class Kafka(Service):
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
             f"log.dirs={logs}\n"
             "num.partitions=3\n"
+            f"default.replication.factor={rf}\n"
+            f"min.insync.replicas={min_isr}\n"
             # Topics are created on purpose (include/kafka.py), never by a typo.
             "auto.create.topics.enable=false\n"
-            "offsets.topic.replication.factor=1\n"
-            "share.coordinator.state.topic.replication.factor=1\n"
-            "share.coordinator.state.topic.min.isr=1\n"
-            "transaction.state.log.replication.factor=1\n"
-            "transaction.state.log.min.isr=1\n"
+            f"offsets.topic.replication.factor={rf}\n"
+            f"share.coordinator.state.topic.replication.factor={rf}\n"
+            f"share.coordinator.state.topic.min.isr={min_isr}\n"
+            f"transaction.state.log.replication.factor={rf}\n"
+            f"transaction.state.log.min.isr={min_isr}\n"
             # A consumer group joins at once instead of waiting 3 s for peers.
             "group.initial.rebalance.delay.ms=0\n"
             "log.retention.hours=168\n"
@@ -84,13 +117,28 @@ class Kafka(Service):
             "logger.kafka.name = kafka\nlogger.kafka.level = info\n"
             "logger.state.name = state.change.logger\nlogger.state.level = warn\n"
         )
-        if not (logs / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            self.run_checked(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(self.properties_file), heap="-Xmx256m"),
-                "formatting the KRaft storage",
-            )
+        formatted_for = self.dir / "formatted-for-brokers"
+        if (logs / "meta.properties").exists():
+            was = formatted_for.read_text().strip() if formatted_for.exists() else "1"
+            if was != str(n):
+                raise StackError(
+                    self.name,
+                    f"{logs} was formatted for a {was}-broker cluster, SLUICE_KAFKA_BROKERS asks for {n}: "
+                    f"set SLUICE_KAFKA_BROKERS={was}, or `python -m stack down` and remove runtime/kafka* "
+                    "(that deletes the Kafka data)",
+                )
+            return
+        if self.node_id == 1 and not self.cluster_id_file.exists():
+            self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        if not self.cluster_id_file.exists():
+            raise StackError(self.name, f"no cluster id in {self.cluster_id_file}: start node 1 (`kafka`) first")
+        self.run_checked(
+            self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id_file.read_text().strip(),
+                       "-c", str(self.properties_file), heap="-Xmx256m"),
+            "formatting the KRaft storage",
+        )
+        formatted_for.write_text(f"{n}\n")
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.properties_file))
@@ -98,13 +146,24 @@ class Kafka(Service):
     def check_health(self) -> str:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": f"{self.config.host}:{self.port}", "socket.timeout.ms": 3000, "log_level": 0})
-        meta = admin.list_topics(timeout=3)
-        if not meta.brokers:
-            raise RuntimeError("metadata lists no broker")
-        # The group coordinator answers only once __consumer_offsets can be served.
-        admin.list_consumer_groups(request_timeout=3).result()
-        return f"{len(meta.brokers)} broker, {len(meta.topics)} topics"
+        try:
+            admin = AdminClient({"bootstrap.servers": self.config.kafka_bootstrap, "socket.timeout.ms": 3000,
+                                 "log_level": 0})
+            meta = admin.list_topics(timeout=3)
+            if self.node_id not in meta.brokers:
+                raise RuntimeError(f"broker {self.node_id} is not in the cluster metadata")
+            # The group coordinator answers only once __consumer_offsets can be served.
+            admin.list_consumer_groups(request_timeout=3).result()
+        except Exception:
+            # Nodes before the last start while there is no quorum yet: their controller
+            # listening is all that can be had until the last node joins.
+            controller = self.config.ports[self.port_names[1]]
+            if self._starting and self.node_id < self.brokers and port_open(self.config.host, controller):
+                return "controller listening, waiting for the quorum"
+            raise
+        if self.brokers == 1:
+            return f"1 broker, {len(meta.topics)} topics"
+        return f"broker {self.node_id} of {len(meta.brokers)}/{self.brokers} up, {len(meta.topics)} topics"
 
     def after_start(self) -> None:
         """Make the group coordinator ready before anyone relies on it.
@@ -117,11 +176,21 @@ class Kafka(Service):
         from confluent_kafka import Consumer, KafkaException, TopicPartition
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        bootstrap = f"{self.config.host}:{self.port}"
+        self._starting = False
+        if self.node_id < self.brokers:
+            return  # the last node probes the whole cluster
+        bootstrap = self.config.kafka_bootstrap
         admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        deadline = time.monotonic() + 60
+        while len(admin.list_topics(timeout=10).brokers) < self.brokers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(admin.list_topics(timeout=10).brokers)} of {self.brokers} brokers joined")
+            time.sleep(0.5)
         probe_topic, probe_group = "__sluice_stack_probe", "sluice-stack-probe"
         if probe_topic not in admin.list_topics(timeout=10).topics:
-            admin.create_topics([NewTopic(probe_topic, num_partitions=1, replication_factor=1)])[probe_topic].result(30)
+            admin.create_topics(
+                [NewTopic(probe_topic, num_partitions=1, replication_factor=min(self.brokers, 3))]
+            )[probe_topic].result(30)
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": probe_group, "log_level": 0})
         try:
             deadline = time.monotonic() + 60
@@ -135,3 +204,19 @@ class Kafka(Service):
                     time.sleep(0.5)
         finally:
             consumer.close()
+
+
+class KafkaNode2(Kafka):
+    """Node 2 of the three-broker cluster (only with SLUICE_KAFKA_BROKERS=3)."""
+
+    name = "kafka-2"
+    node_id = 2
+    port_names = ("kafka_2", "kafka_2_controller")
+
+
+class KafkaNode3(Kafka):
+    """Node 3 of the three-broker cluster (only with SLUICE_KAFKA_BROKERS=3)."""
+
+    name = "kafka-3"
+    node_id = 3
+    port_names = ("kafka_3", "kafka_3_controller")

@@ -42,7 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
 from include import elasticsearch as es_mod
-from include.landing import S3Landing, minute_key
+from include.contract import minute_key
+from include.landing import S3Landing
 from include.schemas import HOST_SCHEMA
 from include.transform import FileDocuments, transform_file, transform_file_rows, transform_files
 

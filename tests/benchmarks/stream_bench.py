@@ -103,7 +103,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
     from confluent_kafka import Producer
 
     from include.kafka import ensure_topics, producer_config
-    from include.sensors import iso_utc
+    from include.contract import timestamp_text as iso_utc
 
     run = uuid.uuid4().hex[:8]
     bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
@@ -166,8 +166,9 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
 
     from include import elasticsearch as es
     from include.kafka import ensure_topics
-    from include.schemas import SENSOR, reading_id
-    from include.sensors import iso_utc
+    from include.contract import reading_id
+    from include.schemas import SENSOR
+    from include.contract import timestamp_text as iso_utc
 
     run = uuid.uuid4().hex[:8]
     bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"

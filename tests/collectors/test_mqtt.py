@@ -21,6 +21,7 @@ from confluent_kafka import Consumer
 
 from collectors.mqtt import MqttCollector, MqttConfig
 from collectors.simulate_sensors import Simulator, SimulatorConfig
+from include.contract import PAYLOAD, deadletter_prefix
 from include.landing import S3Landing, open_landing
 from include.schemas import SENSOR_SCHEMA
 from include.spool import parse_csv
@@ -77,7 +78,7 @@ def sensor_rows(landing, prefix: str = "raw/sensor/") -> list[tuple[str, ...]]:
 
 
 def deadletters(landing) -> list[dict]:
-    return [orjson.loads(line) for info in landing.list("deadletter/sensor/")
+    return [orjson.loads(line) for info in landing.list(deadletter_prefix(PAYLOAD))
             for line in landing.get(info.key).splitlines()]
 
 

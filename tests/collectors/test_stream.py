@@ -26,8 +26,10 @@ from collectors.stream import (
 from include import elasticsearch as es
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
 from include.opentsdb import OpenTSDBClient
-from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, reading_id
-from include.sensors import Limits, csv_line, iso_utc, parse_payload
+from include.contract import reading_id
+from include.contract import timestamp_text as iso_utc
+from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
+from include.sensors import Limits, csv_line, parse_payload
 from include.transform import transform_file
 from stack.services.elasticsearch import Elasticsearch
 

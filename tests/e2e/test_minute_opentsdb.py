@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from include import loads
-from include.landing import minute_key
+from include import contract, loads
+from include.contract import minute_key
 from include.opentsdb import OpenTSDBClient
 from include.schemas import FRESHNESS_METRIC
 
@@ -35,7 +35,7 @@ def series(tsdb: OpenTSDBClient, metric: str, m: datetime) -> dict[tuple, dict]:
 def record(landing, m: datetime, device: str) -> loads.LoadRecord | None:
     info = landing.head(minute_key("sensor", m, device))
     try:
-        return loads.LoadRecord.from_json(landing.get(loads.loaded_key(info.key, info.etag)))
+        return loads.LoadRecord.from_json(landing.get(contract.loaded_key(info.key, info.etag)))
     except KeyError:
         return None
 

@@ -10,8 +10,7 @@ import time
 from datetime import datetime, timedelta
 
 from include import loads
-from include.landing import minute_key
-from include.schemas import reading_id
+from include.contract import FileDeadLetter, minute_key, reading_id
 
 HOST_HEADER = (
     "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
@@ -103,7 +102,7 @@ def test_a_minute_loads_exactly_and_three_runs_leave_the_same_documents(airflow,
     assert (recorded["web-1.csv"].rows_read, recorded["web-1.csv"].accepted, recorded["web-1.csv"].rejected) == (60, 60, 0)
     assert (recorded["web-2.csv"].accepted, recorded["web-2.csv"].rejected) == (59, 1)
     assert recorded["web-3.csv"].quarantined and "gpu_temp" in recorded["web-3.csv"].reason
-    dead = loads.DeadLetter.from_json(landing.get(recorded["web-2.csv"].deadletter))
+    dead = FileDeadLetter.from_json(landing.get(recorded["web-2.csv"].deadletter))
     assert dead.rows[0]["reason"] == "column cpu_usage_percent: 'ten' is not a number"
     assert records(landing, "sensor", m)["arduino-1.csv"].accepted == 60
 

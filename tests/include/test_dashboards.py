@@ -13,19 +13,17 @@ from include.dashboards.drift import fingerprint
 from include.dashboards.grafana_dashboards import dashboard_models, sluice_dashboards
 from include.dashboards.index_templates import sluice_index_templates
 from include.dashboards.opentsdb import InvalidOpenTSDBQuery, Query, check_no_blind_sum
+from include.contract import ES_TIME_FIELD, LAG, index_pattern
 from include.schemas import (
-    ES_TIME_FIELD,
     FRESHNESS_METRIC,
     HOST,
     HOST_METRICS,
-    LAG,
     LAG_METRIC,
     LAG_STATUS_METRIC,
     LAG_TAGS,
     SENSOR,
     SENSOR_METRIC,
     SENSOR_TYPES,
-    es_index_pattern,
 )
 
 DATASOURCES = sluice_datasources(opentsdb_url="http://opentsdb:4242", elasticsearch_url="http://elasticsearch:9200")
@@ -145,7 +143,7 @@ def test_elasticsearch_queries_use_written_fields():
 def test_datasource_settings():
     tsdb, *es = DATASOURCES
     assert tsdb.type == "opentsdb" and tsdb.json_data["tsdbVersion"] == OPENTSDB_VERSION_2_4 == 4
-    assert {d.json_data["index"] for d in es} == {es_index_pattern(s) for s in (HOST, SENSOR, LAG)}
+    assert {d.json_data["index"] for d in es} == {index_pattern(s) for s in (HOST, SENSOR, LAG)}
     assert all(d.json_data["timeField"] == ES_TIME_FIELD for d in es)
     # Passwords go in secureJsonData only, never in the compared fields.
     secret = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", elasticsearch_user="u", elasticsearch_password="pw")[1]
@@ -175,7 +173,7 @@ def test_kibana_objects_are_valid_ndjson_for_the_import_api():
 
 def test_kibana_objects_reference_the_data_views_they_need():
     objects = kibana_objects.saved_objects()
-    available = {(o["type"], o["id"]) for o in objects} | {("index-pattern", v.id) for v in kibana_objects.DATA_VIEWS.values()}
+    available = {(o["type"], o["id"]) for o in objects} | {("index-pattern", v.id) for v in kibana_objects.data_views().values()}
     for o in objects:
         for ref in o["references"]:
             assert (ref["type"], ref["id"]) in available, f"{o['id']} refers to missing {ref}"
@@ -189,7 +187,7 @@ def test_kibana_objects_reference_the_data_views_they_need():
 
 
 def test_kibana_visualizations_use_written_fields():
-    by_view = {v.id: s for s, v in kibana_objects.DATA_VIEWS.items()}
+    by_view = {v.id: s for s, v in kibana_objects.data_views().items()}
     for vis in kibana_objects.saved_objects()[:-1]:
         source = by_view[vis["references"][0]["id"]]
         fields = _es_fields(source)
@@ -202,5 +200,5 @@ def test_kibana_visualizations_use_written_fields():
 
 
 def test_data_views_match_index_patterns():
-    for source, view in kibana_objects.DATA_VIEWS.items():
-        assert view.title == es_index_pattern(source) and view.time_field == ES_TIME_FIELD
+    for source, view in kibana_objects.data_views().items():
+        assert view.title == index_pattern(source) and view.time_field == ES_TIME_FIELD

@@ -36,7 +36,7 @@ def client(kibana):
 
 
 def _provision(client, *, overwrite=False):
-    views = provision.provision_kibana_data_views(client, list(kibana_objects.DATA_VIEWS.values()))
+    views = provision.provision_kibana_data_views(client, list(kibana_objects.data_views().values()))
     return views + [provision.provision_kibana_dashboard(client, overwrite=overwrite)]
 
 
@@ -126,7 +126,7 @@ def test_first_run_creates_second_changes_nothing(client, kibana):
     assert [r["action"] for r in _provision(client)] == ["created"] * 4
     stored = {(t, i) for _, t, i in kibana.objects}
     assert ("dashboard", kibana_objects.DASHBOARD_ID) in stored
-    assert {("index-pattern", v.id) for v in kibana_objects.DATA_VIEWS.values()} <= stored
+    assert {("index-pattern", v.id) for v in kibana_objects.data_views().values()} <= stored
     writes = len(kibana.writes)
     assert [r["action"] for r in _provision(client)] == ["unchanged"] * 4
     assert len(kibana.writes) == writes, "an unchanged run must not write"

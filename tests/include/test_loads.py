@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from include import loads, pipeline
-from include.landing import minute_key
+from include import contract, loads, pipeline
+from include.contract import minute_key
 
 HOST_HEADER = (
     "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
@@ -31,31 +31,31 @@ def host_csv(host: str, minute: datetime, seconds=range(60), header: str = HOST_
         pytest.param(
             "raw/host/date=2020-09-03/hour=07/minute=11/web-1.csv", "abc",
             "loaded/host/date=2020-09-03/hour=07/minute=11/web-1.csv@abc.json",
-            "deadletter/host/date=2020-09-03/hour=07/minute=11/web-1.csv@abc.json",
+            "deadletter/file/host/date=2020-09-03/hour=07/minute=11/web-1.csv@abc.json",
             "staged/host/date=2020-09-03/hour=07/minute=11/web-1.ndjson",
             id="host",
         ),
         pytest.param(
             "raw/sensor/date=2020-09-03/hour=00/minute=00/ard.v2-1.csv", "d41d8cd98f00b204e9800998ecf8427e-2",
             "loaded/sensor/date=2020-09-03/hour=00/minute=00/ard.v2-1.csv@d41d8cd98f00b204e9800998ecf8427e-2.json",
-            "deadletter/sensor/date=2020-09-03/hour=00/minute=00/ard.v2-1.csv@d41d8cd98f00b204e9800998ecf8427e-2.json",
+            "deadletter/file/sensor/date=2020-09-03/hour=00/minute=00/ard.v2-1.csv@d41d8cd98f00b204e9800998ecf8427e-2.json",
             "staged/sensor/date=2020-09-03/hour=00/minute=00/ard.v2-1.ndjson",
             id="dotted-device-multipart-etag",
         ),
     ],
 )
 def test_record_keys_mirror_the_raw_key(raw, etag, loaded, deadletter, staged):
-    assert loads.loaded_key(raw, etag) == loaded
-    assert loads.deadletter_key(raw, etag) == deadletter
-    assert loads.staged_key(raw) == staged
-    assert loads.split_record_key(loaded) == (raw, etag)
-    assert loads.split_record_key(deadletter) == (raw, etag)
+    assert contract.loaded_key(raw, etag) == loaded
+    assert contract.file_deadletter_key(raw, etag) == deadletter
+    assert contract.staged_key(raw) == staged
+    assert contract.split_record_key(loaded) == (raw, etag)
+    assert contract.split_record_key(deadletter) == (raw, etag)
 
 
 @pytest.mark.parametrize("key", ["raw/host/web-1.csv", "loaded/host/x.json", "other/host/date=2020-09-03/hour=07/minute=11/a.csv"])
 def test_bad_keys_are_refused(key):
     with pytest.raises(ValueError, match="not"):
-        loads.loaded_key(key, "e") if key.startswith(("raw", "other")) else loads.split_record_key(key)
+        contract.loaded_key(key, "e") if key.startswith(("raw", "other")) else contract.split_record_key(key)
 
 
 
@@ -89,11 +89,11 @@ def test_a_minute_loads_records_and_quarantines(landing, sink):
     assert records["web-1.csv"].etag == landing.head(minute_key("host", MINUTE, "web-1")).etag
     assert (records["web-2.csv"].accepted, records["web-2.csv"].rejected) == (2, 1)
     assert records["web-3.csv"].quarantined and "unknown column(s) gpu_temp" in records["web-3.csv"].reason
-    dead = loads.DeadLetter.from_json(landing.get(records["web-2.csv"].deadletter))
+    dead = contract.FileDeadLetter.from_json(landing.get(records["web-2.csv"].deadletter))
     assert dead.rows == [{"line": 4, "reason": "column cpu_usage_percent: 'one' is not a number", "row": dead.rows[0]["row"]}]
-    dead3 = loads.DeadLetter.from_json(landing.get(records["web-3.csv"].deadletter))
+    dead3 = contract.FileDeadLetter.from_json(landing.get(records["web-3.csv"].deadletter))
     assert dead3.quarantined and "gpu_temp" in dead3.reason
-    staged = landing.get(loads.staged_key(minute_key("host", MINUTE, "web-1"))).splitlines()
+    staged = landing.get(contract.staged_key(minute_key("host", MINUTE, "web-1"))).splitlines()
     assert len(staged) == 60 and orjson.loads(staged[2])["cpu_usage_percent"] == 1.0
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from include import loads, pipeline
-from include.landing import minute_key
+from include.contract import FileDeadLetter, file_deadletter_key, minute_key
 
 HOST_HEADER = (
     "timestamp,host,cpu_usage_percent,cpu_ctx_switches,cpu_interrupts,cpu_soft_interrupts,"
@@ -67,9 +67,9 @@ def test_a_bad_file_is_quarantined_and_the_minutes_other_files_load(landing, sin
     assert recorded["good.csv"].accepted == 60 and not recorded["good.csv"].quarantined
     bad = recorded["bad.csv"]
     assert bad.quarantined and reason in bad.reason and bad.accepted == 0
-    dead = loads.DeadLetter.from_json(landing.get(bad.deadletter))
+    dead = FileDeadLetter.from_json(landing.get(bad.deadletter))
     assert dead.quarantined and reason in dead.reason
-    assert bad.deadletter == loads.deadletter_key(minute_key("host", MINUTE, "bad"), bad.etag)
+    assert bad.deadletter == file_deadletter_key(minute_key("host", MINUTE, "bad"), bad.etag)
 
 
 def test_an_unparsable_number_rejects_its_row_with_the_reason_and_loads_the_rest(landing, sink, caplog):
@@ -83,6 +83,6 @@ def test_an_unparsable_number_rejects_its_row_with_the_reason_and_loads_the_rest
     assert "1 rows rejected" in caplog.text
     bad = recorded["bad.csv"]
     assert (bad.rows_read, bad.accepted, bad.rejected, bad.quarantined) == (60, 59, 1, False)
-    dead = loads.DeadLetter.from_json(landing.get(bad.deadletter))
+    dead = FileDeadLetter.from_json(landing.get(bad.deadletter))
     assert dead.rows == [{"line": 9, "reason": "column cpu_ctx_switches: '1O07' is not an integer",
                           "row": host_csv("bad").decode().splitlines()[8].replace(",1007,", ",1O07,")}]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from include.sensors import DeviceError, Limits, csv_line, device_from_topic, iso_utc, parse_payload
+from include.contract import timestamp_text
+from include.sensors import DeviceError, Limits, csv_line, device_from_topic, parse_payload
 
 NOW = 1_700_000_000.0  # receive time of every case
 TS = 1_699_999_990
@@ -84,7 +85,7 @@ def test_missing_timestamp_is_receive_time_and_millis_are_kept():
     parsed = parse_payload(b'{"metric": "m", "value": 1}', NOW)
     assert parsed.readings[0].epoch == NOW
     parsed = parse_payload(b'{"metric": "m", "value": 1, "timestamp": 1699999990123}', NOW)
-    assert iso_utc(parsed.readings[0].epoch) == "2023-11-14T22:13:10.123Z"
+    assert timestamp_text(parsed.readings[0].epoch) == "2023-11-14T22:13:10.123Z"
 
 
 @pytest.mark.parametrize(

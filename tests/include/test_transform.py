@@ -5,11 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from include.schemas import HOST_METRICS, reading_id
+from include.contract import ContractError, canonical_timestamp, reading_id
+from include.schemas import HOST_METRICS
 from include.transform import (
     FileRejected,
-    RowValueError,
-    canonical_timestamp,
     document_datapoints,
     document_id,
     parse_float,
@@ -77,7 +76,7 @@ def test_canonical_timestamp(text, expected):
     ],
 )
 def test_canonical_timestamp_refuses(text):
-    with pytest.raises(RowValueError, match="timestamp"):
+    with pytest.raises(ContractError, match="timestamp"):
         canonical_timestamp(text)
 
 
@@ -99,13 +98,13 @@ def test_parse_int(text, expected):
     ],
 )
 def test_parse_int_refuses(text):
-    with pytest.raises(RowValueError, match="column c"):
+    with pytest.raises(ContractError, match="column c"):
         parse_int("c", text)
 
 
 @pytest.mark.parametrize("text", ["nan", "inf", "-Infinity", "1_0", "0x10", "", " 1"])
 def test_parse_float_refuses(text):
-    with pytest.raises(RowValueError, match="column v"):
+    with pytest.raises(ContractError, match="column v"):
         parse_float("v", text)
 
 
