@@ -127,13 +127,12 @@ def last_loaded(config: StackConfig, *, hours: int = 24) -> list[Freshness]:
     from include.schemas import FRESHNESS_METRIC, SOURCES
 
     now = int(time.time())
-    with OpenTSDBClient(config.url("opentsdb")) as tsdb:
-        series = tsdb.query(FRESHNESS_METRIC, start=now - hours * 3600, tags={"source": "*"})
     newest: dict[str, int] = {}
-    for s in series:
-        src = s.get("tags", {}).get("source")
-        if s["dps"] and src:
-            newest[src] = max(newest.get(src, 0), max(int(float(v)) for v in s["dps"].values()))
+    with OpenTSDBClient(config.url("opentsdb")) as tsdb:
+        for src in SOURCES:
+            for s in tsdb.query(FRESHNESS_METRIC, start=now - hours * 3600, tags={"source": src}):
+                if s["dps"]:
+                    newest[src] = max(newest.get(src, 0), max(int(float(v)) for v in s["dps"].values()))
     return [Freshness(src, datetime.fromtimestamp(newest[src], timezone.utc) if src in newest else None)
             for src in SOURCES]
 
