@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stack.config import LANDING_BUCKET, REPO_ROOT
+from stack.config import LANDING_BUCKET
 from stack.connections import airflow_env
 from stack.service import Service, Status, _proc_start_time, tail
 from stack.services.minio import MinIO
