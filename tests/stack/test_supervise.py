@@ -66,3 +66,19 @@ def test_usage_errors_exit_2_with_a_message(tmp_path):
     for args in ([str(tmp_path / "s.json")], [str(tmp_path / "s.json"), "--"]):
         proc = subprocess.run([sys.executable, "-m", "stack.supervise", *args], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_a_failing_service_reports_the_end_of_its_log(tmp_path):
+    import json
+
+    from stack.config import StackConfig
+    from stack.services.collectors import HostCollector
+
+    svc = HostCollector(StackConfig.from_env({"SLUICE_RUNTIME": str(tmp_path)}))
+    svc.dir.mkdir(parents=True)
+    svc.log_file.write_text("starting\nKafkaException: broker down\n")
+    svc.state_file.write_text(json.dumps({"restarts": 7, "quick_exits": 5, "last_exit": 1, "failing": True}))
+    ok, detail = svc.health()
+    assert not ok
+    assert "failing: exited 5 times in a row (last exit code 1)" in detail and "KafkaException: broker down" in detail
+    assert svc.restarts() == 7
