@@ -37,11 +37,11 @@ def _print(line: str) -> None:
 def bring_up(config: StackConfig, *, devices: int, out: Out = _print) -> None:
     """Start what is not running, with ``devices`` simulated sensors, and unpause the DAGs."""
     sim = Simulator(config)
-    if sim.devices() != devices or not sim.devices_file.exists():
-        sim.set_devices(devices)
-        if sim.pid() is not None:
-            out(f"simulator: restarting with {devices} devices")
-            sim.stop()
+    changed = sim.devices() != devices
+    sim.set_devices(devices)
+    if changed and sim.pid() is not None:
+        out(f"simulator: restarting with {devices} devices")
+        sim.stop()
     names = [svc.name for svc in api.services(config)]
     for i, name in enumerate(names, 1):
         out(f"[{i}/{len(names)}] {name} ...")
