@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in [
         ("up", "install what is missing and start services that are not running"),
         ("down", "stop services started by the stack"),
-        ("status", "show running / stopped / unhealthy per service"),
+        ("status", "per component state, health, uptime, restarts; then the pipeline (freshness, lag, failed runs)"),
         ("install", "download and build without starting"),
     ]:
         p = sub.add_parser(name, help=text)
