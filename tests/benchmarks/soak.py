@@ -112,6 +112,7 @@ class StreamReader:
         self.stop = threading.Event()
 
     def run(self) -> None:
+        first = True  # what is searchable already at the start was not measured arriving: skip it
         while not self.stop.wait(1):
             now = time.time()
             try:
@@ -126,8 +127,11 @@ class StreamReader:
                 if hit["_id"] in self.seen:
                     continue
                 self.seen.add(hit["_id"])
+                if first:
+                    continue
                 ts = datetime.fromisoformat(hit["_source"]["@timestamp"].replace("Z", "+00:00")).timestamp()
                 self.latencies.append(now - ts)
+            first = False
 
 
 def measure(config: StackConfig, *, devices: int, minutes: int) -> dict:
