@@ -71,6 +71,9 @@ class AirflowClient:
     def unpause(self, dag_id: str) -> dict:
         return self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
+    def pause(self, dag_id: str) -> dict:
+        return self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+
     def dag_runs(self, dag_id: str = "~", *, since: datetime | None = None, state: str | None = None,
                  run_type: str | None = None, limit: int = 100) -> list[dict]:
         """DAG runs (``~``: of every DAG), newest logical date first."""

@@ -40,16 +40,18 @@ def _next_minute(after: datetime | None = None) -> datetime:
 
 
 @pytest.fixture(scope="module")
-def landing(platform, stack_config):
+def landing(minio, stack_config):
     return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).client())
 
 
 @pytest.fixture(scope="module")
-def three_minutes(platform):
+def three_minutes(airflow_api, start_platform):
     """The scheduler's finished runs of both minute DAGs over three consecutive whole minutes."""
+    start_platform()
     first = _next_minute()
     minutes = [first + timedelta(minutes=i) for i in range(3)]
-    runs = demo.wait_for_runs(platform, minutes, timeout=(minutes[-1] - datetime.now(timezone.utc)).total_seconds() + 600)
+    runs = demo.wait_for_runs(airflow_api, minutes,
+                              timeout=(minutes[-1] - datetime.now(timezone.utc)).total_seconds() + 600)
     return minutes, runs
 
 
@@ -226,8 +228,14 @@ def test_down_leaves_no_process_and_no_port(platform, stack_config, local_stack)
         bound = [f"{n}={port}" for n, port in stack_config.ports.items() if port_open(stack_config.host, port)]
         assert not bound, bound
     finally:
-        # The rest of the session (and a developer's SLUICE_KEEP_STACK) finds what it had.
-        api.ensure(stack_config, running)
-        from stack.platform import unpause
+        # The rest of the session finds the servers and Airflow it had, with the DAGs paused and
+        # no collectors or simulator (their readings would meet later tests on the shared broker);
+        # the ``platform`` fixture starts those again for a test that wants them.
+        from stack.airflow_api import SCHEDULED_DAGS, AirflowClient
+        from stack.services import COLLECTORS
 
-        unpause(stack_config)
+        collectors = {cls.name for cls in COLLECTORS}
+        api.ensure(stack_config, [name for name in running if name not in collectors])
+        client = AirflowClient(stack_config)
+        for dag in SCHEDULED_DAGS:
+            client.pause(dag)
