@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from stack import api
 from stack.airflow_api import SCHEDULED_DAGS, AirflowApiError, AirflowClient
 from stack.config import LANDING_BUCKET, StackConfig
-from stack.service import State
+from stack.service import State, port_open
 from stack.services.airflow import password_file
 from stack.services.collectors import STREAM_GROUP, Simulator, SupervisedService
 
@@ -144,6 +144,8 @@ def stream_lag(config: StackConfig) -> int:
     from include.kafka import HOST_METRICS, SENSORS_RAW
     from include.kafka_lag import fetch_offsets
 
+    if not port_open(config.host, config.ports["kafka"]):  # else librdkafka retries noisily until the timeout
+        raise RuntimeError(f"Kafka is not running on {config.host}:{config.ports['kafka']}")
     admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap})
     return sum(o.lag for o in fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS], timeout=5))
 
