@@ -13,12 +13,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from collectors.config import ConfigError, default_state_dir, describe, option, require
 from include.landing import LandingZone, open_landing
-from include.spool import LanderMetrics, Spool, SpoolEntry
+from include.spool import LanderMetrics, SpoolEntry
+
+if TYPE_CHECKING:
+    from collectors.journal import MinuteStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,10 @@ class CommonConfig:
     retry_max: float = option(60.0, "Longest wait between upload retries, seconds.")
     shutdown_timeout: float = option(10.0, "Seconds to keep trying to land spooled files and deliver to Kafka on stop.")
     fsync_interval: float = option(1.0, "Seconds between fsyncs of the journal (0: fsync before every acknowledgement).")
+    journal_max_bytes: int = option(512 * 2**20, "Byte cap of the journal of open minutes (0: none); a warning at four fifths, backpressure at the cap.")
+    spool_max_bytes: int = option(2 * 2**30, "Byte cap of the spool of files waiting to land (0: none); a warning at four fifths, backpressure at the cap.")
+    heartbeat_interval: float = option(10.0, "Seconds between heartbeats written to heartbeats/<source>/<writer>.json (0: none).")
+    health_idle_after: float = option(60.0, "Seconds traffic may go unhandled before /healthz answers 503.")
 
     collector = "collector"
 
@@ -102,6 +110,10 @@ class CommonConfig:
                 f"need 0 < retry_initial ({self.retry_initial}) <= retry_max ({self.retry_max})")
         require(self.shutdown_timeout >= 0, "shutdown_timeout", "must be >= 0 seconds")
         require(self.fsync_interval >= 0, "fsync_interval", "must be >= 0 seconds")
+        require(self.journal_max_bytes >= 0, "journal_max_bytes", "must be >= 0 bytes (0: no cap)")
+        require(self.spool_max_bytes >= 0, "spool_max_bytes", "must be >= 0 bytes (0: no cap)")
+        require(self.heartbeat_interval >= 0, "heartbeat_interval", "must be >= 0 seconds (0: no heartbeat)")
+        require(self.health_idle_after > 0, "health_idle_after", "must be > 0 seconds")
         try:
             self.state_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -190,13 +202,13 @@ class CollectorMetrics(LanderMetrics, MetricsEndpoint):
     """Prometheus self-metrics of a collector, in a registry of its own.
 
     Served over HTTP by :meth:`serve` (pull model: Prometheus scrapes, the
-    collector never pushes).
+    collector never pushes), beside ``/healthz`` (``self.health``).
     """
 
-    def __init__(self, collector: str, spool: Spool, clock: Clock) -> None:
+    def __init__(self, collector: str, store: MinuteStore, clock: Clock) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._clock = clock
-        self._spool = spool
+        self._spool = spool = store.spool
         r = self.registry
         p = "sluice_collector_"
         self.readings = Counter(p + "readings_received", "Readings received (host samples or sensor readings).", registry=r)
@@ -204,14 +216,25 @@ class CollectorMetrics(LanderMetrics, MetricsEndpoint):
         self.files = Counter(p + "files_landed", "Minute files landed in the landing zone.", registry=r)
         self.upload_failures = Counter(p + "upload_failures", "Failed attempts to land a file.", registry=r)
         self.deadletters = Counter(p + "deadletters", "Payloads dead-lettered, by reason code.", ["reason"], registry=r)
+        self.internal_errors = Counter(p + "internal_errors", "Unexpected exceptions caught at a boundary, by boundary.",
+                                       ["boundary"], registry=r)
+        self.quarantined_entries = Counter(p + "spool_quarantined", "Spool entries that can never land, set aside.", registry=r)
         self.last_flush = Gauge(p + "last_flush_timestamp_seconds", "Wall-clock time of the last minute flushed to the spool.", registry=r)
         self.skipped_ticks = Counter(p + "skipped_ticks", "Sampling ticks skipped because the loop ran late.", registry=r)
         self.kafka_delivered = Counter(p + "kafka_delivered", "Records Kafka confirmed.", registry=r)
         self.kafka_failed = Counter(p + "kafka_delivery_failures", "Records Kafka did not confirm in time.", registry=r)
+        self.kafka_quarantined = Counter(p + "kafka_quarantined", "Records Kafka can never take (too large, invalid), set aside.", registry=r)
+        self.heartbeat_failures = Counter(p + "heartbeat_failures", "Heartbeats the landing zone refused.", registry=r)
+        self.backpressure = Gauge(p + "backpressure", "1 while a byte cap is reached and MQTT acknowledgements are held.", registry=r)
         depth = Gauge(p + "spool_depth", "Files waiting in the spool.", registry=r)
         depth.set_function(spool.depth)
         age = Gauge(p + "spool_oldest_age_seconds", "Age of the oldest spooled file, seconds (0 when empty).", registry=r)
         age.set_function(self._oldest_age)
+        Gauge(p + "spool_bytes", "Bytes waiting in the spool.", registry=r).set_function(spool.size)
+        Gauge(p + "journal_bytes", "Bytes in the journal of open minutes.", registry=r).set_function(store.journal.size)
+        Gauge(p + "spool_max_bytes", "Byte cap of the spool (0: none).", registry=r).set(store.spool_max_bytes)
+        Gauge(p + "journal_max_bytes", "Byte cap of the journal (0: none).", registry=r).set(store.journal_max_bytes)
+        self.health = None
 
     def _oldest_age(self) -> float:
         oldest = self._spool.oldest()
@@ -224,23 +247,104 @@ class CollectorMetrics(LanderMetrics, MetricsEndpoint):
     def failed(self, entry: SpoolEntry, exc: BaseException) -> None:
         self.upload_failures.inc()
 
+    def quarantined(self, entry: SpoolEntry, reason: str) -> None:
+        self.quarantined_entries.inc()
+
+
+class CapWatch:
+    """Byte caps with a warning at 80% and a log line when a cap is reached or clears.
+
+    ``check(name, size, cap)`` returns the reason when ``size`` reached
+    ``cap`` (``cap`` 0: no cap). Logs only on a change of state, not per call.
+    """
+
+    WARN_AT = 0.8
+
+    def __init__(self) -> None:
+        self._state: dict[str, int] = {}
+
+    def check(self, name: str, size: int, cap: int) -> str | None:
+        if not cap:
+            return None
+        state = 2 if size >= cap else 1 if size >= self.WARN_AT * cap else 0
+        before = self._state.get(name, 0)
+        if state != before:
+            self._state[name] = state
+            if state == 2:
+                log.error("%s holds %d bytes, its cap is %d: backpressure until it drains", name, size, cap)
+            elif state == 1 and before == 0:
+                log.warning("%s holds %d bytes, over %d%% of its cap %d", name, size, int(self.WARN_AT * 100), cap)
+            elif before == 2:
+                log.info("%s is below its cap again (%d of %d bytes)", name, size, cap)
+        return f"{name} holds {size} bytes, cap {cap}" if state == 2 else None
+
+
+class Heartbeater:
+    """A thread writing the writer's :class:`include.manifests.Heartbeat` every ``interval`` seconds.
+
+    A refused heartbeat is counted and logged once per outage; the thread
+    never ends on an error (it is watched by the health endpoint).
+    """
+
+    def __init__(self, landing: LandingZone, source: str, writer: str, interval: float, clock: Clock,
+                 metrics: CollectorMetrics) -> None:
+        self.landing, self.source, self.writer, self.interval = landing, source, writer, interval
+        self.clock, self.metrics = clock, metrics
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.beats = 0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        from datetime import datetime, timezone
+
+        from include.manifests import Heartbeat, write_heartbeat
+
+        started = datetime.fromtimestamp(self.clock.time(), timezone.utc)
+        failing = False
+        while True:
+            try:
+                write_heartbeat(self.landing, Heartbeat(self.source, self.writer,
+                                                        datetime.fromtimestamp(self.clock.time(), timezone.utc),
+                                                        self.interval, started))
+                self.beats += 1
+                if failing:
+                    log.info("heartbeats are written again")
+                failing = False
+            except Exception as exc:  # the store is down: the next beat tries again
+                self.metrics.heartbeat_failures.inc()
+                if not failing:
+                    log.warning("heartbeat to %s failed: %s", self.landing.url, exc)
+                failing = True
+            if self.clock.wait(self._stop, self.interval):
+                return
 
 
 def start_minute_store(config: CommonConfig, collector: str, splitter, *, landing=None, clock: Clock):
-    """A collector's journal and spool (``MinuteStore``) and its /metrics endpoint.
+    """A collector's journal and spool (``MinuteStore``), its /metrics + /healthz endpoint and health.
 
     Built from the options every collector shares; ``landing`` defaults to the
     configured landing zone. Returns ``(store, metrics, metrics_port)``; the
-    store is not started yet.
+    store is not started yet. ``metrics.health`` is the collector's
+    :class:`collectors.health.Health` (the lander is watched once started).
     """
+    from collectors.health import Health
     from collectors.journal import MinuteStore
 
     store = MinuteStore(
         config.state_path, landing if landing is not None else open_store(config), splitter,
         fsync_interval=config.fsync_interval, retry_initial=config.retry_initial, retry_max=config.retry_max,
         wall_clock=clock.time, wait=clock.wait,
+        journal_max_bytes=config.journal_max_bytes, spool_max_bytes=config.spool_max_bytes,
     )
-    metrics = CollectorMetrics(collector, store.spool, clock)
+    metrics = CollectorMetrics(collector, store, clock)
+    metrics.health = Health(idle_after_s=config.health_idle_after)
     store.lander.metrics = metrics
     return store, metrics, metrics.serve(config.metrics_addr, config.metrics_port)
 

@@ -6,10 +6,17 @@ drift over hours; when it wakes more than a second late (a suspended VM, a
 stalled disk) the missed seconds are skipped and counted, never sampled in a
 burst. Each row is journalled at once (see collectors/journal.py); when the
 last second of a minute is sampled the minute is spooled and lands in the
-background at ``raw/host/date=…/hour=…/minute=…/{host}.csv``, merged with any
-file a previous run left for that minute. Optionally each row is also
-published to Kafka ``sluice.host.metrics`` as JSON (best effort: librdkafka
-buffers through short outages, the landing zone is the record).
+background at ``raw/host/date=…/hour=…/minute=…/{host}.csv`` (the host is
+the writer), merged with any file a previous run left for that minute, and
+then the minute's manifest. A heartbeat is written every
+``heartbeat_interval`` seconds. Optionally each row is also published to
+Kafka ``sluice.host.metrics`` as JSON (best effort: librdkafka buffers
+through outages, the landing zone is the record). Kafka being down, at start
+or later, never stops sampling: the topic is ensured when Kafka answers, and
+a produce error is counted, not raised.
+
+The sampler cannot make its source wait, so at a byte cap it keeps sampling
+(a row a second) and says so: the log, and ``/healthz`` names the cap.
 
 Only system-wide counters are read (``/proc/stat``, ``/proc/meminfo``,
 ``/proc/diskstats``, ``/proc/net/dev``): no per-process scan runs in the loop.
@@ -27,13 +34,14 @@ from datetime import datetime, timezone
 import psutil
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, start_cli, start_minute_store,
+    CapWatch, Clock, CollectorMetrics, CommonConfig, Heartbeater, start_cli, start_minute_store,
 )
 from collectors.config import CliOptions, ConfigError, default_host, option, require
-from collectors.journal import MinuteStore
+from collectors.journal import MinuteStore, decode_rows, encode_record
 from include.kafka import HOST_METRICS
-from include.contract import check_writer, minute_key, timestamp_text
+from include.contract import INTERNAL, check_writer, minute_key, timestamp_text
 from include.schemas import HOST, HOST_SCHEMA
+from include.spool import canonical_file, manifest_entry
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,24 @@ def sample_row(host: str, second: int) -> list[str]:
 
 
 def host_splitter(host: str):
-    header = (",".join(HOST_SCHEMA.names) + "\n").encode()
+    """The splitter of the host sampler: a minute's journal -> the host's file, then the manifest.
 
-    def split(stream: str, minute: int, data: bytes) -> list[tuple[str, str, bytes]]:
-        if not data.strip():
+    Total: a journal record that is not a host row is logged and left out
+    (the host sampler writes its own rows; such a record is a torn line).
+    """
+    width = len(HOST_SCHEMA.names)
+
+    def split(minute: int, streams: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
+        rows, bad = decode_rows(streams.get(HOST, b""), width)
+        for lineno, reason, raw in bad:
+            log.warning("host journal of minute %d, line %d left out: %s", minute, lineno, reason)
+        if not rows:
             return []
         key = minute_key(HOST, datetime.fromtimestamp(minute, timezone.utc), host)
-        return [(key, HOST, header + data)]
+        body, per_host = canonical_file(HOST_SCHEMA, rows)
+        return [(key, HOST, body),
+                manifest_entry(HOST, host, minute, key, HOST, received_is_rows=True,
+                               deadletters={INTERNAL: len(bad)} if bad else None, rows=dict(per_host))]
 
     return split
 
@@ -105,11 +124,17 @@ class HostSampler:
         self.clock = clock or Clock()
         self._landing = landing
         self._producer = producer
+        self._owns_producer = False
         self._sample = sample
         self.metrics: CollectorMetrics | None = None
         self.store: MinuteStore | None = None
         self.metrics_port = -1
         self.samples = 0
+        self.heartbeat: Heartbeater | None = None
+        self._caps = CapWatch()
+        self._topic_ready = False
+        self._stopping = threading.Event()
+        self._last_tick = 0.0
 
     def _start(self) -> None:
         c = self.config
@@ -119,15 +144,41 @@ class HostSampler:
         if self._producer is None and c.kafka_bootstrap:
             from confluent_kafka import Producer
 
-            from include.kafka import ensure_topics, producer_config
+            from include.kafka import producer_config
 
-            ensure_topics(c.kafka_bootstrap, [HOST_METRICS])
+            # No topic check here: Kafka may be down, and sampling must start anyway.
             self._producer = Producer(producer_config(c.kafka_bootstrap, client_id=f"sluice-host-{c.host}",
                                                       message_timeout_s=c.kafka_message_timeout))
+            self._owns_producer = True
+            # Off the sampling thread: an unreachable Kafka must not delay a single sample.
+            threading.Thread(target=self._ensure_topic, name="kafka-topic", daemon=True).start()
+        else:
+            self._topic_ready = True  # an injected producer: the caller made the topic
         recovered = self.store.start()
         if recovered:
             log.info("spooled %d file(s) journalled by a previous run", recovered)
+        health = self.metrics.health
+        health.watch("lander", self.store.thread)
+        self._last_tick = self.clock.monotonic()
+        health.add_check("sampling", self._sampling_stalled)
+        health.add_check("caps", self._over_cap)
+        if c.heartbeat_interval > 0:
+            self.heartbeat = Heartbeater(self.store.lander.landing, HOST, c.host, c.heartbeat_interval,
+                                         self.clock, self.metrics)
+            self.heartbeat.start()
+            health.watch("heartbeat", self.heartbeat.thread)
         psutil.cpu_percent(interval=None)  # the first call only sets the reference point
+
+    def _sampling_stalled(self) -> str | None:
+        idle = self.clock.monotonic() - self._last_tick
+        limit = self.config.health_idle_after
+        return f"no sample for {idle:.0f} s (limit {limit:g} s)" if idle > limit else None
+
+    def _over_cap(self) -> str | None:
+        c, store = self.config, self.store
+        reasons = [self._caps.check("journal", store.journal.size(), c.journal_max_bytes),
+                   self._caps.check("spool", store.spool.size(), c.spool_max_bytes)]
+        return "; ".join(r for r in reasons if r) or None
 
     def run(self, stop: threading.Event) -> None:
         """Sample until ``stop`` is set; then flush the partial minute and land what can land."""
@@ -170,15 +221,35 @@ class HostSampler:
     def _tick(self, second: int) -> None:
         row = self._sample(self.config.host, second)
         minute = second - second % 60
-        self.store.append(HOST, minute, (",".join(row) + "\n").encode())
+        self.store.append(HOST, minute, encode_record(row))
         self.store.flush()
         self.metrics.readings.inc()
         self.samples += 1
+        self._last_tick = self.clock.monotonic()
         if self._producer is not None:
-            self._publish(row)
+            try:
+                self._publish(row)
+            except Exception as exc:  # Kafka is best effort here: count it, keep sampling
+                self.metrics.kafka_failed.inc()
+                self.metrics.internal_errors.labels("host_kafka").inc()
+                log.debug("host row not published: %s", exc)
         if (second + 1) % 60 == 0:  # the last second of the minute: the minute is complete
             self.store.close_minutes(minute + 60)
             self.metrics.last_flush.set(self.clock.time())
+            self._over_cap()  # logs at 80% and at the cap
+
+    def _ensure_topic(self) -> None:
+        """Thread body: make the topic once Kafka answers (rows queue in librdkafka meanwhile)."""
+        from include.kafka import ensure_topics
+
+        while not self._stopping.is_set():
+            try:
+                ensure_topics(self.config.kafka_bootstrap, [HOST_METRICS], timeout_s=5)
+                self._topic_ready = True
+                return
+            except Exception as exc:  # still down: the files land regardless
+                log.warning("Kafka topic %s not ensured yet (%s); trying again in 30 s", HOST_METRICS, exc)
+            self._stopping.wait(30)
 
     def _publish(self, row: list[str]) -> None:
         import orjson
@@ -204,7 +275,10 @@ class HostSampler:
 
     def _stop(self) -> None:
         c = self.config
+        self._stopping.set()
         try:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             if self.store is not None:
                 self.store.stop(c.shutdown_timeout)
                 self.metrics.last_flush.set(self.clock.time())
@@ -213,6 +287,8 @@ class HostSampler:
                 left = self._producer.flush(c.shutdown_timeout)
                 if left:
                     log.warning("%d host row(s) not delivered to Kafka", left)
+                if self._owns_producer:
+                    self._producer = None  # let librdkafka close its connections (and retries) now
             if self.metrics is not None:
                 self.metrics.close()
 

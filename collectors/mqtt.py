@@ -19,35 +19,63 @@ broker keeps what devices publish while the collector is down. Each message:
    the broker, so the chain is at-least-once; minute files deduplicate by
    row identity when they are merged, Kafka consumers by reading id.
 
-A minute is closed ``close_delay`` seconds after it ended: its journal is
-split by device into ``raw/sensor/…/{device}.csv`` files (and the dead
-letters into ``deadletter/sensor/…/{client_id}.jsonl``) which land through
-the spool, merged with whatever is already there.
+A minute is closed ``close_delay`` seconds after it ended: its journal
+becomes one file for this collector instance (the *writer*, named by its
+client id), ``raw/sensor/…/minute=MM/{client_id}.csv``, holding the rows of
+every device (the dead letters go to ``deadletter/sensor/…/{client_id}.jsonl``
+and then the minute's manifest to ``manifests/sensor/…/{client_id}.json``),
+which land through the spool, merged with whatever is already there.
+
+The message handler is total: whatever a payload holds, it becomes readings
+or a dead letter with its reason, and an unexpected exception becomes a dead
+letter ``internal: …``, a counter and one log line, never an exception in
+paho's network thread. A payload larger than :data:`KAFKA_VALUE_MAX` or
+rejected as oversized reaches the Kafka dead-letter topic as metadata only.
+
+Backpressure, not loss: while the journal, the spool or the Kafka backlog is
+at its byte cap the collector holds its acknowledgements. The broker then
+stops sending after ``mqtt_receive_maximum`` unacknowledged messages and keeps
+the rest in the session; when the cap clears, acknowledging resumes. The
+metric ``sluice_collector_backpressure`` and the log say so, and ``/healthz``
+names the cap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+import orjson
+from prometheus_client import Gauge
 
 from collectors.common import (
-    Clock, CollectorMetrics, CommonConfig, start_cli, start_minute_store,
+    CapWatch, Clock, CollectorMetrics, CommonConfig, Heartbeater, start_cli, start_minute_store,
 )
 from collectors.config import CliOptions, ConfigError, describe, option, require
-from collectors.journal import MinuteStore
+from collectors.journal import MinuteStore, decode_rows, encode_record, row_problem
 from include import kafka as topics
-from include.contract import check_writer, minute_key, payload_deadletter_key, payload_deadletter_line, timestamp_text
+from include.contract import (
+    HEADER_DEADLETTER_KIND, HEADER_REASON_CODE, HEADER_STAGE, INTERNAL, PAYLOAD, REASON_MAX, check_writer, reason_code, internal_reason, minute_key, payload_deadletter_key, payload_deadletter_line,
+    timestamp_text,
+)
 from include.schemas import SENSOR, SENSOR_SCHEMA
-from include.sensors import DeviceError, Limits, Parsed, Reject, csv_line, device_from_topic, parse_payload
-from include.spool import DEADLETTER
+from include.sensors import DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload
+from include.spool import DEADLETTER, canonical_file, manifest_entry
 
 log = logging.getLogger(__name__)
 
-_HEADER = (",".join(SENSOR_SCHEMA.names) + "\n").encode()
+#: Kafka's default largest record (message.max.bytes, about 1 MB): a larger payload
+#: goes to the dead-letter topic as metadata only, never whole.
+KAFKA_VALUE_MAX = 1_000_000
+#: The journal stream counting each handled payload by receive minute (one JSON list
+#: of reject codes per payload), from which the minute manifest takes its tallies.
+TALLY = "tally"
+_WIDTH = len(SENSOR_SCHEMA.names)
+_DEVICE_COLUMN = SENSOR_SCHEMA.names.index("device")
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ class MqttConfig(CommonConfig, CliOptions):
     kafka_topic: str = option(topics.SENSORS_RAW, "Kafka topic for the original payloads.")
     kafka_deadletter_topic: str = option(topics.DEADLETTER, "Kafka topic for payloads without a valid reading.")
     kafka_retry_interval: float = option(5.0, "Seconds between probes of Kafka while its backlog is not empty.")
+    kafka_backlog_max_bytes: int = option(1024 * 2**20, "Byte cap of the local Kafka backlog (0: none); backpressure at the cap.")
     max_payload_bytes: int = option(65536, "Larger payloads are dead-lettered.")
     max_readings: int = option(1000, "Payloads with more readings are dead-lettered.")
     max_timestamp_age: float = option(7 * 86400.0, "Readings older than this many seconds are dead-lettered.")
@@ -97,31 +126,61 @@ class MqttConfig(CommonConfig, CliOptions):
         require(0 <= self.close_delay < 60, "close_delay", "must be 0..60 seconds")
         require(self.kafka_retry_interval > 0, "kafka_retry_interval", "must be > 0 seconds")
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
+        require(self.kafka_backlog_max_bytes >= 0, "kafka_backlog_max_bytes", "must be >= 0 bytes (0: no cap)")
 
     @property
     def limits(self) -> Limits:
         return Limits(self.max_payload_bytes, self.max_readings, self.max_timestamp_age, self.max_timestamp_future)
 
 
-def sensor_splitter(client_id: str):
-    def split(stream: str, minute: int, data: bytes) -> list[tuple[str, str, bytes]]:
+def sensor_splitter(writer: str):
+    """The splitter of the MQTT collector ``writer`` (its client id): one minute's journal -> spool entries.
+
+    Entries, in landing order: the writer's minute file (every device's rows),
+    the dead letters of the receive minute, the minute manifest. Total: a
+    journal record that is not a usable row becomes a dead letter
+    ``internal: …`` (counted in the manifest), never an exception.
+    """
+
+    def split(minute: int, streams: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
         at = datetime.fromtimestamp(minute, timezone.utc)
-        if stream == DEADLETTER:
-            key = payload_deadletter_key(at, client_id)
-            return [(key, DEADLETTER, data)] if data.strip() else []
-        by_device: dict[bytes, list[bytes]] = defaultdict(list)
-        for line in data.splitlines(keepends=True):
-            if line.strip():
-                by_device[line.split(b",", 2)[1]].append(line)
-        return [(minute_key(SENSOR, at, device.decode()), SENSOR, _HEADER + b"".join(lines))
-                for device, lines in sorted(by_device.items())]
+        data_key = minute_key(SENSOR, at, writer)
+        entries = []
+        rows, bad = decode_rows(streams.get(SENSOR, b""), _WIDTH, device_column=_DEVICE_COLUMN)
+        per_device: dict[str, int] = {}
+        if rows:
+            body, per_device = canonical_file(SENSOR_SCHEMA, rows)
+            entries.append((data_key, SENSOR, body))
+        letters = streams.get(DEADLETTER, b"")
+        for lineno, reason, raw in bad:
+            letters += payload_deadletter_line(topic=f"journal:{SENSOR}.{minute} line {lineno}", payload=raw,
+                                               received=minute, reason=reason, codes=[INTERNAL], accepted_readings=0)
+        if letters.strip():
+            entries.append((payload_deadletter_key(at, writer), DEADLETTER, letters))
+        tally = streams.get(TALLY)
+        if rows or bad or tally is not None:
+            received, codes = _count_tally(tally or b"")
+            if bad:
+                codes[INTERNAL] += len(bad)
+            entries.append(manifest_entry(SENSOR, writer, minute, data_key, SENSOR, received=received,
+                                          deadletters=dict(codes), rows=dict(per_device)))
+        return entries
 
     return split
 
 
-def deadletter_key(minute: int, client_id: str) -> str:
-    """Landing key of the dead-letter file of a receive minute (outside ``raw/``, so loaders never read it)."""
-    return sensor_splitter(client_id)(DEADLETTER, minute, b"x")[0][0]
+def _count_tally(data: bytes) -> tuple[int, Counter]:
+    """(payloads, dead letters per reason code) of a tally journal; a torn line counts as one payload."""
+    received, codes = 0, Counter()
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        received += 1
+        try:
+            codes.update(str(c) for c in orjson.loads(line))
+        except (orjson.JSONDecodeError, TypeError):
+            continue
+    return received, codes
 
 
 class MqttCollector:
@@ -155,6 +214,14 @@ class MqttCollector:
         self._ready: list[tuple[int, int, int, int]] = []
         self._pump_stop = threading.Event()
         self._pump_thread: threading.Thread | None = None
+        self.heartbeat: Heartbeater | None = None
+        self._caps = CapWatch()
+        #: Why acknowledgements are held (a byte cap reached), else None.
+        self.holding: str | None = None
+        self._paused = False
+        #: Connection generation: a token of an earlier connection is never acknowledged on a later one.
+        self._gen = 0
+        self._connect_props = None
 
     # -- life cycle ----------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -169,13 +236,22 @@ class MqttCollector:
         self.store, self.metrics, self.metrics_port = start_minute_store(
             c, "mqtt", sensor_splitter(c.mqtt_client_id), landing=self._landing, clock=self.clock
         )
+        health = self.metrics.health
         recovered = self.store.start()
         if recovered:
             log.info("spooled %d file(s) journalled by a previous run", recovered)
+        health.watch("lander", self.store.thread)
+        health.add_check("caps", lambda: self.holding)
         if c.kafka_bootstrap:
             self._start_bridge()
         self._pump_thread = threading.Thread(target=self._pump, name="pump", daemon=True)
         self._pump_thread.start()
+        health.watch("pump", self._pump_thread)
+        if c.heartbeat_interval > 0:
+            self.heartbeat = Heartbeater(self.store.lander.landing, SENSOR, c.mqtt_client_id, c.heartbeat_interval,
+                                         self.clock, self.metrics)
+            self.heartbeat.start()
+            health.watch("heartbeat", self.heartbeat.thread)
         self._connect()
 
     def _start_bridge(self) -> None:
@@ -198,7 +274,11 @@ class MqttCollector:
         self.bridge = holder["bridge"] = KafkaBridge(
             self._producer, c.state_path / "kafka-backlog", self._done,
             retry_interval=c.kafka_retry_interval, monotonic=self.clock.monotonic,
-            fsync_interval=c.fsync_interval, metrics=self.metrics)
+            fsync_interval=c.fsync_interval, metrics=self.metrics, max_bytes=c.kafka_backlog_max_bytes)
+        Gauge("sluice_collector_kafka_backlog_bytes", "Bytes in the local Kafka backlog.",
+              registry=self.metrics.registry).set_function(self.bridge.backlog.size)
+        Gauge("sluice_collector_kafka_backlog_max_bytes", "Byte cap of the local Kafka backlog (0: none).",
+              registry=self.metrics.registry).set(c.kafka_backlog_max_bytes)
 
     def _connect(self) -> None:
         import paho.mqtt.client as mqtt
@@ -220,9 +300,42 @@ class MqttCollector:
         props.SessionExpiryInterval = c.mqtt_session_expiry
         props.ReceiveMaximum = c.mqtt_receive_maximum
         self.client = client
+        self._connect_props = props
+        self._open()
+
+    def _open(self) -> None:
+        c = self.config
         self._accepting = True
-        client.connect_async(c.mqtt_host, c.mqtt_port, keepalive=30, clean_start=False, properties=props)
-        client.loop_start()
+        self.client.connect_async(c.mqtt_host, c.mqtt_port, keepalive=30, clean_start=False,
+                                  properties=self._connect_props)
+        self.client.loop_start()
+        thread = getattr(self.client, "_thread", None)
+        if thread is not None and self.metrics is not None:  # paho's network loop: a dead one means a deaf collector
+            self.metrics.health.watch("mqtt-network", thread)
+
+    def _pause(self) -> None:
+        """At a cap: leave the broker, which keeps the session and queues what devices send.
+
+        Only disconnecting holds the broker back reliably: Mosquitto 2.0 kept
+        sending past the Receive Maximum to a client that acknowledged from
+        another thread and then stopped. Messages handled but not acknowledged
+        are delivered again after the resume (the merge drops the repeats).
+        """
+        self._accepting = False
+        self._paused = True
+        with self._ready_lock:
+            self._gen += 1
+            self._ready.clear()
+        self.metrics.health.unwatch("mqtt-network")
+        log.warning("at a cap (%s): disconnected from MQTT; the broker keeps the messages until it clears",
+                    self.holding)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _resume(self) -> None:
+        log.info("below every cap again: reconnecting to MQTT")
+        self._paused = False
+        self._open()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -264,6 +377,8 @@ class MqttCollector:
         c = self.config
         self._accepting = False
         try:
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
             if self.bridge is not None:
                 parked = self.bridge.close(c.shutdown_timeout)
                 if parked:
@@ -284,41 +399,108 @@ class MqttCollector:
 
     # -- the message path (MQTT network thread) ------------------------------------
     def _on_message(self, client, userdata, msg) -> None:
+        """paho's callback: total, whatever the message holds (see the module docstring)."""
         if not self._accepting:
             return  # not acknowledged: the broker delivers it again after we reconnect
+        health = self.metrics.health
+        health.traffic()
         # Whole milliseconds: the received_at header carries this time, and the stream
         # loader must derive the same reading (and id) for a timestamp-less payload.
         received = round(self.clock.time(), 3)
+        gen = self._gen
+        try:
+            self._handle(msg, received, gen)
+        except Exception as exc:  # a bug or a hostile payload we did not foresee: dead letter, never a dead thread
+            self._internal(msg, received, exc, gen)
+        self.messages += 1
+        health.handled()
+
+    def _handle(self, msg, received: float, gen: int) -> None:
         payload = msg.payload
         try:
             device = device_from_topic(msg.topic, self.config.device_topic_level)
             parsed = parse_payload(payload, received, self.limits)
         except DeviceError as exc:
             device, parsed = "", Parsed(rejects=[Reject("bad_device", str(exc))])
+        if parsed.readings:
+            parsed = self._checked_rows(device, parsed)
         store = self.store
         seq = 0
         if parsed.readings:
-            by_minute: dict[int, list[str]] = defaultdict(list)
+            by_minute: dict[int, list[bytes]] = defaultdict(list)
             for reading in parsed.readings:
-                by_minute[int(reading.epoch // 60 * 60)].append(csv_line(device, reading))
+                by_minute[int(reading.epoch // 60 * 60)].append(encode_record(csv_row(device, reading)))
             for minute, lines in by_minute.items():
-                seq = store.append(SENSOR, minute, "".join(lines).encode())
+                seq = store.append(SENSOR, minute, b"".join(lines))
             self.metrics.readings.inc(len(parsed.readings))
+        receive_minute = int(received // 60 * 60)
         if parsed.rejects:
-            seq = store.append(DEADLETTER, int(received // 60 * 60), self._deadletter_line(msg.topic, payload, received, parsed))
+            seq = store.append(DEADLETTER, receive_minute, self._deadletter_line(msg.topic, payload, received, parsed))
             for reject in parsed.rejects:
                 self.metrics.deadletters.labels(reject.code).inc()
-        self.messages += 1
-        if self.bridge is not None:
-            headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, timestamp_text(round(received, 3)).encode())]
-            if parsed.readings:
-                topic = self.config.kafka_topic
+        seq = store.append(TALLY, receive_minute, orjson.dumps([r.code for r in parsed.rejects]) + b"\n")
+        self._forward(msg, device, received, parsed, seq, gen)
+
+    def _checked_rows(self, device: str, parsed: Parsed) -> Parsed:
+        """Move readings whose CSV row would be unsafe (a name ending in a newline, say) to the rejects."""
+        keep, rejects = [], list(parsed.rejects)
+        for reading in parsed.readings:
+            problem = row_problem(csv_row(device, reading))
+            if problem is None:
+                keep.append(reading)
             else:
-                topic = self.config.kafka_deadletter_topic
-                headers.append((topics.HEADER_REASON, parsed.reason[:1000].encode()))
-            self.bridge.forward(topic, device.encode(), payload, headers, (seq, msg.mid, msg.qos))
+                rejects.append(Reject("bad_name", f"reading {reading.metric!r}: {problem}"))
+        return parsed if len(keep) == len(parsed.readings) else Parsed(readings=keep, rejects=rejects)
+
+    def _forward(self, msg, device: str, received: float, parsed: Parsed, seq: int, gen: int) -> None:
+        if self.bridge is None:
+            self._done((seq, msg.mid, msg.qos, gen), 0)
+            return
+        payload = msg.payload
+        headers = [(topics.HEADER_MQTT_TOPIC, msg.topic.encode()), (topics.HEADER_RECEIVED_AT, timestamp_text(received).encode())]
+        if parsed.readings:
+            topic, value = self.config.kafka_topic, payload
+            if len(payload) > KAFKA_VALUE_MAX:  # only with max_payload_bytes raised past Kafka's record limit
+                topic, value = self.config.kafka_deadletter_topic, self._metadata_only(msg, received, "oversized for Kafka")
+                headers.append((topics.HEADER_REASON, b"oversized: the payload is in the landing zone, not on Kafka"))
         else:
-            self._done((seq, msg.mid, msg.qos), 0)
+            topic, value = self.config.kafka_deadletter_topic, payload
+            headers += [(topics.HEADER_REASON, parsed.reason[:REASON_MAX].encode()),
+                        (HEADER_REASON_CODE, reason_code(parsed.reason).encode()),
+                        (HEADER_DEADLETTER_KIND, PAYLOAD.encode()), (HEADER_STAGE, b"collector")]
+            if len(payload) > KAFKA_VALUE_MAX or any(r.code == "oversized" for r in parsed.rejects):
+                value = self._metadata_only(msg, received, parsed.reason)
+        self.bridge.forward(topic, device.encode(), value, headers, (seq, msg.mid, msg.qos, gen))
+
+    @staticmethod
+    def _metadata_only(msg, received: float, reason: str) -> bytes:
+        """What the dead-letter topic gets instead of an oversized payload: its size, hash and reason."""
+        payload = msg.payload
+        return orjson.dumps({
+            "metadata_only": True, "reason": reason[:REASON_MAX], "topic": msg.topic, "received_at": timestamp_text(received),
+            "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        })
+
+    def _internal(self, msg, received: float, exc: Exception, gen: int) -> None:
+        """An unexpected exception in the handler: dead letter ``internal: …``, a counter, one log line, an ack."""
+        reason = internal_reason(exc)
+        self.metrics.deadletters.labels(INTERNAL).inc()
+        self.metrics.internal_errors.labels("mqtt_message").inc()
+        log.error("message on %r (%d bytes) dead-lettered: %s", msg.topic, len(msg.payload), reason)
+        parsed = Parsed(rejects=[Reject(INTERNAL, reason)])
+        receive_minute = int(received // 60 * 60)
+        try:
+            self.store.append(DEADLETTER, receive_minute, self._deadletter_line(msg.topic, msg.payload, received, parsed))
+            seq = self.store.append(TALLY, receive_minute, orjson.dumps([INTERNAL]) + b"\n")
+        except Exception:  # the journal itself failed: leave the message unacknowledged, the broker redelivers it
+            log.exception("could not journal the dead letter of %r; it stays unacknowledged", msg.topic)
+            return
+        try:  # the dead-letter topic gets it too, like any payload without readings
+            self._forward(msg, "", received, parsed, seq, gen)
+        except Exception:
+            self.metrics.internal_errors.labels("kafka_forward").inc()
+            log.exception("could not forward the dead letter of %r to Kafka; it is in the landing zone", msg.topic)
+            self._done((seq, msg.mid, msg.qos, gen), 0)
 
     @staticmethod
     def _deadletter_line(topic: str, payload: bytes, received: float, parsed: Parsed) -> bytes:
@@ -328,15 +510,30 @@ class MqttCollector:
         )
 
     def _done(self, token, backlog_seq: int) -> None:
-        seq, mid, qos = token
+        seq, mid, qos, gen = token
         with self._ready_lock:
-            self._ready.append((seq, backlog_seq, mid, qos))
+            if gen == self._gen:  # else the broker delivers that message again on this connection
+                self._ready.append((seq, backlog_seq, mid, qos))
 
     # -- the pump: flush journals, poll Kafka, acknowledge ---------------------------
     def _pump(self) -> None:
         while not self._pump_stop.is_set():
-            if not self._pump_once(0.005):
+            try:
+                acked = self._pump_once(0.005)
+            except Exception:  # never let the pump die: it is what acknowledges
+                self.metrics.internal_errors.labels("pump").inc()
+                log.exception("pump round failed; retrying")
+                acked = False
+            if not acked:
                 self._pump_stop.wait(0.005)
+
+    def _over_cap(self) -> str | None:
+        c, store = self.config, self.store
+        reasons = [self._caps.check("journal", store.journal.size(), c.journal_max_bytes),
+                   self._caps.check("spool", store.spool.size(), c.spool_max_bytes)]
+        if self.bridge is not None:
+            reasons.append(self._caps.check("Kafka backlog", self.bridge.backlog.size(), c.kafka_backlog_max_bytes))
+        return "; ".join(r for r in reasons if r) or None
 
     def _pump_once(self, poll_timeout: float) -> bool:
         """One round; True when something was acknowledged."""
@@ -348,6 +545,16 @@ class MqttCollector:
             return False
         if self.bridge is not None:
             self.bridge.poll(poll_timeout)
+        self.holding = self._over_cap()
+        self.metrics.backpressure.set(1 if self.holding else 0)
+        acked = self._ack_ready(flushed, flushed_backlog)
+        if self.holding and self._accepting and not self._paused:
+            self._pause()
+        elif not self.holding and self._paused and not self._pump_stop.is_set():
+            self._resume()
+        return acked
+
+    def _ack_ready(self, flushed: int, flushed_backlog: int) -> bool:
         with self._ready_lock:
             ready, self._ready = self._ready, []
         waiting = []

@@ -101,6 +101,10 @@ class Sink(Protocol):
         """Load every batch; raise when the sink is unreachable or refuses retryably."""
         ...
 
+    def close(self) -> None:
+        """Release the sink's client (connections); the sink is not used afterwards."""
+        ...
+
 
 class ElasticsearchSink:
     """Bulk-loads documents into the daily indices, creating the index template when missing."""
@@ -111,6 +115,9 @@ class ElasticsearchSink:
         self.client = client
         self.prefix = prefix
         self.chunk_size = chunk_size
+
+    def close(self) -> None:
+        self.client.close()
 
     def load(self, source: str, batches: Sequence[tuple[str, FileDocuments]]) -> dict[str, SinkFileResult]:
         from include import elasticsearch as es
@@ -150,6 +157,9 @@ class OpenTSDBSink:
 
     def __init__(self, client) -> None:
         self.client = client
+
+    def close(self) -> None:
+        self.client.close()
 
     def load(self, source: str, batches: Sequence[tuple[str, FileDocuments]]) -> dict[str, SinkFileResult]:
         from include.transform import document_datapoints

@@ -133,3 +133,30 @@ def test_named_volumes_and_no_credentials_in_the_file(config):
         key, _, value = line.partition("=")
         if re.search(r"PASSWORD|SECRET|KEY", key):
             assert value.startswith("change-me"), line
+
+
+def test_kafka_cluster_profile_runs_three_voters_and_clients_bootstrap_all(tmp_path):
+    env = tmp_path / "cluster.env"
+    env.write_text(ENV_EXAMPLE.read_text() + "\n".join([
+        "COMPOSE_PROFILES=kafka-cluster",
+        "SLUICE_KAFKA_VOTERS=1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093",
+        "SLUICE_KAFKA_REPLICATION=3",
+        "SLUICE_KAFKA_MIN_ISR=2",
+        "SLUICE_KAFKA_BOOTSTRAP=kafka:9092,kafka-2:9092,kafka-3:9092",
+    ]) + "\n")
+    result = _compose_config(env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    nodes = {name: services[name]["environment"] for name in ("kafka", "kafka-2", "kafka-3")}
+    assert {e["KAFKA_NODE_ID"] for e in nodes.values()} == {1, 2, 3}
+    assert {e["KAFKA_CONTROLLER_QUORUM_VOTERS"] for e in nodes.values()} == {"1@kafka:9093,2@kafka-2:9093,3@kafka-3:9093"}
+    assert len({e["CLUSTER_ID"] for e in nodes.values()}) == 1
+    assert {e["KAFKA_MIN_INSYNC_REPLICAS"] for e in nodes.values()} == {"2"}
+    assert services["stream-loader"]["environment"]["SLUICE_KAFKA_BOOTSTRAP"] == "kafka:9092,kafka-2:9092,kafka-3:9092"
+
+
+def test_default_compose_runs_one_kafka_node(config):
+    # Nodes 2 and 3 start only with their profile (compose 1.29's `config` lists them with it).
+    assert [config["services"][n].get("profiles") for n in ("kafka", "kafka-2", "kafka-3")] == [
+        None, ["kafka-cluster"], ["kafka-cluster"]]
+    assert config["services"]["kafka"]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"

@@ -11,6 +11,11 @@ import threading
 
 from stack.service import Service, which_or_fail
 
+#: Largest MQTT packet the broker accepts, bytes (docker-compose's mosquitto.conf says the same).
+#: It bounds what one client can make the broker and the collector hold; the collector
+#: dead-letters payloads over its own, smaller ``max_payload_bytes`` (metadata only on Kafka).
+MAX_PACKET_BYTES = 4 * 2**20
+
 
 class Mosquitto(Service):
     name = "mosquitto"
@@ -36,6 +41,7 @@ class Mosquitto(Service):
             f"persistence_location {self.data_dir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
+            f"max_packet_size {MAX_PACKET_BYTES}\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"

@@ -106,7 +106,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
     from include.contract import timestamp_text as iso_utc
 
     run = uuid.uuid4().hex[:8]
-    bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
+    bootstrap = cfg.kafka_bootstrap
     raw = f"bench.{run}.raw"
     ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
     producer = Producer(producer_config(bootstrap, client_id="bench"))
@@ -171,7 +171,7 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
     from include.contract import timestamp_text as iso_utc
 
     run = uuid.uuid4().hex[:8]
-    bootstrap = f"{cfg.host}:{cfg.ports['kafka']}"
+    bootstrap = cfg.kafka_bootstrap
     raw = f"bench.{run}.raw"
     ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
     prefix = f"bench{run}"

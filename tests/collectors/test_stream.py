@@ -9,7 +9,6 @@ keeps serving the other engineers.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,166 +16,23 @@ from pathlib import Path
 import orjson
 import pytest
 from collector_helpers import new_run_id, private_service, spawn, terminate, wait_for
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer
+from stream_helpers import (
+    Running, Topics, cli_args, config, counter, es_count, es_docs, expected_ids, host_record, lag, seed_payload,
+    tsdb_points,
+)
 
 from collectors.config import ConfigError
-from collectors.stream import (
-    StreamConfig, StreamLoader, Undecodable, host_documents, received_time, sensor_documents,
-)
+from collectors.stream import StreamConfig
+from collectors.stream.decode import Undecodable, host_documents, received_time, sensor_documents
 from include import elasticsearch as es
-from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
+from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT
 from include.opentsdb import OpenTSDBClient
-from include.contract import reading_id
-from include.contract import timestamp_text as iso_utc
-from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA
+from include.contract import timestamp_text
+from include.schemas import HOST, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_line, parse_payload
 from include.transform import transform_file
 from stack.services.elasticsearch import Elasticsearch
-
-INT_COLUMNS = {c.name for c in HOST_SCHEMA.columns if c.kind == "int"}
-
-
-# -- helpers -------------------------------------------------------------------------
-def seed_payload(metric: str, device: str, ts_ms: int, n: int) -> bytes:
-    """The Arduino payload of seeds/000: three readings under one metric, told apart by ``type``."""
-    return orjson.dumps([
-        {"type": "Metric", "metric": metric, "timestamp": ts_ms, "value": round(20 + n % 50 * 0.1, 1),
-         "tags": {"type": kind, "loc": device}}
-        for kind in ("temperature", "humidity", "dust")
-    ])
-
-
-def expected_ids(metric: str, ts0: int, count: int, devices: int = 3) -> set[str]:
-    """Ids of the readings of :func:`sensor_records`, computed from the contract, not the loader."""
-    return {reading_id(SENSOR, f"dev{i % devices}", iso_utc((ts0 + i) / 1000), metric, f"loc=dev{i % devices} type={kind}")
-            for i in range(count) for kind in ("temperature", "humidity", "dust")}
-
-
-def host_record(host: str, second: int, n: int) -> bytes:
-    """A host row as the host sampler publishes it: HOST_SCHEMA order, numbers as numbers."""
-    doc = {"timestamp": iso_utc(second), "host": host}
-    for i, name in enumerate(HOST_SCHEMA.names[2:]):
-        doc[name] = 1000 + n * 10 + i if name in INT_COLUMNS else round(n % 100 + i / 4, 2)
-    return orjson.dumps(doc)
-
-
-class Topics:
-    def __init__(self, bootstrap: str, run: str) -> None:
-        self.bootstrap = bootstrap
-        self.raw, self.host, self.dl = f"t.{run}.raw", f"t.{run}.host", f"t.{run}.dl"
-        ensure_topics(bootstrap, [self.raw, self.host, self.dl])
-        self.producer = Producer(producer_config(bootstrap, client_id=f"test-{run}"))
-
-    def produce(self, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
-        self.producer.produce(topic, key=key, value=value, headers=headers)
-        self.producer.poll(0)
-
-    def sensor_records(self, metric: str, ts0: int, count: int, start: int = 0, devices: int = 3) -> None:
-        for i in range(start, start + count):
-            device = f"dev{i % devices}"
-            headers = [(HEADER_MQTT_TOPIC, f"sensors/{device}".encode()), (HEADER_RECEIVED_AT, iso_utc(time.time()).encode())]
-            while True:
-                try:
-                    self.produce(self.raw, device.encode(), seed_payload(metric, device, ts0 + i, i), headers)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
-        assert self.producer.flush(30) == 0
-
-    def flush(self) -> None:
-        assert self.producer.flush(30) == 0
-
-
-def config(run: str, t: Topics, **kw) -> StreamConfig:
-    kw.setdefault("sinks", ("elasticsearch", "opentsdb"))
-    cfg = StreamConfig(kafka_bootstrap=t.bootstrap, kafka_group=f"g-{run}", sensor_topic=t.raw, host_topic=t.host,
-                       deadletter_topic=t.dl, es_index_prefix=f"t{run}", metrics_port=0, retry_initial=0.2,
-                       retry_max=1.0, **kw)
-    cfg.validate()
-    return cfg
-
-
-def cli_args(cfg: StreamConfig) -> list[str]:
-    return ["--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-group", cfg.kafka_group,
-            "--kafka-instance-id", f"{cfg.kafka_group}-1", "--sensor-topic", cfg.sensor_topic,
-            "--host-topic", cfg.host_topic, "--deadletter-topic", cfg.deadletter_topic,
-            "--sinks", ",".join(cfg.sinks), "--elasticsearch-url", cfg.elasticsearch_url,
-            "--es-index-prefix", cfg.es_index_prefix, "--opentsdb-url", cfg.opentsdb_url,
-            "--batch-messages", str(cfg.batch_messages), "--metrics-port", "-1"]
-
-
-def lag(bootstrap: str, group: str, topics: list[str]) -> int:
-    """Records of ``topics`` not yet committed by ``group`` (end offset - committed, all partitions)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        parts = [TopicPartition(t, p) for t in topics for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
-        total = 0
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            done = committed[(tp.topic, tp.partition)]
-            total += high - (done if done >= 0 else low)
-        return total
-    finally:
-        consumer.close()
-
-
-def es_docs(client, prefix: str, source: str) -> dict[str, dict]:
-    """Every document of the test's indices of ``source``: id -> source."""
-    pattern = f"{prefix}-{source}-*"
-    client.indices.refresh(index=pattern, ignore_unavailable=True, allow_no_indices=True)
-    out = {}
-    resp = client.search(index=pattern, size=10000, scroll="30s", ignore_unavailable=True, allow_no_indices=True)
-    scroll = resp.get("_scroll_id")
-    try:
-        while resp["hits"]["hits"]:
-            out.update({h["_id"]: h["_source"] for h in resp["hits"]["hits"]})
-            resp = client.scroll(scroll_id=scroll, scroll="30s")
-    finally:
-        if scroll:
-            client.clear_scroll(scroll_id=scroll)
-    return out
-
-
-def es_count(client, prefix: str, source: str) -> int:
-    pattern = f"{prefix}-{source}-*"
-    client.indices.refresh(index=pattern, ignore_unavailable=True, allow_no_indices=True)
-    return client.count(index=pattern, ignore_unavailable=True, allow_no_indices=True)["count"]
-
-
-def tsdb_points(client: OpenTSDBClient, metric: str, start: int, tags=None) -> dict[tuple, float]:
-    """(sorted tags, timestamp ms) -> value of every stored datapoint of ``metric``."""
-    out = {}
-    for series in client.query(metric, start=start, end=start + 7200, tags=tags, ms=True):
-        key = tuple(sorted(series["tags"].items()))
-        for ts, value in series["dps"].items():
-            out[(key, int(ts))] = value
-    return out
-
-
-class Running:
-    """An in-process loader on a thread."""
-
-    def __init__(self, cfg: StreamConfig) -> None:
-        self.loader = StreamLoader(cfg)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loader.run, args=(self.stop,))
-
-    def __enter__(self) -> StreamLoader:
-        self.thread.start()
-        assert self.loader.assigned.wait(30), "no partitions assigned"
-        return self.loader
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-
-
-def counter(metric, **labels) -> float:
-    return sum(s.value for m in metric.collect() for s in m.samples
-               if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()))
-
 
 # -- decoding: the batch path's meaning ------------------------------------------------
 PAYLOADS = [
@@ -192,7 +48,7 @@ PAYLOADS = [
 def test_stream_documents_equal_the_batch_path(payload):
     # The collector's receive time (whole ms, as it is since the stream loader exists) and its header.
     received = round(1770000000.4567891, 3)
-    header = iso_utc(received).encode()
+    header = timestamp_text(received).encode()
     parsed = parse_payload(payload, received)
     data = (",".join(SENSOR_SCHEMA.names) + "\n" + "".join(csv_line("dev-1", r) for r in parsed.readings)).encode()
     batch = transform_file(SENSOR, data)
@@ -227,7 +83,7 @@ def test_undecodable_sensor_records(key, payload, code):
 
 def test_undecodable_host_records():
     for value, needle in ((b"[1]", "not an object"), (b'{"timestamp": "x", "bogus": 1}', "bogus"),
-                          (b'{"timestamp": "2026-01-01T00:00:00Z", "host": "h", "cpu_usage_percent": null}', "no value")):
+                          (b'{"timestamp": "2026-01-01T00:00:00Z", "host": "h", "cpu_usage_percent": null}', "lacks column")):
         with pytest.raises(Undecodable, match=needle):
             host_documents(value)
 
@@ -305,7 +161,7 @@ def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch)
     cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), sinks=("elasticsearch",))
     metric = f"t.{run}.m"
     ts0 = int(time.time() * 1000)
-    mqtt_header = [(HEADER_MQTT_TOPIC, b"sensors/dev0"), (HEADER_RECEIVED_AT, iso_utc(round(time.time(), 3)).encode())]
+    mqtt_header = [(HEADER_MQTT_TOPIC, b"sensors/dev0"), (HEADER_RECEIVED_AT, timestamp_text(round(time.time(), 3)).encode())]
     # Same key: the poison sits in the middle of the good records' partition.
     t.sensor_records(metric, ts0, 5, devices=1)
     poison = [(t.raw, b"dev0", b"{oops", "not_json"),

@@ -1,0 +1,65 @@
+"""Pure parts of the stream loader's loop: a batch after a revocation, and the health verdict of a sink outage."""
+
+from __future__ import annotations
+
+import orjson
+from test_stream_decode import HEADERS, HOSTS, RAW, RULES, Record, seed
+
+from collectors.stream.batch import Batch
+from collectors.stream.deadletter import DeadLetter, sink_stage
+from collectors.stream.metrics import StreamMetrics
+
+
+class PartRecord(Record):
+    def __init__(self, partition: int, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._p = partition
+
+    def partition(self):
+        return self._p
+
+
+def test_a_revoked_partition_leaves_the_batch_and_its_offsets():
+    records = [PartRecord(0, RAW, b"dev0", seed(value=1.0), HEADERS, offset=10),
+               PartRecord(1, RAW, b"dev1", seed(value=2.0), HEADERS, offset=20),
+               PartRecord(1, RAW, b"dev1", b"{oops", HEADERS, offset=21),
+               PartRecord(0, RAW, b"dev0", seed(value=3.0, metric="m.other"), HEADERS, offset=11)]
+    batch = Batch.of(records, RULES)
+    batch.done.add("elasticsearch")
+    batch.deadletters.append(DeadLetter(records[3], sink_stage("opentsdb"), "refused", "no"))
+    assert batch.offsets() == {(RAW, 0): 12, (RAW, 1): 22}
+    rest = batch.drop({(RAW, 1)}, RULES)
+    assert [m.offset() for m in rest.messages] == [10, 11]
+    assert sorted(orjson.loads(d)["value"] for d in rest.docs["sensor"].documents) == [1.0, 3.0]
+    assert rest.done == {"elasticsearch"}, "a sink that took the whole batch holds the rest too"
+    assert [(d.message.offset(), d.stage) for d in rest.deadletters] == [(11, "sink:opentsdb")]
+    assert rest.offsets() == {(RAW, 0): 12}
+    assert batch.offsets(owned={(RAW, 0)}) == {(RAW, 0): 12}, "only owned partitions are committed"
+
+
+def test_the_same_reading_twice_is_one_document_the_later_wins():
+    first = PartRecord(0, RAW, b"dev0", seed(value=1.0), HEADERS, offset=1)
+    again = PartRecord(0, RAW, b"dev0", seed(value=2.0), HEADERS, offset=2)
+    batch = Batch.of([first, again, PartRecord(0, HOSTS, b"h", b"[]", None, offset=3)], RULES)
+    docs = batch.docs["sensor"]
+    assert len(docs.ids) == 1 and orjson.loads(docs.documents[0])["value"] == 2.0
+    assert batch.owners[docs.ids[0]] == [0, 1] and len(batch.deadletters) == 1
+
+
+def test_health_names_a_sink_down_longer_than_the_limit():
+    now = [100.0]
+    metrics = StreamMetrics(idle_after_s=30, clock=lambda: now[0])
+    health = metrics.health
+    assert health.check().healthy
+    health.traffic()
+    metrics.outages.failing("opentsdb", "opentsdb unavailable (ConnectionError: refused)")
+    now[0] += 20
+    assert health.check().healthy, "within the limit"
+    now[0] += 15
+    verdict = health.check()
+    assert not verdict.healthy
+    assert any("nothing was handled for 35 s" in r for r in verdict.reasons)
+    assert any(r.startswith("sinks: opentsdb down for 35 s (limit 30 s): opentsdb unavailable") for r in verdict.reasons)
+    metrics.outages.ok("opentsdb")
+    health.handled()
+    assert health.check().healthy
