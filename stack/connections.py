@@ -61,6 +61,17 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
     }
 
 
+def airflow_parallelism(cores: int | None = None) -> int:
+    """Task processes Airflow runs at once: four a core, at least 8.
+
+    A Sluice task mostly waits on MinIO, Elasticsearch or OpenTSDB, or on its own
+    interpreter starting; the two minute DAGs alone bring about twelve tasks a
+    minute, so fewer slots queue tasks behind each other while the cores idle.
+    Each task process is ~150 MB, so eight on a 2-core machine stay modest.
+    """
+    return max(8, 4 * (cores if cores is not None else (os.cpu_count() or 1)))
+
+
 def landing_url(config: StackConfig) -> str:
     return f"s3://{LANDING_BUCKET}"
 
@@ -72,9 +83,9 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # Two cores: a handful of task processes, not the default 32.
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        # Sized for the machine (airflow_parallelism), not the default 32.
+        "AIRFLOW__CORE__PARALLELISM": str(airflow_parallelism()),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(airflow_parallelism()),
         "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
         # include/ is imported by DAGs and plugins; it lives at the repository root.
         "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p),
