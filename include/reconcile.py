@@ -209,13 +209,13 @@ def count_opentsdb(client: OpenTSDBClient, source: str, minute: datetime, *, dev
     if not devices:
         return 0
     start = int(floor_minute(minute).timestamp())
-    # OpenTSDB's end is inclusive: stop one second before the next minute.
-    window = {"start": start, "end": start + 59, "aggregator": "none"}
     tag = "host" if source == HOST else "device"
     names = (HOST_REFERENCE_METRIC,) if source == HOST else (tuple(metrics) or (SENSOR_METRIC,))
     total = 0
     for name in names:
-        for series in client.query(name, tags={tag: "|".join(sorted(devices))}, **window):
+        # OpenTSDB's end is inclusive: stop one second before the next minute.
+        for series in client.query(name, tags={tag: "|".join(sorted(devices))}, start=start, end=start + 59,
+                                   aggregator="none"):
             total += sum(1 for ts in series.get("dps", {}) if start <= int(ts) < start + 60)
     return total
 
@@ -303,11 +303,12 @@ def count_kafka(consumer: Consumer, topic: str, source: str, minute: datetime, *
             for msg in batch:
                 if msg.error() is not None:
                     continue
-                part = msg.partition()
-                if part not in open_parts or msg.offset() >= ranges[part][1]:
+                # A consumed record always has both; the client's types allow None for produced ones.
+                part, offset = msg.partition(), msg.offset()
+                if part is None or offset is None or part not in open_parts or offset >= ranges[part][1]:
                     continue
                 seen.update(r for r in _readings(source, msg) if lo_s <= r[0] < hi_s)
-                if msg.offset() >= ranges[part][1] - 1:
+                if offset >= ranges[part][1] - 1:
                     open_parts.discard(part)
     finally:
         consumer.unassign()
@@ -322,18 +323,23 @@ def _readings(source: str, msg: Message) -> list[ReadingIdentity]:
     """
     try:
         key = (msg.key() or b"").decode("utf-8", "replace")
+        value = msg.value()
+        if value is None:  # a tombstone carries no reading
+            return []
         if source == HOST:
-            doc = orjson.loads(msg.value())
+            doc = orjson.loads(value)
             return [(_parse_time(doc["timestamp"]).timestamp(), doc.get("host") or key, "", "")]
         from include.sensors import parse_payload
 
         received = None
-        for name, value in msg.headers() or ():
-            if name == "received_at" and value:
-                received = _parse_time(value.decode()).timestamp()
+        headers = msg.headers() or []
+        for name, header in headers.items() if isinstance(headers, dict) else headers:
+            if name == "received_at" and header:
+                text = header.decode() if isinstance(header, bytes) else header
+                received = _parse_time(text).timestamp()
         if received is None:
             received = msg.timestamp()[1] / 1000
-        return [(r.epoch, key, r.metric, r.tags) for r in parse_payload(msg.value(), received).readings]
+        return [(r.epoch, key, r.metric, r.tags) for r in parse_payload(value, received).readings]
     except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
         return []
 
@@ -579,7 +585,7 @@ def red_minutes(client: Elasticsearch, *, prefix: str = ES_INDEX_PREFIX, limit: 
     resp = client.options(ignore_status=404).search(
         index=reconcile_index_pattern(prefix), size=limit, allow_no_indices=True, ignore_unavailable=True,
         query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, {"term": {"status": RED}}]}},
-        sort=[{ES_TIME_FIELD: "desc"}], source=["source", ES_TIME_FIELD],
+        sort=[{ES_TIME_FIELD: "desc"}], source_includes=["source", ES_TIME_FIELD],
     )
     return [(h["_source"]["source"], _parse_time(h["_source"][ES_TIME_FIELD]))
             for h in resp.get("hits", {}).get("hits", [])]
