@@ -47,10 +47,14 @@ from include.contract import (
     ES_TIME_FIELD,
     LOADED,
     RAW,
+    RECONCILE,
     FileDeadLetter,
+    daily_index,
     floor_minute,
+    index_pattern,
     minute_prefix,
     reason_code,
+    template_name,
 )
 from include.landing import LandingZone
 from include.manifests import read_manifests
@@ -64,8 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Index name part of the reconciliation documents: ``{prefix}-reconcile-YYYY.MM.DD``.
-RECONCILE = "reconcile"
 HOPS = ("received", "collector", "landed", "kafka", "loaded", "elasticsearch", "opentsdb")
 GREEN, AMBER, RED = "green", "amber", "red"
 #: OpenTSDB: host rows are counted by this metric (one point per row and host).
@@ -77,12 +79,9 @@ ReadingIdentity = tuple[float, str, str, str]
 DEFAULT_KAFKA_MARGIN_S = 120.0
 
 
-def reconcile_index_pattern(prefix: str = ES_INDEX_PREFIX) -> str:
-    return f"{prefix}-{RECONCILE}-*"
-
-
 def reconcile_index(minute: datetime, prefix: str = ES_INDEX_PREFIX) -> str:
-    return f"{prefix}-{RECONCILE}-{floor_minute(minute):%Y.%m.%d}"
+    """The daily reconcile index of a minute (its UTC day), named by the contract."""
+    return daily_index(RECONCILE, _iso(floor_minute(minute)), prefix=prefix)
 
 
 def _iso(value: datetime) -> str:
@@ -524,7 +523,7 @@ def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
     """Index template of the reconcile indices: names are keywords, counts longs."""
     counts = {"type": "long"}
     return {
-        "index_patterns": [reconcile_index_pattern(prefix)],
+        "index_patterns": [index_pattern(RECONCILE, prefix=prefix)],
         "template": {
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
             "mappings": {
@@ -551,7 +550,7 @@ def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
 
 def ensure_template(client: Elasticsearch, prefix: str = ES_INDEX_PREFIX) -> None:
     body = reconcile_template(prefix)
-    client.indices.put_index_template(name=f"{prefix}-{RECONCILE}", **body)
+    client.indices.put_index_template(name=template_name(RECONCILE, prefix=prefix), **body)
 
 
 def stored(client: Elasticsearch, prefix: str, ids: Sequence[tuple[str, datetime]]) -> dict[str, dict[str, Any]]:
@@ -559,7 +558,7 @@ def stored(client: Elasticsearch, prefix: str, ids: Sequence[tuple[str, datetime
     if not ids:
         return {}
     resp = client.options(ignore_status=404).search(
-        index=reconcile_index_pattern(prefix), size=len(ids), allow_no_indices=True, ignore_unavailable=True,
+        index=index_pattern(RECONCILE, prefix=prefix), size=len(ids), allow_no_indices=True, ignore_unavailable=True,
         query={"ids": {"values": [document_id(s, m) for s, m in ids]}},
     )
     return {hit["_id"]: hit["_source"] for hit in resp.get("hits", {}).get("hits", [])}
@@ -583,7 +582,7 @@ def store_results(client: Elasticsearch, verdicts: Sequence[Verdict], *, prefix:
 def red_minutes(client: Elasticsearch, *, prefix: str = ES_INDEX_PREFIX, limit: int = 30) -> list[tuple[str, datetime]]:
     """The newest ``limit`` minutes stored red (source, minute), to re-check every run."""
     resp = client.options(ignore_status=404).search(
-        index=reconcile_index_pattern(prefix), size=limit, allow_no_indices=True, ignore_unavailable=True,
+        index=index_pattern(RECONCILE, prefix=prefix), size=limit, allow_no_indices=True, ignore_unavailable=True,
         query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, {"term": {"status": RED}}]}},
         sort=[{ES_TIME_FIELD: "desc"}], source_includes=["source", ES_TIME_FIELD],
     )

@@ -18,17 +18,18 @@ from include.contract import (
     LAG,
     LOADED,
     RAW,
+    RECONCILE,
     FileDeadLetter,
     deadletter_prefix,
     floor_minute,
     hour_prefix,
+    index_pattern,
     minute_prefix,
     parse_key,
     reason_code,
     split_record_key,
 )
 from include.landing import LandingZone
-from include.reconcile import reconcile_index_pattern
 from include.schemas import SOURCES
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def _window(start: datetime, end: datetime) -> Doc:
 def reconcile_grid(client: Elasticsearch, start: datetime, end: datetime, *,
                    prefix: str = ES_INDEX_PREFIX) -> dict[tuple[str, str], Doc]:
     """(source, minute ISO) -> the stored reconcile document, for minutes in [start, end)."""
-    docs = _search(client, reconcile_index_pattern(prefix), size=10000,
+    docs = _search(client, index_pattern(RECONCILE, prefix=prefix), size=10000,
                    query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, _window(start, end)]}})
     return {(d["source"], d[ES_TIME_FIELD]): d for d in docs}
 
@@ -63,7 +64,7 @@ def reconcile_grid(client: Elasticsearch, start: datetime, end: datetime, *,
 def freshness_series(client: Elasticsearch, start: datetime, end: datetime, *,
                      prefix: str = ES_INDEX_PREFIX) -> dict[str, list[Doc]]:
     """source -> SLA documents (minute, freshness_s, breach) in [start, end), oldest first."""
-    docs = _search(client, reconcile_index_pattern(prefix), size=10000, sort=[{ES_TIME_FIELD: "asc"}],
+    docs = _search(client, index_pattern(RECONCILE, prefix=prefix), size=10000, sort=[{ES_TIME_FIELD: "asc"}],
                    query={"bool": {"filter": [{"term": {"kind": "sla"}}, _window(start, end)]}})
     out: dict[str, list[Doc]] = {s: [] for s in SOURCES}
     for d in docs:
