@@ -7,14 +7,18 @@ Nothing here imports Airflow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from include.landing import LandingZone
+    from include.manifests import Heartbeat
+    from include.reconcile import Freshness, Verdict
 
 log = logging.getLogger("sluice.alerts")
 
@@ -59,7 +63,8 @@ class Incident:
     source: str = ""
     minute: str = ""
     hop: str = ""
-    numbers: dict = field(default_factory=dict)
+    #: The figures behind the alert (counts, seconds); None where a figure is unknown (no lag read yet).
+    numbers: dict[str, float | None] = field(default_factory=dict)
     #: True when the problem is already over as it is found (a minute loaded late): alert, then clear.
     transient: bool = False
     opened_at: str = ""
@@ -82,7 +87,7 @@ def _now_text(now: datetime) -> str:
 class IncidentBook:
     """Open and recently cleared incidents, as one JSON document in the landing zone."""
 
-    def __init__(self, landing, key: str = INCIDENTS_KEY) -> None:
+    def __init__(self, landing: LandingZone, key: str = INCIDENTS_KEY) -> None:
         self.landing = landing
         self.key = key
         self._pending: tuple[dict[str, Incident], dict[str, Incident]] | None = None
@@ -171,7 +176,7 @@ def message(changes: Changes) -> tuple[str, str]:
     return subject, "\n".join(lines) + "\n"
 
 
-def payload(changes: Changes) -> dict:
+def payload(changes: Changes) -> dict[str, Any]:
     """The JSON body of a webhook alert: subject, text, and each incident with its numbers."""
     subject, text = message(changes)
     return {"subject": subject, "text": text,
@@ -181,7 +186,7 @@ def payload(changes: Changes) -> dict:
 # --- What each check sees, as incidents ------------------------------------------------------
 
 
-def mismatch_incidents(verdicts) -> tuple[list[Incident], list[str]]:
+def mismatch_incidents(verdicts: Iterable[Verdict]) -> tuple[list[Incident], list[str]]:
     """One incident per hop of a red minute (:class:`include.reconcile.Verdict`); every checked minute is a scope."""
     problems, scopes = [], []
     for v in verdicts:
@@ -198,7 +203,7 @@ def mismatch_incidents(verdicts) -> tuple[list[Incident], list[str]]:
     return problems, scopes
 
 
-def sla_incidents(results) -> tuple[list[Incident], list[str]]:
+def sla_incidents(results: Iterable[Freshness]) -> tuple[list[Incident], list[str]]:
     """One incident per breached minute (:class:`include.reconcile.Freshness`).
 
     A minute not queryable yet stays open until it is; one already queryable
@@ -220,7 +225,7 @@ def sla_incidents(results) -> tuple[list[Incident], list[str]]:
     return problems, scopes
 
 
-def heartbeat_incidents(heartbeats, now: datetime, *, misses: int) -> tuple[list[Incident], list[str]]:
+def heartbeat_incidents(heartbeats: Iterable[Heartbeat], now: datetime, *, misses: int) -> tuple[list[Incident], list[str]]:
     """One incident per writer whose heartbeat is older than ``misses`` intervals."""
     problems, scopes = [], []
     for hb in heartbeats:
@@ -238,7 +243,7 @@ def heartbeat_incidents(heartbeats, now: datetime, *, misses: int) -> tuple[list
     return problems, scopes
 
 
-def lag_incidents(partitions: list[dict]) -> tuple[list[Incident], list[str]]:
+def lag_incidents(partitions: Iterable[Mapping[str, Any]]) -> tuple[list[Incident], list[str]]:
     """One incident per partition whose newest lag document says STOP or STALL."""
     problems, scopes = [], []
     for p in partitions:

@@ -530,7 +530,9 @@ ES_INDEX_PREFIX_ENV: Final = "SLUICE_ES_INDEX_PREFIX"
 ES_TIME_FIELD: Final = "@timestamp"
 #: Source name of the Kafka consumer-lag documents (index ``{prefix}-lag-YYYY.MM.DD``).
 LAG: Final = "lag"
-ES_SOURCES: Final = (HOST, SENSOR, LAG)
+#: Source name of the reconciliation and freshness documents (index ``{prefix}-reconcile-YYYY.MM.DD``).
+RECONCILE: Final = "reconcile"
+ES_SOURCES: Final = (HOST, SENSOR, LAG, RECONCILE)
 _PREFIX: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 

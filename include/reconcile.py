@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -47,34 +47,41 @@ from include.contract import (
     ES_TIME_FIELD,
     LOADED,
     RAW,
+    RECONCILE,
     FileDeadLetter,
+    daily_index,
     floor_minute,
+    index_pattern,
     minute_prefix,
     reason_code,
+    template_name,
 )
 from include.landing import LandingZone
 from include.manifests import read_manifests
 from include.schemas import HOST, SENSOR, SENSOR_METRIC, SOURCES
 
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message
+    from elasticsearch import Elasticsearch
+
+    from include.opentsdb import OpenTSDBClient
+
 log = logging.getLogger(__name__)
 
-#: Index name part of the reconciliation documents: ``{prefix}-reconcile-YYYY.MM.DD``.
-RECONCILE = "reconcile"
 HOPS = ("received", "collector", "landed", "kafka", "loaded", "elasticsearch", "opentsdb")
 GREEN, AMBER, RED = "green", "amber", "red"
 #: OpenTSDB: host rows are counted by this metric (one point per row and host).
 HOST_REFERENCE_METRIC = "host.cpu_usage_percent"
+#: What makes one reading on Kafka: ``(epoch seconds, device, metric, tags)``.
+ReadingIdentity = tuple[float, str, str, str]
 #: Kafka: records whose timestamp is this far before or after the minute are still read,
 #: because a reading's own time may differ from the time it was produced (seconds).
 DEFAULT_KAFKA_MARGIN_S = 120.0
 
 
-def reconcile_index_pattern(prefix: str = ES_INDEX_PREFIX) -> str:
-    return f"{prefix}-{RECONCILE}-*"
-
-
 def reconcile_index(minute: datetime, prefix: str = ES_INDEX_PREFIX) -> str:
-    return f"{prefix}-{RECONCILE}-{floor_minute(minute):%Y.%m.%d}"
+    """The daily reconcile index of a minute (its UTC day), named by the contract."""
+    return daily_index(RECONCILE, _iso(floor_minute(minute)), prefix=prefix)
 
 
 def _iso(value: datetime) -> str:
@@ -145,8 +152,9 @@ def count_loaded(landing: LandingZone, source: str, minute: datetime) -> tuple[i
         record = loads.LoadRecord.from_json(landing.get(info.key))
         if record.key not in newest or record.loaded_at >= newest[record.key].loaded_at:
             newest[record.key] = record
-    accepted, reasons = 0, {}
-    loaded_at = None
+    accepted = 0
+    reasons: dict[str, int] = {}
+    loaded_at: datetime | None = None
     for record in newest.values():
         accepted += record.accepted
         when = _parse_time(record.loaded_at) if record.loaded_at else None
@@ -179,15 +187,15 @@ def _add(into: dict[str, int], more: Mapping[str, int]) -> None:
         into[key] = into.get(key, 0) + value
 
 
-def count_elasticsearch(client, source: str, minute: datetime, *, prefix: str = ES_INDEX_PREFIX) -> int:
+def count_elasticsearch(client: Elasticsearch, source: str, minute: datetime, *, prefix: str = ES_INDEX_PREFIX) -> int:
     """Documents of the minute in ``{prefix}-{source}-*``: one ``count`` on ``@timestamp`` in [M, M+1min)."""
     start = floor_minute(minute)
     query = {"range": {ES_TIME_FIELD: {"gte": _iso(start), "lt": _iso(start + timedelta(minutes=1))}}}
-    return client.count(index=f"{prefix}-{source}-*", query=query, allow_no_indices=True,
-                        ignore_unavailable=True)["count"]
+    resp = client.count(index=f"{prefix}-{source}-*", query=query, allow_no_indices=True, ignore_unavailable=True)
+    return int(resp["count"])
 
 
-def count_opentsdb(client, source: str, minute: datetime, *, devices: Sequence[str],
+def count_opentsdb(client: OpenTSDBClient, source: str, minute: datetime, *, devices: Sequence[str],
                    metrics: Sequence[str] = ()) -> int:
     """Points of the minute in OpenTSDB, for the devices (hosts) that landed files.
 
@@ -200,18 +208,18 @@ def count_opentsdb(client, source: str, minute: datetime, *, devices: Sequence[s
     if not devices:
         return 0
     start = int(floor_minute(minute).timestamp())
-    # OpenTSDB's end is inclusive: stop one second before the next minute.
-    window = {"start": start, "end": start + 59, "aggregator": "none"}
     tag = "host" if source == HOST else "device"
     names = (HOST_REFERENCE_METRIC,) if source == HOST else (tuple(metrics) or (SENSOR_METRIC,))
     total = 0
     for name in names:
-        for series in client.query(name, tags={tag: "|".join(sorted(devices))}, **window):
+        # OpenTSDB's end is inclusive: stop one second before the next minute.
+        for series in client.query(name, tags={tag: "|".join(sorted(devices))}, start=start, end=start + 59,
+                                   aggregator="none"):
             total += sum(1 for ts in series.get("dps", {}) if start <= int(ts) < start + 60)
     return total
 
 
-def _es_metrics(client, minute: datetime, *, prefix: str) -> list[str]:
+def _es_metrics(client: Elasticsearch, minute: datetime, *, prefix: str) -> list[str]:
     """Sensor metric names Elasticsearch holds for the minute (a terms aggregation; [] when unreachable)."""
     start = floor_minute(minute)
     try:
@@ -237,7 +245,7 @@ def sensor_metrics(landing: LandingZone, keys: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
-def count_kafka(consumer, topic: str, source: str, minute: datetime, *, margin_s: float = DEFAULT_KAFKA_MARGIN_S,
+def count_kafka(consumer: Consumer, topic: str, source: str, minute: datetime, *, margin_s: float = DEFAULT_KAFKA_MARGIN_S,
                 timeout_s: float = 10.0) -> int:
     """Readings of the minute on ``topic``, by the reading's own time.
 
@@ -267,7 +275,7 @@ def count_kafka(consumer, topic: str, source: str, minute: datetime, *, margin_s
     parts = sorted(meta.partitions)
     los = consumer.offsets_for_times([TopicPartition(topic, p, lo_ms) for p in parts], timeout=timeout_s)
     his = consumer.offsets_for_times([TopicPartition(topic, p, hi_ms) for p in parts], timeout=timeout_s)
-    ranges = {}
+    ranges: dict[int, tuple[int, int]] = {}
     for lo, hi in zip(los, his, strict=True):
         _, end = consumer.get_watermark_offsets(TopicPartition(topic, lo.partition), timeout=timeout_s)
         first = end if lo.offset in (OFFSET_END, -1) else lo.offset
@@ -277,7 +285,7 @@ def count_kafka(consumer, topic: str, source: str, minute: datetime, *, margin_s
     if not ranges:
         return 0
     consumer.assign([TopicPartition(topic, p, first) for p, (first, _) in ranges.items()])
-    seen: set[tuple] = set()
+    seen: set[ReadingIdentity] = set()
     lo_s, hi_s = start.timestamp(), start.timestamp() + 60
     try:
         open_parts = set(ranges)
@@ -294,18 +302,19 @@ def count_kafka(consumer, topic: str, source: str, minute: datetime, *, margin_s
             for msg in batch:
                 if msg.error() is not None:
                     continue
-                part = msg.partition()
-                if part not in open_parts or msg.offset() >= ranges[part][1]:
+                # A consumed record always has both; the client's types allow None for produced ones.
+                part, offset = msg.partition(), msg.offset()
+                if part is None or offset is None or part not in open_parts or offset >= ranges[part][1]:
                     continue
                 seen.update(r for r in _readings(source, msg) if lo_s <= r[0] < hi_s)
-                if msg.offset() >= ranges[part][1] - 1:
+                if offset >= ranges[part][1] - 1:
                     open_parts.discard(part)
     finally:
         consumer.unassign()
     return len(seen)
 
 
-def _readings(source: str, msg) -> list[tuple]:
+def _readings(source: str, msg: Message) -> list[ReadingIdentity]:
     """The identity ``(epoch, device, metric, tags)`` of each reading in one record (none when undecodable).
 
     Counting identities, not records, makes a record delivered twice (the
@@ -313,18 +322,23 @@ def _readings(source: str, msg) -> list[tuple]:
     """
     try:
         key = (msg.key() or b"").decode("utf-8", "replace")
+        value = msg.value()
+        if value is None:  # a tombstone carries no reading
+            return []
         if source == HOST:
-            doc = orjson.loads(msg.value())
+            doc = orjson.loads(value)
             return [(_parse_time(doc["timestamp"]).timestamp(), doc.get("host") or key, "", "")]
         from include.sensors import parse_payload
 
         received = None
-        for name, value in msg.headers() or ():
-            if name == "received_at" and value:
-                received = _parse_time(value.decode()).timestamp()
+        headers = msg.headers() or []
+        for name, header in headers.items() if isinstance(headers, dict) else headers:
+            if name == "received_at" and header:
+                text = header.decode() if isinstance(header, bytes) else header
+                received = _parse_time(text).timestamp()
         if received is None:
             received = msg.timestamp()[1] / 1000
-        return [(r.epoch, key, r.metric, r.tags) for r in parse_payload(msg.value(), received).readings]
+        return [(r.epoch, key, r.metric, r.tags) for r in parse_payload(value, received).readings]
     except (ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
         return []
 
@@ -334,10 +348,10 @@ def count_hops(
     source: str,
     minute: datetime,
     *,
-    elasticsearch=None,
+    elasticsearch: Elasticsearch | None = None,
     es_prefix: str = ES_INDEX_PREFIX,
-    opentsdb=None,
-    kafka: Callable[[], Any] | None = None,
+    opentsdb: OpenTSDBClient | None = None,
+    kafka: Callable[[], Consumer] | None = None,
     kafka_topic: str | None = None,
 ) -> MinuteCounts:
     """Measure every configured hop of one minute (sinks and Kafka that are ``None`` are not measured).
@@ -436,21 +450,24 @@ class Verdict:
 def judge(counts: MinuteCounts) -> Verdict:
     """Compare every measured hop with the collectors' rows (see the module docstring)."""
     hops = counts.hops
-    if hops.get("collector") is not None:
-        base, basis = hops["collector"], "the collectors' manifests"
+    collector = hops.get("collector")
+    if collector is not None:
+        base, basis = collector, "the collectors' manifests"
     else:
         base, basis = hops["landed"] or 0, "the landed files"
     mismatches = []
     # With no manifest the landed files are the basis, so they cannot disagree with it.
-    checked = ("landed", "kafka") if hops.get("collector") is not None else ("kafka",)
+    checked = ("landed", "kafka") if collector is not None else ("kafka",)
     for hop in checked:
-        if hops.get(hop) is not None and hops[hop] != base:
-            mismatches.append(Mismatch(hop, base, hops[hop], basis))
+        found = hops.get(hop)
+        if found is not None and found != base:
+            mismatches.append(Mismatch(hop, base, found, basis))
     after_load = base - counts.load_deadletters
     basis_load = f"{basis} less {counts.load_deadletters} dead-lettered" if counts.load_deadletters else basis
     for hop in ("loaded", "elasticsearch", "opentsdb"):
-        if hops.get(hop) is not None and hops[hop] != after_load:
-            mismatches.append(Mismatch(hop, after_load, hops[hop], basis_load))
+        found = hops.get(hop)
+        if found is not None and found != after_load:
+            mismatches.append(Mismatch(hop, after_load, found, basis_load))
     status = RED if mismatches else (AMBER if counts.unmeasured else GREEN)
     return Verdict(counts.source, counts.minute, status, mismatches, counts)
 
@@ -462,7 +479,7 @@ class ReconcileMismatch(RuntimeError):
 # --- Storage ----------------------------------------------------------------------------------
 
 
-def result_document(verdict: Verdict, *, checked_at: datetime, previous: Mapping | None = None) -> dict:
+def result_document(verdict: Verdict, *, checked_at: datetime, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``sluice-reconcile-*`` document of one verdict (``previous``: the stored one, for healing)."""
     c = verdict.counts
     doc: dict[str, Any] = {
@@ -502,11 +519,11 @@ def document_id(source: str, minute: datetime) -> str:
     return f"{source}:{_iso(floor_minute(minute))}"
 
 
-def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict:
+def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
     """Index template of the reconcile indices: names are keywords, counts longs."""
     counts = {"type": "long"}
     return {
-        "index_patterns": [reconcile_index_pattern(prefix)],
+        "index_patterns": [index_pattern(RECONCILE, prefix=prefix)],
         "template": {
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
             "mappings": {
@@ -531,24 +548,24 @@ def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict:
     }
 
 
-def ensure_template(client, prefix: str = ES_INDEX_PREFIX) -> None:
+def ensure_template(client: Elasticsearch, prefix: str = ES_INDEX_PREFIX) -> None:
     body = reconcile_template(prefix)
-    client.indices.put_index_template(name=f"{prefix}-{RECONCILE}", **body)
+    client.indices.put_index_template(name=template_name(RECONCILE, prefix=prefix), **body)
 
 
-def stored(client, prefix: str, ids: Sequence[tuple[str, datetime]]) -> dict[str, dict]:
+def stored(client: Elasticsearch, prefix: str, ids: Sequence[tuple[str, datetime]]) -> dict[str, dict[str, Any]]:
     """The stored reconcile documents of ``(source, minute)`` pairs, by document id."""
     if not ids:
         return {}
     resp = client.options(ignore_status=404).search(
-        index=reconcile_index_pattern(prefix), size=len(ids), allow_no_indices=True, ignore_unavailable=True,
+        index=index_pattern(RECONCILE, prefix=prefix), size=len(ids), allow_no_indices=True, ignore_unavailable=True,
         query={"ids": {"values": [document_id(s, m) for s, m in ids]}},
     )
     return {hit["_id"]: hit["_source"] for hit in resp.get("hits", {}).get("hits", [])}
 
 
-def store_results(client, verdicts: Sequence[Verdict], *, prefix: str = ES_INDEX_PREFIX,
-                  checked_at: datetime | None = None) -> list[dict]:
+def store_results(client: Elasticsearch, verdicts: Sequence[Verdict], *, prefix: str = ES_INDEX_PREFIX,
+                  checked_at: datetime | None = None) -> list[dict[str, Any]]:
     """Index one document per verdict (healing against what is stored); returns the documents."""
     checked_at = checked_at or datetime.now(timezone.utc)
     ensure_template(client, prefix)
@@ -562,12 +579,12 @@ def store_results(client, verdicts: Sequence[Verdict], *, prefix: str = ES_INDEX
     return docs
 
 
-def red_minutes(client, *, prefix: str = ES_INDEX_PREFIX, limit: int = 30) -> list[tuple[str, datetime]]:
+def red_minutes(client: Elasticsearch, *, prefix: str = ES_INDEX_PREFIX, limit: int = 30) -> list[tuple[str, datetime]]:
     """The newest ``limit`` minutes stored red (source, minute), to re-check every run."""
     resp = client.options(ignore_status=404).search(
-        index=reconcile_index_pattern(prefix), size=limit, allow_no_indices=True, ignore_unavailable=True,
+        index=index_pattern(RECONCILE, prefix=prefix), size=limit, allow_no_indices=True, ignore_unavailable=True,
         query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, {"term": {"status": RED}}]}},
-        sort=[{ES_TIME_FIELD: "desc"}], source=["source", ES_TIME_FIELD],
+        sort=[{ES_TIME_FIELD: "desc"}], source_includes=["source", ES_TIME_FIELD],
     )
     return [(h["_source"]["source"], _parse_time(h["_source"][ES_TIME_FIELD]))
             for h in resp.get("hits", {}).get("hits", [])]
@@ -577,10 +594,10 @@ def reconcile_minutes(
     landing: LandingZone,
     pairs: Iterable[tuple[str, datetime]],
     *,
-    elasticsearch,
+    elasticsearch: Elasticsearch,
     es_prefix: str = ES_INDEX_PREFIX,
-    opentsdb=None,
-    kafka: Callable[[], Any] | None = None,
+    opentsdb: OpenTSDBClient | None = None,
+    kafka: Callable[[], Consumer] | None = None,
     kafka_topics: Mapping[str, str] | None = None,
     measure_elasticsearch: bool = True,
     checked_at: datetime | None = None,
@@ -630,7 +647,7 @@ class Freshness:
         return (f"{self.source} {_iso(self.minute)} became queryable {self.freshness_s:.0f} s after the minute "
                 f"(SLA {self.sla_s:g} s)")
 
-    def to_document(self, *, checked_at: datetime) -> dict:
+    def to_document(self, *, checked_at: datetime) -> dict[str, Any]:
         lateness = None if self.freshness_s is None else self.freshness_s - self.sla_s
         return {ES_TIME_FIELD: _iso(self.minute), "kind": "sla", "source": self.source, "sla_s": self.sla_s,
                 "freshness_s": self.freshness_s, "lateness_s": lateness, "breach": self.breach,
@@ -662,7 +679,7 @@ def check_freshness(landing: LandingZone, source: str, minute: datetime, *, now:
     return Freshness(source, minute, sla_s, freshness, freshness > sla_s)
 
 
-def store_freshness(client, results: Sequence[Freshness], *, prefix: str = ES_INDEX_PREFIX,
+def store_freshness(client: Elasticsearch, results: Sequence[Freshness], *, prefix: str = ES_INDEX_PREFIX,
                     checked_at: datetime | None = None) -> None:
     """Index each freshness result as ``sla:{source}:{minute}`` beside the reconcile documents."""
     checked_at = checked_at or datetime.now(timezone.utc)

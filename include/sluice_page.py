@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from html import escape
 from urllib.parse import urlencode
+from typing import Any
 
 COLOURS = {"green": "#2e9e4f", "amber": "#e6a23c", "red": "#d9423a", "none": "#d5d9de"}
 LAG_COLOURS = {"OK": "#2e9e4f", "WARN": "#e6a23c", "REWIND": "#e6a23c", "STALL": "#d9423a", "STOP": "#8f1d17",
@@ -52,7 +53,7 @@ def _document(title: str, body: str) -> str:
 # --- Pictures ---------------------------------------------------------------------------------
 
 
-def grid_svg(cells: Mapping[tuple[str, str], Mapping], minutes: Sequence[datetime], sources: Sequence[str],
+def grid_svg(cells: Mapping[tuple[str, str], Mapping[str, Any]], minutes: Sequence[datetime], sources: Sequence[str],
              link: Callable[[str, datetime], str]) -> str:
     """One row per source, one cell per minute: green, amber, red, or grey (not reconciled yet)."""
     label_w, top, cell_h = 70, 22, 26
@@ -87,7 +88,7 @@ def grid_svg(cells: Mapping[tuple[str, str], Mapping], minutes: Sequence[datetim
     return "".join(out)
 
 
-def freshness_svg(series: Mapping[str, Sequence[Mapping]], start: datetime, end: datetime, sla_s: float) -> str:
+def freshness_svg(series: Mapping[str, Sequence[Mapping[str, Any]]], start: datetime, end: datetime, sla_s: float) -> str:
     """Seconds from each minute's end to queryable, per source, a dashed SLA line; breaches as red rings."""
     w, h, left, bottom, top = 900, 240, 48, 28, 12
     values = [d["freshness_s"] for docs in series.values() for d in docs if d.get("freshness_s") is not None]
@@ -140,7 +141,7 @@ def freshness_svg(series: Mapping[str, Sequence[Mapping]], start: datetime, end:
     return "".join(out)
 
 
-def lag_svg(partitions: Sequence[Mapping]) -> str:
+def lag_svg(partitions: Sequence[Mapping[str, Any]]) -> str:
     """One tile per (group, topic, partition): colour = status, bar = lag relative to the largest."""
     if not partitions:
         return "<p id='lag-status' class='sub'>no consumer-lag check in the last 10 minutes (is sluice_kafka_lag on?)</p>"
@@ -169,7 +170,7 @@ def lag_svg(partitions: Sequence[Mapping]) -> str:
     return "".join(out)
 
 
-def hops_svg(doc: Mapping) -> str:
+def hops_svg(doc: Mapping[str, Any]) -> str:
     """One bar per hop of one minute; a hop that disagrees is red, one not measured is grey."""
     hops = doc.get("hops") or {}
     failed = doc.get("unmeasured") or {}
@@ -202,7 +203,7 @@ def _legend() -> str:
     return f"<div class='legend'>{items}<span>outlined: healed</span></div>"
 
 
-def deadletters_html(entries: Sequence[Mapping], *, devices: Sequence[str], reasons: Sequence[str],
+def deadletters_html(entries: Sequence[Mapping[str, Any]], *, devices: Sequence[str], reasons: Sequence[str],
                      device: str, reason: str, hours: float, action: str) -> str:
     def options(values: Sequence[str], chosen: str, everything: str) -> str:
         opts = [f"<option value=''>{everything}</option>"]
@@ -240,7 +241,7 @@ def overview_page(*, start: datetime, end: datetime, grid: str, freshness: str, 
     return _document("Sluice", body)
 
 
-def minute_page(source: str, minute: datetime, doc: Mapping | None, *, dag_runs: str, run: str,
+def minute_page(source: str, minute: datetime, doc: Mapping[str, Any] | None, *, dag_runs: str, run: str,
                 files: Mapping[str, str], back: str) -> str:
     if doc is None:
         verdict = "<p class='sub'>This minute has not been reconciled.</p>"
@@ -267,7 +268,7 @@ def minute_page(source: str, minute: datetime, doc: Mapping | None, *, dag_runs:
     return _document(f"Sluice {source} {_iso(minute)}", body)
 
 
-def listing_page(prefix: str, objects: Sequence[Mapping], *, file_url: Callable[[str], str], back: str) -> str:
+def listing_page(prefix: str, objects: Sequence[Mapping[str, Any]], *, file_url: Callable[[str], str], back: str) -> str:
     rows = "".join(f"<tr><td><a href='{_a(file_url(o['key']))}'>{_a(o['key'])}</a></td><td>{o['size']}</td>"
                    f"<td><code>{_a(o['etag'])}</code></td></tr>" for o in objects)
     body = (f"<p><a href='{_a(back)}'>← back</a></p><h1><code>{_a(prefix)}</code></h1>"

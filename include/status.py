@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
 
 from include.contract import (
     ES_INDEX_PREFIX,
@@ -17,70 +18,80 @@ from include.contract import (
     LAG,
     LOADED,
     RAW,
+    RECONCILE,
     FileDeadLetter,
     deadletter_prefix,
     floor_minute,
     hour_prefix,
+    index_pattern,
     minute_prefix,
     parse_key,
     reason_code,
     split_record_key,
 )
 from include.landing import LandingZone
-from include.reconcile import reconcile_index_pattern
 from include.schemas import SOURCES
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+
+#: An Elasticsearch ``_source`` as stored (JSON: field values are of any JSON type).
+Doc = dict[str, Any]
 
 
 def _iso(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _search(client, index: str, **kwargs) -> list[dict]:
+def _search(client: Elasticsearch, index: str, **kwargs: Any) -> list[Doc]:
     resp = client.options(ignore_status=404).search(index=index, allow_no_indices=True, ignore_unavailable=True,
                                                      **kwargs)
     return [h["_source"] for h in resp.get("hits", {}).get("hits", [])]
 
 
-def _window(start: datetime, end: datetime) -> dict:
+def _window(start: datetime, end: datetime) -> Doc:
     return {"range": {ES_TIME_FIELD: {"gte": _iso(start), "lt": _iso(end)}}}
 
 
-def reconcile_grid(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> dict[tuple[str, str], dict]:
+def reconcile_grid(client: Elasticsearch, start: datetime, end: datetime, *,
+                   prefix: str = ES_INDEX_PREFIX) -> dict[tuple[str, str], Doc]:
     """(source, minute ISO) -> the stored reconcile document, for minutes in [start, end)."""
-    docs = _search(client, reconcile_index_pattern(prefix), size=10000,
+    docs = _search(client, index_pattern(RECONCILE, prefix=prefix), size=10000,
                    query={"bool": {"filter": [{"term": {"kind": "reconcile"}}, _window(start, end)]}})
     return {(d["source"], d[ES_TIME_FIELD]): d for d in docs}
 
 
-def freshness_series(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> dict[str, list[dict]]:
+def freshness_series(client: Elasticsearch, start: datetime, end: datetime, *,
+                     prefix: str = ES_INDEX_PREFIX) -> dict[str, list[Doc]]:
     """source -> SLA documents (minute, freshness_s, breach) in [start, end), oldest first."""
-    docs = _search(client, reconcile_index_pattern(prefix), size=10000, sort=[{ES_TIME_FIELD: "asc"}],
+    docs = _search(client, index_pattern(RECONCILE, prefix=prefix), size=10000, sort=[{ES_TIME_FIELD: "asc"}],
                    query={"bool": {"filter": [{"term": {"kind": "sla"}}, _window(start, end)]}})
-    out: dict[str, list[dict]] = {s: [] for s in SOURCES}
+    out: dict[str, list[Doc]] = {s: [] for s in SOURCES}
     for d in docs:
         out.setdefault(d["source"], []).append(d)
     return out
 
 
-def latest_lag(client, *, now: datetime, within: timedelta = timedelta(minutes=10),
-               prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+def latest_lag(client: Elasticsearch, *, now: datetime, within: timedelta = timedelta(minutes=10),
+               prefix: str = ES_INDEX_PREFIX) -> list[Doc]:
     """The newest lag document of every (group, topic, partition) of the last ``within``."""
     docs = _search(client, f"{prefix}-{LAG}-*", size=2000, sort=[{ES_TIME_FIELD: "desc"}],
                    query={"bool": {"filter": [_window(now - within, now + timedelta(minutes=1))]}})
-    newest: dict[tuple, dict] = {}
+    newest: dict[tuple[Any, Any, Any], Doc] = {}
     for d in docs:
         newest.setdefault((d.get("group"), d.get("topic"), d.get("partition")), d)
     return sorted(newest.values(), key=lambda d: (d.get("group") or "", d.get("topic") or "", d.get("partition") or 0))
 
 
-def lag_history(client, start: datetime, end: datetime, *, prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+def lag_history(client: Elasticsearch, start: datetime, end: datetime, *,
+                prefix: str = ES_INDEX_PREFIX) -> list[Doc]:
     """Every lag document in [start, end), oldest first (the page draws status over time)."""
     return _search(client, f"{prefix}-{LAG}-*", size=10000, sort=[{ES_TIME_FIELD: "asc"}],
                    query={"bool": {"filter": [_window(start, end)]}})
 
 
 def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device: str = "", reason: str = "",
-                limit: int = 200) -> list[dict]:
+                limit: int = 200) -> list[Doc]:
     """The newest dead-lettered rows and files of [start, end), from ``deadletter/file/``; filter by device, reason code.
 
     One entry per refused row, file or document: minute, source, device (the
@@ -99,7 +110,7 @@ def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device:
                 if start <= minute < end:
                     keys.append((minute, source, info.key))
         hour += timedelta(hours=1)
-    out: list[dict] = []
+    out: list[Doc] = []
     for minute, source, key in sorted(keys, reverse=True):
         raw_key, _ = split_record_key(key)
         writer = parse_key(raw_key).writer
@@ -113,7 +124,7 @@ def deadletters(landing: LandingZone, start: datetime, end: datetime, *, device:
     return out
 
 
-def _entries(dl: FileDeadLetter) -> Iterator[dict]:
+def _entries(dl: FileDeadLetter) -> Iterator[dict[str, str]]:
     """One entry per refused row, file or document; the device of a row is its second CSV column."""
     if dl.quarantined:
         yield {"code": reason_code(dl.reason or "quarantined"), "reason": dl.reason or "", "row": "", "device": ""}
@@ -134,6 +145,6 @@ def minute_links(source: str, minute: datetime) -> dict[str, str]:
     return {"raw": raw, "loaded": LOADED + raw[len(RAW):], "deadletter": deadletter_prefix(FILE) + raw[len(RAW):]}
 
 
-def listing(landing: LandingZone, prefix: str) -> list[dict]:
+def listing(landing: LandingZone, prefix: str) -> list[dict[str, str | int]]:
     """``{"key", "size", "etag"}`` of every object under ``prefix`` (the page lists a minute's files)."""
     return [{"key": i.key, "size": i.size, "etag": i.etag} for i in landing.list(prefix)]

@@ -114,9 +114,11 @@ def wait_for_runs(client: AirflowClient, minutes: list[datetime], *, timeout: fl
 
 
 def run(config: StackConfig, *, minutes: int = 3) -> int:
+    from include import contract
     from include import elasticsearch as es_mod
     from include.landing import open_landing
     from include.opentsdb import OpenTSDBClient
+    from include.schemas import SENSOR, SOURCES
     from stack.connections import landing_url
 
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -135,7 +137,8 @@ def run(config: StackConfig, *, minutes: int = 3) -> int:
 
     landing = open_landing(landing_url(config), s3_client=MinIO(config).client())
     es = es_mod.connect(config.url("elasticsearch"))
-    es.indices.refresh(index="sluice-*")
+    prefix = contract.index_prefix()
+    es.indices.refresh(index=",".join(contract.index_pattern(s, prefix=prefix) for s in SOURCES))
     print("2/2 per minute and source, from the scheduler's runs (state and seconds after the minute's end)\n")
     print(f"{'minute (UTC)':<17} {'source':<7} {'run':<8} {'after':>6} {'files':>5} {'landed rows':>11} "
           f"{'DAG loaded':>10} {'ES docs':>8} {'OpenTSDB':>9}  match")
@@ -159,7 +162,7 @@ def run(config: StackConfig, *, minutes: int = 3) -> int:
     print(f"""
 Where to look:
   Airflow UI     {config.url('airflow_api')} (admin; password in runtime/airflow/simple_auth_manager_passwords.json)
-  Elasticsearch  curl -s '{es_url}/sluice-sensor-*/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
+  Elasticsearch  curl -s '{es_url}/{contract.index_pattern(SENSOR, prefix=prefix)}/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
   OpenTSDB       {config.url('opentsdb')}/api/query?start=1h-ago&m=none:mqtt.home.pcroom{{type=temperature}}
   Landing zone   MinIO {config.url('minio')} bucket {LANDING_BUCKET} (raw/, loaded/, deadletter/)
   Health         python -m stack status

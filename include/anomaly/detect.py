@@ -40,6 +40,10 @@ on the simulator's data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 METHOD = "bucket-median-mad"
 #: 1 / Φ⁻¹(3/4): turns a MAD into a standard deviation for Gaussian noise.
@@ -70,12 +74,12 @@ class Method:
         if self.min_points < 3:
             raise ValueError(f"min_points must be >= 3, got {self.min_points}")
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": METHOD, "bucket_seconds": self.bucket_seconds, "threshold": self.threshold,
                 "min_points": self.min_points}
 
 
-def find_anomalies(readings, method: Method = Method()):
+def find_anomalies(readings: DataFrame, method: Method = Method()) -> DataFrame:
     """Anomalous readings of a long DataFrame ``source, device, metric, tags, epoch, value``.
 
     ``epoch`` is seconds (double, milliseconds as a fraction). Returns one row
@@ -108,7 +112,7 @@ def find_anomalies(readings, method: Method = Method()):
     )
 
 
-def daily_aggregates(readings):
+def daily_aggregates(readings: DataFrame) -> DataFrame:
     """Per UTC day, device and series: count, min, max, mean and p95 of ``value``.
 
     p95 is ``percentile_approx`` at accuracy :data:`PERCENTILE_ACCURACY`: the

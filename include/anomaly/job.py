@@ -38,8 +38,8 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypedDict
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlparse
 
@@ -50,6 +50,9 @@ from include.contract import format_timestamp, parse_key
 from include.landing import LandingZone, open_landing
 from include.loads import list_landed, list_quarantined
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, SOURCES
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("include.anomaly.job")
 
@@ -77,6 +80,64 @@ class JobConfig:
         unknown = [s for s in self.sources if s not in SOURCES]
         if unknown:
             raise ValueError(f"source(s) {', '.join(unknown)} not among {', '.join(SOURCES)}")
+
+
+class Window(TypedDict):
+    """A job window as ISO-8601 UTC text: ``start`` inclusive, ``end`` exclusive."""
+
+    start: str
+    end: str
+
+
+class SkippedFile(TypedDict):
+    """A quarantined file the job left out, with the loader's reason."""
+
+    key: str
+    etag: str
+    reason: str
+
+
+class AnomalyRow(TypedDict):
+    device: str
+    metric: str
+    tags: str
+    timestamp: str
+    #: Seconds since the epoch (milliseconds as a fraction).
+    epoch: float
+    value: float
+    expected: float
+    low: float
+    high: float
+    score: float
+    bucket_points: int
+
+
+class DailyRow(TypedDict):
+    #: ``YYYY-MM-DD``, UTC.
+    day: str
+    device: str
+    metric: str
+    tags: str
+    count: int
+    min: float
+    max: float
+    mean: float
+    p95: float
+
+
+class SourceResult(TypedDict):
+    """The result document of one source and window, as :func:`run` writes it to :func:`result_key`."""
+
+    source: str
+    window: Window
+    method: dict[str, Any]
+    files: int
+    skipped: list[SkippedFile]
+    rows: int
+    series: int
+    anomalies: list[AnomalyRow]
+    daily_days: list[str]
+    daily: list[DailyRow]
 
 
 def result_key(source: str, start: datetime, end: datetime) -> str:
@@ -121,7 +182,7 @@ def s3a_conf(environ: Mapping[str, str]) -> dict[str, str]:
     return conf
 
 
-def start_spark(app_name: str, conf: Mapping[str, str]):
+def start_spark(app_name: str, conf: Mapping[str, str]) -> SparkSession:
     """A SparkSession (master and memory from spark-submit), or SparkStartError with the reason.
 
     When the JVM cannot start, pyspark raises a gateway error whose message
@@ -153,14 +214,15 @@ def start_spark(app_name: str, conf: Mapping[str, str]):
 class WindowFiles:
     #: What Spark reads: folders (or single files) that hold exactly the window's readable files.
     paths: list[str]
-    skipped: list[dict]
+    skipped: list[SkippedFile]
     keys: list[str]
 
 
 def window_files(landing: LandingZone, source: str, start: datetime, end: datetime) -> WindowFiles:
     """The CSV files of ``source`` for minutes in [start, end), quarantined ones left out with their reason."""
     quarantined = list_quarantined(landing, source, start, end)
-    keys, skipped = [], []
+    keys: list[str] = []
+    skipped: list[SkippedFile] = []
     for info in list_landed(landing, source, start, end):
         reason = quarantined.get((info.key, info.etag))
         if reason is not None:
@@ -199,7 +261,7 @@ def covering_folders(keys: Sequence[str], start: datetime, end: datetime) -> lis
     return sorted(folders)
 
 
-def read_readings(spark, source: str, paths: Sequence[str]):
+def read_readings(spark: SparkSession, source: str, paths: Sequence[str]) -> DataFrame:
     """Long format ``source, device, metric, tags, timestamp, epoch, value`` of the CSV files under ``paths``.
 
     Columns are read by position against the full schema (columns are only
@@ -251,14 +313,14 @@ def completed_days(start: datetime, end: datetime) -> list[datetime]:
     return out
 
 
-def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> dict:
+def run_source(spark: SparkSession, landing: LandingZone, config: JobConfig, source: str) -> SourceResult:
     """Anomalies and daily aggregates of one source; the result document (see :func:`result_key`)."""
     from pyspark.sql import functions as F
 
     days = completed_days(config.start, config.end)
     read_start = min([config.start, *days])
     files = window_files(landing, source, read_start, config.end)
-    result = {
+    result: SourceResult = {
         "source": source,
         "window": {"start": format_timestamp(config.start), "end": format_timestamp(config.end)},
         "method": config.method.describe(),
@@ -277,6 +339,8 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
     lo, hi = config.start.timestamp(), config.end.timestamp()
     window = readings.where((F.col("epoch") >= lo) & (F.col("epoch") < hi))
     counts = window.agg(F.count("*").alias("rows"), F.countDistinct(*SERIES).alias("series")).first()
+    if counts is None:  # an aggregate without grouping always has one row; pyspark's types allow none
+        raise RuntimeError(f"{source}: Spark returned no row counting the window")
     result["rows"], result["series"] = int(counts["rows"]), int(counts["series"])
     found = find_anomalies(window, config.method).orderBy(*SERIES, "epoch").collect()
     result["anomalies"] = [
@@ -300,9 +364,9 @@ def run_source(spark, landing: LandingZone, config: JobConfig, source: str) -> d
     return result
 
 
-def run(spark, landing: LandingZone, config: JobConfig) -> dict:
+def run(spark: SparkSession, landing: LandingZone, config: JobConfig) -> dict[str, Any]:
     """Run every source and write each result into the landing zone; the summary."""
-    summary: dict = {"window": {"start": format_timestamp(config.start), "end": format_timestamp(config.end)}, "sources": {}}
+    summary: dict[str, Any] = {"window": {"start": format_timestamp(config.start), "end": format_timestamp(config.end)}, "sources": {}}
     for source in config.sources:
         t0 = time.monotonic()
         result = run_source(spark, landing, config, source)
@@ -326,7 +390,7 @@ def parse_time(text: str) -> datetime:
     return dt.astimezone(timezone.utc)
 
 
-def resolve_window(params: Mapping[str, Any], interval_start: datetime | None, interval_end: datetime | None) -> dict:
+def resolve_window(params: Mapping[str, Any], interval_start: datetime | None, interval_end: datetime | None) -> Window:
     """``{"start", "end"}`` (ISO-8601 UTC) of a run: params ``start``/``end`` when given, else the data interval.
 
     ValueError naming the param when only one is given or they are not times.

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 
@@ -42,6 +42,13 @@ from include.contract import (
 )
 from include.schemas import HOST, SENSOR
 from include.transform import document_datapoints
+
+if TYPE_CHECKING:
+    import requests
+    from elasticsearch import Elasticsearch
+
+    from include.landing import LandingZone
+    from include.opentsdb import OpenTSDBClient
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +78,7 @@ def index_templates(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, Any
     daily = {ES_TIME_FIELD: {"type": "date"}, "day": {"type": "date", "format": "yyyy-MM-dd"}, **series,
              "count": {"type": "long"}, "min": double, "max": double, "mean": double, "p95": double}
 
-    def template(kind: str, properties: dict) -> dict:
+    def template(kind: str, properties: dict[str, Any]) -> dict[str, Any]:
         return {
             "index_patterns": [f"{prefix}-{kind}-*"],
             "priority": 200,
@@ -90,7 +97,7 @@ def index_templates(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, Any
     return {f"{prefix}-{ANOMALY}": template(ANOMALY, anomaly), f"{prefix}-{DAILY}": template(DAILY, daily)}
 
 
-def _series(source: str, device: str, metric: str, tags: str) -> dict:
+def _series(source: str, device: str, metric: str, tags: str) -> dict[str, Any]:
     tag_map = parse_tags(tags) if tags else {}
     label = f"{metric}{{{','.join(f'{k}={v}' for k, v in sorted(tag_map.items()))}}}" if tag_map else metric
     return {"source": source, "device": device, "metric": metric, "tags": tag_map, "series": label}
@@ -137,13 +144,14 @@ def opentsdb_series(source: str, device: str, metric: str, tags: str) -> tuple[s
     return sanitise(dp["metric"]), {k: sanitise(v) for k, v in dp["tags"].items()}
 
 
-def _call(client, method: str, path: str, body: Any = None, params: Mapping[str, Any] | None = None):
+def _call(client: OpenTSDBClient, method: str, path: str, body: Any = None,
+          params: Mapping[str, Any] | None = None) -> requests.Response:
     resp = client.session.request(method, f"{client.url}{path}", json=body, params=params, auth=client.auth,
                                   verify=client.verify, timeout=client.timeout)
     return resp
 
 
-def assign_uids(client, metrics: Iterable[str], tagks: Iterable[str], tagvs: Iterable[str]) -> dict[str, dict[str, str]]:
+def assign_uids(client: OpenTSDBClient, metrics: Iterable[str], tagks: Iterable[str], tagvs: Iterable[str]) -> dict[str, dict[str, str]]:
     """``{"metric"|"tagk"|"tagv": {name: uid}}`` through ``/api/uid/assign`` (existing UIDs are reported, not changed)."""
     body = {"metric": sorted(set(metrics)), "tagk": sorted(set(tagks)), "tagv": sorted(set(tagvs))}
     resp = _call(client, "POST", "/api/uid/assign", body)
@@ -174,7 +182,17 @@ def tsuid(uids: Mapping[str, Mapping[str, str]], metric: str, tags: Mapping[str,
     return uids["metric"][metric] + "".join(k + v for k, v in pairs)
 
 
-def annotations(client, result: Mapping[str, Any]) -> list[dict]:
+class Annotation(TypedDict):
+    """One OpenTSDB annotation as ``/api/annotation/bulk`` takes it (OpenTSDB's field names)."""
+
+    tsuid: str
+    startTime: int
+    description: str
+    notes: str
+    custom: dict[str, str]
+
+
+def opentsdb_annotations(client: OpenTSDBClient, result: Mapping[str, Any]) -> list[Annotation]:
     """OpenTSDB annotations of every anomaly of one job result (resolves UIDs through ``client``)."""
     source = result["source"]
     rows = []
@@ -185,7 +203,7 @@ def annotations(client, result: Mapping[str, Any]) -> list[dict]:
         return []
     uids = assign_uids(client, (m for _, m, _ in rows), (k for _, _, t in rows for k in t),
                        (v for _, _, t in rows for v in t.values()))
-    out = []
+    out: list[Annotation] = []
     for a, metric, tags in rows:
         ts = canonical_timestamp(a["timestamp"])
         doc_id = anomaly_id(source, a["device"], ts, a["metric"], a["tags"])
@@ -201,7 +219,7 @@ def annotations(client, result: Mapping[str, Any]) -> list[dict]:
     return out
 
 
-def post_annotations(client, items: Sequence[dict], *, batch: int = 500) -> int:
+def post_annotations(client: OpenTSDBClient, items: Sequence[Annotation], *, batch: int = 500) -> int:
     """POST ``/api/annotation/bulk`` in batches; the number stored."""
     stored = 0
     for i in range(0, len(items), batch):
@@ -213,17 +231,18 @@ def post_annotations(client, items: Sequence[dict], *, batch: int = 500) -> int:
     return stored
 
 
-def get_annotation(client, tsuid_: str, start_time: int) -> dict | None:
+def get_annotation(client: OpenTSDBClient, tsuid_: str, start_time: int) -> dict[str, Any] | None:
     """The annotation of a series at one second, None when there is none."""
     resp = _call(client, "GET", "/api/annotation", params={"tsuid": tsuid_, "start_time": start_time})
     if resp.status_code == 404:
         return None
     if resp.status_code != 200:
         raise OpenTSDBRequestError(f"GET /api/annotation answered {resp.status_code}: {resp.text[:300]}")
-    return resp.json()
+    found: dict[str, Any] = resp.json()
+    return found
 
 
-def delete_stale(es, prefix: str, source: str, window: Mapping[str, str], *, keep: set[str]) -> int:
+def delete_stale(es: Elasticsearch, prefix: str, source: str, window: Mapping[str, str], *, keep: set[str]) -> int:
     """Delete the window's anomaly documents of ``source`` not in ``keep``; how many.
 
     What an earlier run of the window found and this one did not goes, so a
@@ -244,7 +263,7 @@ def delete_stale(es, prefix: str, source: str, window: Mapping[str, str], *, kee
     return len(stale)
 
 
-def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
+def publish(es: Elasticsearch, tsdb: OpenTSDBClient | None, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
     """Send one job result to Elasticsearch (``es``) and OpenTSDB (``tsdb``, may be None); counts per output."""
     from include.dashboards.index_templates import apply_index_templates
 
@@ -258,7 +277,7 @@ def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFI
     daily_loaded = es_mod.bulk_index(es, es_mod.bulk_actions(DAILY, [d[0] for d in daily], [d[1] for d in daily],
                                                              [d[2] for d in daily], prefix=prefix))
     es.options(ignore_status=404).indices.refresh(index=f"{prefix}-{ANOMALY}-*,{prefix}-{DAILY}-*")
-    annotated = post_annotations(tsdb, annotations(tsdb, result)) if tsdb is not None else 0
+    annotated = post_annotations(tsdb, opentsdb_annotations(tsdb, result)) if tsdb is not None else 0
     summary = {
         "source": source, "window": window, "files": result["files"], "skipped": result["skipped"],
         "rows": result["rows"], "anomalies": loaded.accepted, "anomalies_refused": loaded.failed,
@@ -275,7 +294,7 @@ def publish(es, tsdb, result: Mapping[str, Any], *, prefix: str = ES_INDEX_PREFI
     return summary
 
 
-def publish_window(landing, es, tsdb, window: Mapping[str, str], *, prefix: str = ES_INDEX_PREFIX,
+def publish_window(landing: LandingZone, es: Elasticsearch, tsdb: OpenTSDBClient | None, window: Mapping[str, str], *, prefix: str = ES_INDEX_PREFIX,
                    sources: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Publish the job's results of ``window`` (``{"start", "end"}``) for every source; one summary each.
 

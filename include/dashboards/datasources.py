@@ -18,8 +18,7 @@ from typing import Any
 
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
-from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, index_pattern
-from include.reconcile import RECONCILE, reconcile_index_pattern
+from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, RECONCILE, index_pattern
 from include.schemas import HOST, SENSOR
 
 OPENTSDB_UID = "sluice-opentsdb"
@@ -89,11 +88,6 @@ def opentsdb_datasource(url: str) -> GrafanaDatasource:
     )
 
 
-def _pattern(source: str, prefix: str) -> str:
-    # The reconcile documents (include/reconcile.py) are not a source of readings.
-    return reconcile_index_pattern(prefix) if source == RECONCILE else index_pattern(source, prefix=prefix)
-
-
 def elasticsearch_datasource(
     source: str, url: str, *, user: str = "", password: str = "", prefix: str = ES_INDEX_PREFIX
 ) -> GrafanaDatasource:
@@ -103,7 +97,7 @@ def elasticsearch_datasource(
         name=f"Sluice Elasticsearch {source}",
         type="elasticsearch",
         url=url,
-        json_data={"index": _pattern(source, prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
+        json_data={"index": index_pattern(source, prefix=prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
         basic_auth_user=user,
         secure_json_data={"basicAuthPassword": password} if user and password else {},
     )

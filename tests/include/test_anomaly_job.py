@@ -159,7 +159,7 @@ def test_a_quarantined_file_is_skipped_with_its_reason(day, spark):
     landing = day["landing"]
     start = DAY + timedelta(hours=10)
     end = start + timedelta(minutes=15)
-    bad_key = f"raw/sensor/date=2026-11-22/hour=10/minute=05/sim-clean.csv"
+    bad_key = "raw/sensor/date=2026-11-22/hour=10/minute=05/sim-clean.csv"
     info = landing.head(bad_key)
     reason = "header of a sensor file must start with timestamp,device,metric,value,tags"
     write_records(

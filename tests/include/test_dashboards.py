@@ -8,13 +8,13 @@ import json
 import pytest
 
 from include.dashboards import kibana_objects
-from include.reconcile import RECONCILE, reconcile_template
+from include.reconcile import reconcile_template
 from include.dashboards.datasources import ES_UIDS, OPENTSDB_VERSION_2_4, sluice_datasources
 from include.dashboards.drift import fingerprint
 from include.dashboards.grafana_dashboards import dashboard_models, sluice_dashboards
 from include.dashboards.index_templates import sluice_index_templates
 from include.dashboards.opentsdb import InvalidOpenTSDBQuery, Query, check_no_blind_sum
-from include.contract import ES_TIME_FIELD, LAG, index_pattern
+from include.contract import ES_TIME_FIELD, LAG, RECONCILE, index_pattern
 from include.schemas import (
     FRESHNESS_METRIC,
     HOST,
