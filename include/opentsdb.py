@@ -200,7 +200,7 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     """A datapoint on its way: where it came from, what is sent."""
 
@@ -214,6 +214,29 @@ class _Entry:
 _SCALAR = (int, float, str, type(None))
 
 
+_NUMBER = (int, float)
+
+
+def _plain_entry(index: int, datapoint: dict[str, Any]) -> _Entry | None:
+    """The common case, cheaply: a dict of exactly the four keys, names OpenTSDB takes as they are,
+    finite numbers; it is sent as it is (no copy). ``None`` sends it through the full check.
+
+    The put of the fast path pays for itself: a host-day is 2.4 million datapoints.
+    """
+    metric, tags = datapoint.get("metric"), datapoint.get("tags")
+    timestamp, value = datapoint.get("timestamp"), datapoint.get("value")
+    if not (type(metric) is str and type(tags) is dict and type(timestamp) in _NUMBER and type(value) in _NUMBER):
+        return None
+    if sanitise(metric) != metric:
+        return None
+    for key, tag in tags.items():
+        if type(key) is not str or type(tag) is not str or sanitise(tag) != tag:
+            return None
+    if (type(value) is float and not math.isfinite(value)) or (type(timestamp) is float and not math.isfinite(timestamp)):
+        return None
+    return _Entry(index, datapoint, datapoint)
+
+
 def prepare(index: int, datapoint: Any) -> tuple[_Entry | None, str | None, dict[str, str]]:
     """Check and sanitise one datapoint; return (entry, refusal, renames).
 
@@ -223,6 +246,10 @@ def prepare(index: int, datapoint: Any) -> tuple[_Entry | None, str | None, dict
     missing tags, empty names — goes to OpenTSDB, whose reason is the one
     reported.
     """
+    if type(datapoint) is dict and len(datapoint) == 4:
+        fast = _plain_entry(index, datapoint)
+        if fast is not None:
+            return fast, None, {}
     if not isinstance(datapoint, Mapping):
         return None, f"not sent: a datapoint must be a mapping, got {type(datapoint).__name__}", {}
     metric = datapoint.get("metric")
