@@ -696,9 +696,12 @@ class OpenTSDBClient:
         if resp.status_code == 204:  # no details asked for, or a proxy that drops bodies
             return BatchOutcome(len(entries), [], [])
         try:
-            body = resp.json()
+            body = orjson.loads(resp.content)  # the stdlib's parse of each answer was 6% of a backfill's samples
         except ValueError:
-            body = None
+            try:
+                body = resp.json()  # what orjson refuses (a bare NaN token), the standard library may read
+            except ValueError:
+                body = None
         if isinstance(body, Mapping) and "success" in body:
             return parse_details(entries, body)
         if resp.status_code == 400 and isinstance(body, Mapping) and "error" in body:
