@@ -1,4 +1,4 @@
-# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# The two commands a newcomer needs:  `make run`  and  `make test`.
 # Everything else is a step they run on the way. All targets are idempotent.
 
 PYTHON ?= python3
@@ -7,9 +7,12 @@ PY     := $(VENV)/bin/python
 # Airflow home, connections and PYTHONPATH for the local stack (stack/connections.py).
 STACK_ENV = eval "$$($(PY) -m stack env)"
 
-.PHONY: bootstrap venv install up down status demo test test-unit lint-dags clean
+DEVICES ?= 5
+MINUTES ?= 3
 
-bootstrap:                       ## system tools: mosquitto, Maven, JDK >= 21, Go
+.PHONY: bootstrap venv install run up down status demo test test-unit lint-dags clean
+
+bootstrap:                       ## system tools: mosquitto, PostgreSQL, Chromium, Maven, JDK >= 21, Go
 	bash stack/bootstrap.sh
 
 venv: $(VENV)/.installed         ## the project's virtualenv with requirements.txt
@@ -25,8 +28,11 @@ $(VENV)/.installed: requirements.txt
 install: bootstrap venv          ## download and build the services (cached)
 	$(PY) -m stack install
 
-up: install                      ## start the local stack (only what is not running)
-	$(PY) -m stack up
+run: install                     ## the main job: the whole platform, running in the background until `make down`
+	$(PY) -m stack run --devices $(DEVICES)
+
+up: install                      ## start the services (all, or SERVICES="kafka minio"), only what is not running
+	$(PY) -m stack up $(SERVICES)
 
 down:                            ## stop every service of the local stack
 	$(PY) -m stack down
@@ -34,10 +40,12 @@ down:                            ## stop every service of the local stack
 status:
 	$(PY) -m stack status
 
-demo: install                    ## the main job: collect 3 minutes, run the DAGs, print landed vs loaded
-	$(PY) -m stack demo
+demo: venv                       ## after `make run`: wait for MINUTES scheduled minutes, print landed vs loaded
+	$(PY) -m stack demo --minutes $(MINUTES)
 
-test: install                    ## the whole suite: unit, DAG integrity, real-service integration
+test: install                    ## lint (ruff), types (mypy --strict include/), then the whole suite
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(STACK_ENV) && $(PY) -m pytest
 
 test-unit: venv

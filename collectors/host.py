@@ -98,7 +98,7 @@ def host_splitter(host: str):
 
     def split(minute: int, streams: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
         rows, bad = decode_rows(streams.get(HOST, b""), width)
-        for lineno, reason, raw in bad:
+        for lineno, reason, _raw in bad:
             log.warning("host journal of minute %d, line %d left out: %s", minute, lineno, reason)
         if not rows:
             return []
@@ -255,7 +255,7 @@ class HostSampler:
         import orjson
 
         doc = {}
-        for name, value in zip(HOST_SCHEMA.names, row):
+        for name, value in zip(HOST_SCHEMA.names, row, strict=True):
             if value == "" or name in ("timestamp", "host"):
                 doc[name] = value or None
             else:

@@ -10,6 +10,14 @@ Values follow a daily cycle (warmest mid-afternoon UTC, humidity the other
 way round) with Gaussian noise; ``--anomaly-rate`` injects spikes,
 ``--malformed-rate`` sends one of several broken payloads instead.
 
+``--output <landing URL>`` runs offline instead: no broker, the readings of
+``--duration`` seconds from ``--start`` go straight into minute files of that
+landing zone, one file per writer (``--client-id``) per minute in the
+collector's CSV format (the payloads are parsed by the collector's own
+:func:`include.sensors.parse_payload`), and ``--ground-truth`` gets one JSON
+line per injected spike (device, timestamp, type, value). Same seed, same
+files and same ground truth: the anomaly tests and benchmarks use this.
+
 Timestamps are epoch seconds as in the seed when every device publishes at
 most once a second, else epoch milliseconds (one device never repeats a
 timestamp, so no two of its readings share a row identity). Publishing is
@@ -24,13 +32,19 @@ import math
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from datetime import datetime, timezone
+from pathlib import Path
 
 import orjson
 
 from collectors.common import Clock, start_cli
 from collectors.config import build_parser, option, require, resolve
-from include.schemas import SENSOR_METRIC
+from include.contract import minute_key
+from include.landing import open_landing
+from include.schemas import SENSOR, SENSOR_METRIC, SENSOR_SCHEMA
+from include.sensors import Limits, csv_line, parse_payload
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +77,9 @@ class SimulatorConfig:
     client_id: str = option("sluice-simulator", "MQTT client id of the simulator.")
     mqtt_username: str = option("", "MQTT user name (empty: anonymous).")
     mqtt_password: str = option("", "MQTT password.", secret=True)
+    output: str = option("", "Offline: write minute files into this landing URL (file:///… or s3://…) instead of publishing.")
+    start: str = option("", "Offline: time of the first reading, ISO-8601 UTC (default: --duration seconds ago).")
+    ground_truth: str = option("", "Offline: write one JSON line per injected spike to this file.")
 
     @classmethod
     def from_args(cls, argv=None, environ=None) -> SimulatorConfig:
@@ -85,6 +102,14 @@ class SimulatorConfig:
         require(0 <= self.anomaly_rate <= 1, "anomaly_rate", "must be within 0..1")
         require(0 <= self.malformed_rate <= 1, "malformed_rate", "must be within 0..1")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
+        require(not self.output or self.duration > 0, "duration", "offline (--output) needs --duration seconds")
+        require(not self.output or self.malformed_rate == 0, "malformed_rate",
+                "offline (--output) writes what the collector would land; malformed payloads are never landed")
+        if self.start:
+            try:
+                parse_start(self.start)
+            except ValueError as exc:
+                require(False, "start", str(exc))
 
 
 @dataclass
@@ -93,6 +118,8 @@ class Sent:
     readings: int = 0
     malformed: int = 0
     anomalies: int = 0
+    #: Every injected spike as ``{"device", "timestamp", "type", "value"}`` (timestamp as sent).
+    injected: list[dict] = field(default_factory=list)
 
 
 class SensorModel:
@@ -124,6 +151,7 @@ class SensorModel:
             if c.anomaly_rate and self.rng.random() < c.anomaly_rate:
                 values[name] = round(values[name] * 3 + 50, 2)
                 sent.anomalies += 1
+                sent.injected.append({"device": device, "timestamp": timestamp, "type": name, "value": values[name]})
         sent.readings += len(values)
         if c.payload_format == "flat":
             return orjson.dumps({"timestamp": timestamp, **values})
@@ -210,10 +238,61 @@ class Simulator:
             log.warning("%d publish(es) not acknowledged by the broker", self._unacked)
 
 
+def parse_start(text: str) -> datetime:
+    """``--start`` as an aware UTC datetime; ValueError saying what is expected."""
+    try:
+        start = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time such as 2026-11-22T00:00:00Z") from None
+    if start.tzinfo is None:
+        raise ValueError(f"{text!r} has no time zone; give UTC, e.g. 2026-11-22T00:00:00Z")
+    return start.astimezone(timezone.utc)
+
+
+def write_offline(config: SimulatorConfig, *, landing=None, now: float | None = None) -> Sent:
+    """Write ``--duration`` seconds of readings into minute files of ``--output`` (see the module doc).
+
+    Device ``i`` sends at ``start + k / rate`` (k = 0, 1, …); each minute's
+    rows of every device go into one file ``{client_id}.csv`` per minute.
+    The payloads are exactly what :meth:`Simulator.run` would publish, parsed
+    as the collector parses them, so the files are what it would land.
+    """
+    landing = landing or open_landing(config.output)
+    start = parse_start(config.start) if config.start else (
+        datetime.fromtimestamp(int((now or time.time()) - config.duration), timezone.utc))
+    model, sent = SensorModel(config), Sent()
+    devices = [f"{config.device_prefix}-{i:04d}" for i in range(config.devices)]
+    millis = config.rate > 1.0
+    header = ",".join(SENSOR_SCHEMA.names) + "\n"
+    limits = Limits(max_age=math.inf, max_future=math.inf)
+    steps = int(config.duration * config.rate)
+    rows: list[str] = []
+    minute = None
+    for k in range(steps):
+        epoch = start.timestamp() + k / config.rate
+        at = datetime.fromtimestamp(epoch, timezone.utc).replace(second=0, microsecond=0)
+        if at != minute:
+            if rows:
+                landing.put(minute_key(SENSOR, minute, config.client_id), (header + "".join(rows)).encode())
+            rows, minute = [], at
+        timestamp = int(epoch * 1000) if millis else int(epoch)
+        for index, device in enumerate(devices):
+            payload = model.payload(index, device, timestamp, sent)
+            sent.messages += 1
+            rows.extend(csv_line(device, r) for r in parse_payload(payload, epoch, limits).readings)
+    if rows:
+        landing.put(minute_key(SENSOR, minute, config.client_id), (header + "".join(rows)).encode())
+    if config.ground_truth:
+        Path(config.ground_truth).write_bytes(b"".join(orjson.dumps(i) + b"\n" for i in sent.injected))
+    log.info("wrote %d readings of %d devices from %s into %s (%d spikes)", sent.readings, config.devices,
+             start.isoformat(), landing.url, sent.anomalies)
+    return sent
+
+
 def main(argv: list[str] | None = None) -> int:
     config, stop = start_cli("collectors.simulate_sensors", SimulatorConfig, argv)
     t0 = time.monotonic()
-    sent = Simulator(config).run(stop)
+    sent = write_offline(config) if config.output else Simulator(config).run(stop)
     elapsed = time.monotonic() - t0
     print(orjson.dumps({"messages": sent.messages, "readings": sent.readings, "malformed": sent.malformed,
                         "anomalies": sent.anomalies, "seconds": round(elapsed, 3)}).decode())

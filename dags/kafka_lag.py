@@ -76,7 +76,7 @@ def sluice_kafka_lag():
 
         from include.kafka_lag import record_metrics, report_from_dict
         from include.contract import index_prefix
-        from include.pipeline import configured_sinks
+        from include.sinks import configured_sinks
 
         sinks = configured_sinks()
         return record_metrics(

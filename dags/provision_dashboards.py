@@ -3,11 +3,13 @@
 
 Creates or updates, idempotently by uid/id:
 
-1. the Elasticsearch index templates of `sluice-host-*`, `sluice-sensor-*`, `sluice-lag-*`;
+1. the Elasticsearch index templates of `{prefix}-host-*`, `{prefix}-sensor-*`, `{prefix}-lag-*`
+   (`SLUICE_ES_INDEX_PREFIX`, default `sluice`);
 2. the Grafana folder **Sluice**, its data sources (OpenTSDB with the 2.4 setting, one
-   Elasticsearch per index family) and four dashboards: hosts, sensors, Kafka lag, freshness;
-3. the Kibana data views `sluice-host`, `sluice-sensor`, `sluice-lag` and the dashboard
-   **Sluice overview** (saved objects import).
+   Elasticsearch per index family, over the same prefix) and four dashboards: hosts, sensors,
+   Kafka lag, freshness;
+3. the Kibana data views `sluice-host`, `sluice-sensor`, `sluice-lag` (titles: the prefix's index
+   patterns) and the dashboard **Sluice overview** (saved objects import).
 
 A re-run with nothing changed writes nothing and reports *unchanged*. A changed definition in
 `include/dashboards/` is updated in place. A dashboard edited in the UI is **drift**: it is left

@@ -50,7 +50,8 @@ def sluice_backfill_fast():
 
     @task(max_active_tis_per_dag=2)
     def load_hour(hour: str, params=None, run_id=None) -> dict:
-        from include.pipeline import configured_sinks, hour_files, load_files, parse_range
+        from include.pipeline import hour_files, load_files, parse_range
+        from include.sinks import configured_sinks
 
         start, end = parse_range(params["from"], params["to"])
         landing = landing_zone()

@@ -5,23 +5,25 @@
 the data interval is the minute. For that minute they
 
 1. **wait_for_minute_files** — a reschedule-mode sensor (no worker slot held
-   between pokes): done as soon as every device of the previous minute has
-   landed a file, else after the grace period (`SLUICE_GRACE_SECONDS`, default
+   between pokes): done as soon as every live collector (heartbeat under
+   `heartbeats/`) has written its manifest of the minute under `manifests/`,
+   else after the grace period (`SLUICE_GRACE_SECONDS`, default
    45 s after the minute ends) with what is there. Stragglers are loaded by
    `sluice_sweep_late_files`.
 2. **csv_to_json** — typed JSON documents, one per CSV row, staged as NDJSON
    under `staged/` in the landing zone; a bad file is quarantined with its
    reason, a bad row rejected with its reason, the rest goes on.
 3. **load_elasticsearch** (one `load_<sink>` task per sink of `SLUICE_SINKS`) —
-   daily indices `sluice-{source}-YYYY.MM.DD` behind an index template,
+   daily indices `{prefix}-{source}-YYYY.MM.DD` (`SLUICE_ES_INDEX_PREFIX`, default `sluice`) behind an index template,
    deterministic ids, so a rerun overwrites.
 4. **record_loads** — a load record per file under `loaded/` and a dead-letter
-   record under `deadletter/` for what was refused (see `include/loads.py`).
+   record under `deadletter/file/` for what was refused (see `include/loads.py`).
 5. **record_freshness** (with the OpenTSDB sink) — `sluice.pipeline.last_loaded_minute`
    tagged `source=`, which the freshness dashboard shows as "last minute loaded".
 
-Logic lives in `include/pipeline.py`; connections: `aws_default` (landing zone),
-`elasticsearch_default`.
+Logic lives in `include/pipeline.py`; steps 2-4 are wired by
+`sluice_airflow.transform_and_load`, shared with the sweep. Connections:
+`aws_default` (landing zone), `elasticsearch_default`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 
-from include.pipeline import DEFAULT_GRACE_SECONDS, configured_sinks
+from include.pipeline import DEFAULT_GRACE_SECONDS
 from include.schemas import SOURCES
-from sluice_airflow import landing_zone, sink, task_retries
+from include.sinks import OPENTSDB, configured_sinks
+from sluice_airflow import landing_zone, task_retries, transform_and_load
 
 #: First minute the DAGs catch up from: set it to when collection began.
 START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
@@ -71,18 +74,6 @@ def minute_dag(source: str):
             return PokeReturnValue(is_done=ready.done, xcom_value=[file_ref(f) for f in ready.files])
 
         @task
-        def csv_to_json(files: list[dict]) -> list[dict]:
-            from include.pipeline import stage_files
-
-            return stage_files(landing_zone(), source, files)
-
-        @task
-        def record_loads(summaries: list[dict], results: dict[str, dict], run_id=None) -> dict:
-            from include.pipeline import record_loads as record
-
-            return record(landing_zone(), summaries, results, run_id=run_id)
-
-        @task
         def record_freshness(data_interval_start=None) -> None:
             from opentsdb_hook import OpenTSDBHook
 
@@ -90,25 +81,11 @@ def minute_dag(source: str):
 
             record(OpenTSDBHook().get_conn(), source, data_interval_start)
 
-        staged = csv_to_json(wait_for_minute_files())
-        results = {name: load_task(source, name)(staged) for name in configured_sinks()}
-        recorded = record_loads(staged, results)
-        if "opentsdb" in configured_sinks():
+        recorded = transform_and_load(source, wait_for_minute_files())
+        if OPENTSDB in configured_sinks():
             recorded >> record_freshness()
 
     return pipeline()
-
-
-def load_task(source: str, name: str):
-    """The ``load_<sink>`` task of one sink."""
-
-    @task(task_id=f"load_{name}")
-    def load(summaries: list[dict]) -> dict:
-        from include.pipeline import load_staged
-
-        return load_staged(landing_zone(), sink(name), source, summaries)
-
-    return load
 
 
 for _source in SOURCES:

@@ -3,14 +3,15 @@
 
 Every 10 minutes, for each source, lists the landing zone over the last
 `hours` (param, default 6) and the load records of the same minutes
-(`loaded/…/{device}.csv@{etag}.json`), and loads every file that has no record
+(`loaded/…/{writer}.csv@{etag}.json`), and loads every file that has no record
 for its current etag: a spooled upload that arrived after its minute's run, a
 file that grew after it was loaded (a collector restarted within the minute), a
 file whose load failed. The last 3 minutes are left to their own minute runs.
 
 Tasks per source group: **find_late_files** → **csv_to_json** →
 **load_elasticsearch** (one `load_<sink>` per sink of `SLUICE_SINKS`) →
-**record_loads**, the same steps as the minute DAGs (`include/pipeline.py`).
+**record_loads**, the same steps as the minute DAGs (`include/pipeline.py`,
+wired once by `sluice_airflow.transform_and_load`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, TaskGroup, dag, task
 
-from include.pipeline import configured_sinks
 from include.schemas import SOURCES
-from sluice_airflow import landing_zone, sink, task_retries
+from sluice_airflow import landing_zone, task_retries, transform_and_load
 
 
 @dag(
@@ -48,31 +48,7 @@ def sweep(source: str) -> None:
 
         return [file_ref(f) for f in find(landing_zone(), source, end=data_interval_end, hours=float(params["hours"]))]
 
-    @task
-    def csv_to_json(files: list[dict]) -> list[dict]:
-        from include.pipeline import stage_files
-
-        return stage_files(landing_zone(), source, files)
-
-    @task
-    def record_loads(summaries: list[dict], results: dict[str, dict], run_id=None) -> dict:
-        from include.pipeline import record_loads as record
-
-        return record(landing_zone(), summaries, results, run_id=run_id)
-
-    staged = csv_to_json(find_late_files())
-    results = {name: load_task(source, name)(staged) for name in configured_sinks()}
-    record_loads(staged, results)
-
-
-def load_task(source: str, name: str):
-    @task(task_id=f"load_{name}")
-    def load(summaries: list[dict]) -> dict:
-        from include.pipeline import load_staged
-
-        return load_staged(landing_zone(), sink(name), source, summaries)
-
-    return load
+    transform_and_load(source, find_late_files())
 
 
 sluice_sweep_late_files()

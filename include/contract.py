@@ -60,11 +60,13 @@ class ContractError(ValueError):
 #: Longest metric, tag key or tag value (characters).
 NAME_MAX: Final = 200
 #: OpenTSDB's alphabet: letters (unicode allowed), digits, ``-_./``. No space, comma, quote or control character.
-_NAME: Final = re.compile(r"[\w./-]{1,%d}" % NAME_MAX)
+_NAME: Final = re.compile(rf"[\w./-]{{1,{NAME_MAX}}}")
 #: Longest device or writer id (characters).
 ID_MAX: Final = 128
-#: Device and writer ids become file names: a portable, unambiguous ASCII alphabet.
-_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (ID_MAX - 1))
+#: Device and writer ids become file names: a portable, unambiguous ASCII alphabet (unanchored:
+#: Python matches it whole, polars anchored ``^…$``; plus: not ending in :data:`SIDECAR_SUFFIX`).
+ID_PATTERN: Final = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{ID_MAX - 1}}}"
+_ID: Final = re.compile(ID_PATTERN)
 #: The file store's metadata sidecar suffix; an id ending in it would shadow a sidecar.
 SIDECAR_SUFFIX: Final = ".meta.json"
 
@@ -108,11 +110,11 @@ def check_writer(writer: object) -> str:
     return _check_id(writer, "writer id")
 
 
-def check_source(source: object) -> str:
+def check_source(source: str) -> str:
     """Return ``source`` when it is one of :data:`include.schemas.SOURCES`; else raise ContractError."""
     if source not in SOURCES:
         raise ContractError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    return source  # type: ignore[return-value]  # membership proves it is a str
+    return source
 
 
 def _shown(text: object, limit: int = 80) -> str:
@@ -220,13 +222,6 @@ def minutes(start: datetime, end: datetime) -> Iterator[datetime]:
 HOST_DOC_METRIC: Final = "host"
 #: Joins the parts of an identity before hashing; no name or timestamp can contain it.
 ID_SEPARATOR: Final = "\x1f"
-#: CSV columns whose values make a row's identity, per source (tags sorted, timestamp canonical).
-IDENTITY_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    HOST: ("timestamp", "host"),
-    SENSOR: ("timestamp", "device", "metric", "tags"),
-}
-
-
 def identity_key(source: str, device: str, timestamp: str, metric: str, tags: str = "") -> bytes:
     """The bytes :func:`reading_id` hashes; the columnar engine builds the same bytes with polars."""
     return ID_SEPARATOR.join((source, device, timestamp, metric, tags)).encode()
@@ -274,7 +269,7 @@ def row_identity(source: str, row: Sequence[str]) -> RowIdentity:
     at load time with its reason; the merge only needs it to be stable).
     """
     names = SCHEMAS[check_source(source)].names
-    fields = dict(zip(names, row))
+    fields = dict(zip(names, row, strict=False))  # total: a short row keeps what it has
     raw_ts = fields.get("timestamp", "")
     try:
         stamp = canonical_timestamp(raw_ts)
@@ -312,7 +307,7 @@ CSV_SUFFIX: Final = ".csv"
 
 _RAW_KEY: Final = re.compile(
     r"(?:(?P<prefix>.*)/)?raw/(?P<source>[a-z]+)/date=(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})/hour=(?P<hour>[0-9]{2})/"
-    r"minute=(?P<minute>[0-9]{2})/(?P<name>[^/]+)"
+    r"minute=(?P<minute>[0-9]{2})/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)"
 )
 
 
@@ -392,7 +387,6 @@ PAYLOAD: Final = "payload"
 RECORD: Final = "record"
 #: A landed minute file, or some of its rows or documents, refused by the batch load.
 FILE: Final = "file"
-DEADLETTER_KINDS: Final = (PAYLOAD, RECORD, FILE)
 #: The Kafka topic of dead letters of kinds PAYLOAD and RECORD (the kind is in :data:`HEADER_DEADLETTER_KIND`).
 DEADLETTER_TOPIC: Final = "sluice.deadletter"
 #: Headers of a dead-letter record on Kafka (the original record's own headers are kept too).

@@ -23,14 +23,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
 
-from include.contract import ES_INDEX_PREFIX, daily_index, index_pattern, template_name
+from include.contract import ES_INDEX_PREFIX, NAME_MAX, daily_index, index_pattern, template_name
 from include.schemas import HOST, SCHEMAS, SOURCES
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
 
 log = logging.getLogger(__name__)
 
 #: Bump when the templates below change: a stored template of an older version is replaced.
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 #: Statuses worth retrying: too many requests and a busy or restarting node.
 RETRY_STATUSES = (429, 502, 503, 504)
 _KINDS = {"int": "long", "float": "double", "str": "keyword", "tags": "keyword", "timestamp": "date"}
@@ -44,32 +49,35 @@ class RetryableFailuresLeft(RuntimeError):
     """Documents still refused with a retryable status (429/5xx) after every backoff."""
 
 
-def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
+def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
     """The composable index template of a source's daily indices.
 
     ``@timestamp`` is a date, numeric columns are ``long``/``double`` as in the
-    CSV schema, names (host, device, metric) and every tag are keywords. Host
+    CSV schema, names (host, device, metric) are keywords and ``tags`` is one
+    ``flattened`` field (every tag value a keyword under ``tags.<key>``). Host
     columns appended to the schema later and not known here map as ``double``
     (dynamic template), never as text.
     """
     if source not in SOURCES:
         raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
-    properties: dict[str, dict] = {"@timestamp": {"type": "date"}}
-    dynamic_templates: list[dict] = [{"strings_as_keywords": {"match_mapping_type": "string", "mapping": {"type": "keyword"}}}]
+    properties: dict[str, dict[str, Any]] = {"@timestamp": {"type": "date"}}
+    dynamic_templates: list[dict[str, Any]] = [{"strings_as_keywords": {"match_mapping_type": "string", "mapping": {"type": "keyword"}}}]
     if source == HOST:
         for column in SCHEMAS[HOST].columns:
             if column.name != "timestamp":
                 properties[column.name] = {"type": _KINDS[column.kind]}
         dynamic_templates.append({"numbers_as_double": {"match_mapping_type": "long", "mapping": {"type": "double"}}})
     else:
+        # Tags are free-form per device: one flattened field, not a field per key. A key
+        # "type.x" cannot collide with another device's "type" (an object mapping would
+        # make "tags.type" an object and refuse every later "type=dust"), and a new key per
+        # message adds no mapping field, so the field limit cannot be reached. Keyed
+        # queries ("tags.type : dust"), term aggregations and sorting still work.
         properties.update(
             device={"type": "keyword"},
             metric={"type": "keyword"},
             value={"type": "double"},
-            tags={"type": "object", "dynamic": True},
-        )
-        dynamic_templates.insert(
-            0, {"tags_as_keywords": {"path_match": "tags.*", "mapping": {"type": "keyword"}}}
+            tags={"type": "flattened", "ignore_above": NAME_MAX},
         )
     return {
         "index_patterns": [index_pattern(source, prefix=prefix)],
@@ -82,7 +90,7 @@ def index_template(source: str, *, prefix: str = ES_INDEX_PREFIX) -> dict:
     }
 
 
-def ensure_index_template(client, source: str, *, prefix: str = ES_INDEX_PREFIX) -> bool:
+def ensure_index_template(client: Elasticsearch, source: str, *, prefix: str = ES_INDEX_PREFIX) -> bool:
     """Create the source's index template if missing or older; True when it was written."""
     from elasticsearch import NotFoundError
 
@@ -126,7 +134,7 @@ def bulk_actions(
 
 
 def bulk_index(
-    client,
+    client: Elasticsearch,
     actions: Iterable[tuple[bytes, bytes]],
     *,
     chunk_size: int = 2000,
@@ -147,10 +155,12 @@ def bulk_index(
     retryable: dict[str, str] = {}
     with _reachable(client):
         try:
+            # The helper sends pre-serialised (action, source) byte pairs as they are; its
+            # annotations only name dict and str actions.
             for ok, item in streaming_bulk(
                 client,
-                actions,
-                expand_action_callback=_pre_serialised,
+                actions,  # type: ignore[arg-type]
+                expand_action_callback=_pre_serialised,  # type: ignore[arg-type]
                 chunk_size=chunk_size,
                 max_chunk_bytes=max_chunk_bytes,
                 raise_on_error=False,
@@ -194,7 +204,7 @@ def _pre_serialised(action: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     return action
 
 
-def _reason(info: dict) -> str:
+def _reason(info: dict[str, Any]) -> str:
     error = info.get("error") or {}
     if isinstance(error, dict):
         text = f"{error.get('type', 'error')}: {error.get('reason', '')}"
@@ -209,13 +219,13 @@ def _reason(info: dict) -> str:
 class _reachable:
     """Turn the transport's connection errors into ElasticsearchUnavailable naming the node."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: Elasticsearch) -> None:
         self.client = client
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> Literal[False]:
         from elasticsearch import ConnectionError as EsConnectionError
         from elasticsearch import ConnectionTimeout
 
@@ -225,7 +235,9 @@ class _reachable:
         return False
 
 
-def connect(url: str, *, basic_auth: tuple[str, str] | None = None, request_timeout: float = 30.0, max_retries: int = 2):
+def connect(
+    url: str, *, basic_auth: tuple[str, str] | None = None, request_timeout: float = 30.0, max_retries: int = 2
+) -> Elasticsearch:
     """An Elasticsearch client for ``url`` (``http://host:9200``).
 
     Requests time out after ``request_timeout`` seconds and are retried
@@ -243,7 +255,7 @@ def connect(url: str, *, basic_auth: tuple[str, str] | None = None, request_time
     )
 
 
-def delete_indices(client, pattern: str) -> None:
+def delete_indices(client: Elasticsearch, pattern: str) -> None:
     """Delete the indices matching ``pattern`` (tests and demos clean up with it)."""
     with _reachable(client):
         # Wildcard deletes are refused by default (action.destructive_requires_name): name them.
@@ -253,7 +265,7 @@ def delete_indices(client, pattern: str) -> None:
 
 
 
-def drop_prefix(client, prefix: str) -> None:
+def drop_prefix(client: Elasticsearch, prefix: str) -> None:
     """Delete every index and index template of ``prefix`` (tests and benchmarks use their own)."""
     delete_indices(client, f"{prefix}-*")
     with _reachable(client):

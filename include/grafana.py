@@ -24,7 +24,7 @@ from typing import Any
 
 import requests
 
-from include.dashboards._http import ApiError, JsonApi, message_of, parse_version
+from include.dashboards._http import ApiError, JsonApi, json_object, message_of, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class GrafanaClient(JsonApi):
     # -- server -------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """``GET /api/health``: ``{"database": "ok", "version": ...}``."""
-        return self.request("GET", "/api/health").json()
+        return self.request_json("GET", "/api/health")
 
     def check_version(self, minimum: tuple[int, ...] = MIN_VERSION) -> str:
         """Return Grafana's version; raise GrafanaVersionMismatch when older than ``minimum``."""
@@ -168,30 +168,30 @@ class GrafanaClient(JsonApi):
     # -- folders ------------------------------------------------------------------
     def get_folder(self, uid: str) -> dict[str, Any] | None:
         resp = self.request("GET", f"/api/folders/{uid}", ok_404=True)
-        return resp.json() if resp is not None else None
+        return json_object(resp, f"GET {self.base_url}") if resp is not None else None
 
     def create_folder(self, uid: str, title: str) -> dict[str, Any]:
-        return self.request("POST", "/api/folders", json={"uid": uid, "title": title}).json()
+        return self.request_json("POST", "/api/folders", json={"uid": uid, "title": title})
 
     def update_folder(self, uid: str, title: str, *, version: int) -> dict[str, Any]:
-        return self.request("PUT", f"/api/folders/{uid}", json={"title": title, "version": version}).json()
+        return self.request_json("PUT", f"/api/folders/{uid}", json={"title": title, "version": version})
 
     # -- data sources ---------------------------------------------------------------
     def get_datasource(self, uid: str) -> dict[str, Any] | None:
         resp = self.request("GET", f"/api/datasources/uid/{uid}", ok_404=True)
-        return resp.json() if resp is not None else None
+        return json_object(resp, f"GET {self.base_url}") if resp is not None else None
 
     def create_datasource(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/api/datasources", json=body).json()
+        return self.request_json("POST", "/api/datasources", json=body)
 
     def update_datasource(self, uid: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self.request("PUT", f"/api/datasources/uid/{uid}", json=body).json()
+        return self.request_json("PUT", f"/api/datasources/uid/{uid}", json=body)
 
     # -- dashboards -----------------------------------------------------------------
     def get_dashboard(self, uid: str) -> dict[str, Any] | None:
         """``{"dashboard": ..., "meta": ...}`` or None when no dashboard has this uid."""
         resp = self.request("GET", f"/api/dashboards/uid/{uid}", ok_404=True)
-        return resp.json() if resp is not None else None
+        return json_object(resp, f"GET {self.base_url}") if resp is not None else None
 
     def save_dashboard(
         self, model: dict[str, Any], *, folder_uid: str | None, overwrite: bool = False, message: str = ""
@@ -200,4 +200,4 @@ class GrafanaClient(JsonApi):
         body: dict[str, Any] = {"dashboard": model, "overwrite": overwrite, "message": message}
         if folder_uid:
             body["folderUid"] = folder_uid
-        return self.request("POST", "/api/dashboards/db", json=body).json()
+        return self.request_json("POST", "/api/dashboards/db", json=body)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 # Dead-letter names belong to the reading contract; re-exported for the topic list below.
 from include.contract import DEADLETTER_TOPIC as DEADLETTER
@@ -31,7 +32,9 @@ HEADER_MQTT_TOPIC = "mqtt_topic"
 HEADER_RECEIVED_AT = "received_at"
 
 
-def producer_config(bootstrap: str, *, message_timeout_s: float = 30.0, client_id: str = "sluice", **extra) -> dict:
+def producer_config(
+    bootstrap: str, *, message_timeout_s: float = 30.0, client_id: str = "sluice", **extra: Any
+) -> dict[str, Any]:
     """librdkafka settings for a producer that neither loses nor duplicates on retry.
 
     ``acks=all`` and idempotence make a broker-side retry write once; the
@@ -79,7 +82,7 @@ def ensure_topics(
     KafkaException when the broker cannot be reached within ``timeout_s``.
     """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # not in its __all__
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     meta = admin.list_topics(timeout=timeout_s)

@@ -34,9 +34,17 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from include.contract import ES_INDEX_PREFIX, LAG, daily_index, format_timestamp, state_key, template_name
 from include.schemas import LAG_METRIC, LAG_STATUS_CODES, LAG_STATUS_METRIC
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+    from elasticsearch import Elasticsearch
+
+    from include.landing import LandingZone
+    from include.opentsdb import OpenTSDBClient
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +131,7 @@ def evaluate(window: PartitionWindow, *, size: int, group_active: bool = True) -
     if not obs:
         return Status.OK
     committed = [o.committed if o.committed is not None else -1 for o in obs]
-    if any(b < a for a, b in zip(committed, committed[1:])):
+    if any(b < a for a, b in zip(committed, committed[1:], strict=False)):
         return Status.REWIND
     if any(o.lag == 0 for o in obs):
         return Status.OK
@@ -132,7 +140,7 @@ def evaluate(window: PartitionWindow, *, size: int, group_active: bool = True) -
     if len(set(committed)) == 1:
         return Status.STALL if group_active else Status.STOP
     lags = [o.lag for o in obs]
-    if all(b >= a for a, b in zip(lags, lags[1:])):
+    if all(b >= a for a, b in zip(lags, lags[1:], strict=False)):
         return Status.WARN
     return Status.OK
 
@@ -185,7 +193,7 @@ class GroupReport:
                 )
         return out
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["status"] = self.status.value
         for p in d["partitions"]:
@@ -193,7 +201,7 @@ class GroupReport:
         return d
 
 
-def report_from_dict(d: dict) -> GroupReport:
+def report_from_dict(d: dict[str, Any]) -> GroupReport:
     """Inverse of :meth:`GroupReport.to_dict` (reports travel between tasks as JSON)."""
     parts = tuple(PartitionReport(**{**p, "status": Status(p["status"])}) for p in d["partitions"])
     return GroupReport(d["group"], d["checked_at"], Status(d["status"]), parts, d.get("active_members", 0))
@@ -246,7 +254,7 @@ class LagState:
         return GroupReport(group, at, group_status(r.status for r in reports), tuple(reports), active_members)
 
 
-def fetch_offsets(admin, group: str, *, topics: Sequence[str] | None = None, timeout: float = 15.0) -> list[PartitionOffsets]:
+def fetch_offsets(admin: AdminClient, group: str, *, topics: Sequence[str] | None = None, timeout: float = 15.0) -> list[PartitionOffsets]:
     """Committed, log-end and log-start offsets of a group's partitions.
 
     ``admin`` is a confluent-kafka AdminClient (e.g. from the Kafka provider's
@@ -256,7 +264,7 @@ def fetch_offsets(admin, group: str, *, topics: Sequence[str] | None = None, tim
     GroupNotFound or TopicNotFound naming what is missing.
     """
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import OffsetSpec
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]  # not in its __all__
 
     known = {g.group_id for g in admin.list_consumer_groups(request_timeout=timeout).result().valid}
     if group not in known:
@@ -277,8 +285,8 @@ def fetch_offsets(admin, group: str, *, topics: Sequence[str] | None = None, tim
     if not committed:
         return []
     tps = [TopicPartition(t, p) for t, p in committed]
-    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)
-    starts = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout)
+    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}, request_timeout=timeout)  # type: ignore[no-untyped-call]
+    starts = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}, request_timeout=timeout)  # type: ignore[no-untyped-call]
     out = []
     for tp in tps:
         out.append(
@@ -293,7 +301,7 @@ def fetch_offsets(admin, group: str, *, topics: Sequence[str] | None = None, tim
     return out
 
 
-def active_members(admin, group: str, *, timeout: float = 15.0) -> int:
+def active_members(admin: AdminClient, group: str, *, timeout: float = 15.0) -> int:
     """Number of members the group has right now (0 when nobody consumes)."""
     (future,) = admin.describe_consumer_groups([group], request_timeout=timeout).values()
     return len(future.result().members)
@@ -304,8 +312,8 @@ STATE_KEY = state_key("kafka-lag/windows")
 
 
 def check_groups(
-    admin,
-    landing,
+    admin: AdminClient,
+    landing: LandingZone,
     groups: dict[str, Sequence[str] | None],
     *,
     window: int,
@@ -341,7 +349,7 @@ def check_groups(
     return reports
 
 
-def lag_datapoints(report: GroupReport) -> list[dict]:
+def lag_datapoints(report: GroupReport) -> list[dict[str, Any]]:
     """OpenTSDB datapoints: lag and status code per partition, tagged group/topic/partition."""
     points = []
     for p in report.partitions:
@@ -352,7 +360,7 @@ def lag_datapoints(report: GroupReport) -> list[dict]:
     return points
 
 
-def lag_documents(report: GroupReport, *, prefix: str = ES_INDEX_PREFIX) -> list[dict]:
+def lag_documents(report: GroupReport, *, prefix: str = ES_INDEX_PREFIX) -> list[dict[str, Any]]:
     """Elasticsearch documents (one per partition and check) for ``{prefix}-lag-*``."""
     from datetime import datetime, timezone
 
@@ -386,7 +394,7 @@ def raise_on_problems(reports: Sequence[GroupReport], *, lag_threshold: int | No
         raise LagAlarm("; ".join(problems))
 
 
-def parse_groups(spec: dict | str) -> dict[str, list[str] | None]:
+def parse_groups(spec: dict[str, Any] | str) -> dict[str, list[str] | None]:
     """Groups to watch from a JSON object ``{"group": ["topic", ...] | null}``.
 
     Raises ValueError naming the offending entry.
@@ -407,8 +415,12 @@ class LagMetricsRefused(LagError):
 
 
 def record_metrics(
-    reports: Sequence[GroupReport], *, elasticsearch=None, opentsdb=None, index_prefix: str = ES_INDEX_PREFIX
-) -> dict:
+    reports: Sequence[GroupReport],
+    *,
+    elasticsearch: Elasticsearch | None = None,
+    opentsdb: OpenTSDBClient | None = None,
+    index_prefix: str = ES_INDEX_PREFIX,
+) -> dict[str, int]:
     """Write lag and status per partition into the sinks that are given.
 
     ``elasticsearch`` is an ``elasticsearch.Elasticsearch`` client (documents
@@ -429,13 +441,13 @@ def record_metrics(
         actions = (
             (orjson.dumps({"index": {"_index": d.pop("_index"), "_id": d.pop("_id")}}), orjson.dumps(d)) for d in docs
         )
-        result = es.bulk_index(elasticsearch, actions)
-        counts["elasticsearch"] = result.accepted
-        refused += [f"elasticsearch {i}: {why}" for i, why in list(result.failed.items())[:5]]
+        bulk = es.bulk_index(elasticsearch, actions)
+        counts["elasticsearch"] = bulk.accepted
+        refused += [f"elasticsearch {i}: {why}" for i, why in list(bulk.failed.items())[:5]]
     if opentsdb is not None:
-        result = opentsdb.put([p for r in reports for p in lag_datapoints(r)])
-        counts["opentsdb"] = result.accepted
-        refused += [f"opentsdb: {f.reason}" for f in result.failed[:5]]
+        put = opentsdb.put([p for r in reports for p in lag_datapoints(r)])
+        counts["opentsdb"] = put.accepted
+        refused += [f"opentsdb: {f.reason}" for f in put.failed[:5]]
     if refused:
         raise LagMetricsRefused("lag metrics refused: " + "; ".join(refused))
     return counts

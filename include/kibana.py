@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from include.dashboards._http import ApiError, JsonApi, message_of, parse_version
+from include.dashboards._http import ApiError, JsonApi, json_object, message_of, parse_version
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class KibanaClient(JsonApi):
 
     # -- server -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/api/status").json()
+        return self.request_json("GET", "/api/status")
 
     def check_version(self, minimum: tuple[int, ...] = MIN_VERSION) -> str:
         """Return Kibana's version; raise KibanaVersionMismatch when older than ``minimum``."""
@@ -157,15 +157,14 @@ class KibanaClient(JsonApi):
     # -- data views -----------------------------------------------------------------
     def get_data_view(self, view_id: str) -> dict[str, Any] | None:
         resp = self.request("GET", f"/api/data_views/data_view/{view_id}", ok_404=True)
-        return resp.json()["data_view"] if resp is not None else None
+        return _data_view(json_object(resp, f"GET {self.base_url}")) if resp is not None else None
 
     def create_data_view(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.request("POST", "/api/data_views/data_view", json={"data_view": spec}).json()["data_view"]
+        return _data_view(self.request_json("POST", "/api/data_views/data_view", json={"data_view": spec}))
 
     def update_data_view(self, view_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         fields = {k: v for k, v in spec.items() if k != "id"}
-        resp = self.request("POST", f"/api/data_views/data_view/{view_id}", json={"data_view": fields})
-        return resp.json()["data_view"]
+        return _data_view(self.request_json("POST", f"/api/data_views/data_view/{view_id}", json={"data_view": fields}))
 
     # -- saved objects ----------------------------------------------------------------
     def export_objects(self, objects: list[dict[str, str]], *, include_references_deep: bool = True) -> list[dict[str, Any]]:
@@ -191,7 +190,7 @@ class KibanaClient(JsonApi):
         """``POST /api/saved_objects/_import``; raises KibanaImportError if any object failed."""
         params = {"overwrite": "true"} if overwrite else {}
         files = {"file": ("sluice.ndjson", ndjson.encode(), "application/ndjson")}
-        result = self.request("POST", "/api/saved_objects/_import", params=params, files=files).json()
+        result = self.request_json("POST", "/api/saved_objects/_import", params=params, files=files)
         errors = result.get("errors") or []
         if errors or not result.get("success", False):
             if any("more recent version" in str(e.get("error", {}).get("message", "")) for e in errors):
@@ -206,3 +205,10 @@ class KibanaClient(JsonApi):
                 errors=errors,
             )
         return result
+
+
+def _data_view(body: dict[str, Any]) -> dict[str, Any]:
+    view = body.get("data_view")
+    if not isinstance(view, dict):
+        raise KibanaApiError(f"Kibana answered without a data_view object: {str(body)[:200]}", body=body)
+    return view

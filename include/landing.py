@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from include.contract import SIDECAR_SUFFIX
@@ -132,7 +132,7 @@ class FileLanding:
 class S3Landing:
     """S3 or MinIO through boto3; ``client`` is a boto3 S3 client (injected)."""
 
-    def __init__(self, client, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -146,7 +146,8 @@ class S3Landing:
 
     def get(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+            return body
         except self.client.exceptions.NoSuchKey:
             raise KeyError(f"{key} is not in the landing zone {self.url}") from None
 
@@ -173,7 +174,7 @@ class S3Landing:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
 
-def open_landing(url: str, *, s3_client=None) -> LandingZone:
+def open_landing(url: str, *, s3_client: Any = None) -> LandingZone:
     """The landing zone behind ``url``.
 
     ``s3://`` needs a boto3 client: pass one (an Airflow S3Hook's, say) or let

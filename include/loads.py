@@ -32,10 +32,13 @@ from datetime import datetime, timedelta
 import orjson
 
 from include.contract import (
+    FILE,
     LOADED,
     RAW,
+    ContractError,
     FileDeadLetter,
     day_prefix,
+    deadletter_prefix,
     file_deadletter_key,
     floor_minute,
     loaded_key,
@@ -67,7 +70,7 @@ class LoadRecord:
     rejected: int
     quarantined: bool = False
     reason: str | None = None
-    sinks: dict[str, dict] = field(default_factory=dict)
+    sinks: dict[str, dict[str, int]] = field(default_factory=dict)
     deadletter: str | None = None
     run_id: str = ""
     loaded_at: str = ""
@@ -137,3 +140,26 @@ def find_unloaded(landing: LandingZone, source: str, start: datetime, end: datet
     """
     loaded = list_loaded(landing, source, start, end)
     return [f for f in list_landed(landing, source, start, end) if (f.key, f.etag) not in loaded]
+
+
+def list_quarantined(landing: LandingZone, source: str, start: datetime, end: datetime) -> dict[tuple[str, str], str]:
+    """``(raw key, etag) -> reason`` of every quarantined file of ``source`` for minutes in [start, end).
+
+    A quarantined file always has a dead-letter record (see the module doc), so
+    this lists ``deadletter/file/`` (far fewer objects than ``loaded/``) and
+    reads only those records; anything else there is not a file record and is
+    passed over.
+    """
+    out: dict[tuple[str, str], str] = {}
+    for prefix in _day_prefixes(deadletter_prefix(FILE), source, start, end):
+        for info in landing.list(prefix):
+            try:
+                raw_key, etag = split_record_key(info.key)
+            except ContractError:
+                continue
+            if not _in_window(raw_key, start, end):
+                continue
+            record = FileDeadLetter.from_json(landing.get(info.key))
+            if record.quarantined:
+                out[(raw_key, etag)] = record.reason or "quarantined (no reason recorded)"
+    return out

@@ -32,10 +32,10 @@ Parsing a manifest or heartbeat from the store is a boundary: bad bytes give a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -46,13 +46,13 @@ from include.contract import (
     heartbeat_prefix,
     manifest_key,
     manifest_prefix,
-    reason_code,
 )
 from include.landing import LandingZone
 from include.schemas import SOURCES
 
 #: A writer whose heartbeat is older than this many intervals is taken as gone.
 DEFAULT_MISSES = 3
+_Parsed = TypeVar("_Parsed")
 
 
 class ManifestError(ValueError):
@@ -79,7 +79,7 @@ def _counts(value: Any, key: str, name: str) -> dict[str, int]:
     return dict(value)
 
 
-def _load(data: bytes, key: str) -> dict:
+def _load(data: bytes, key: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -195,7 +195,9 @@ def write_heartbeat(landing: LandingZone, heartbeat: Heartbeat) -> None:
     landing.put(heartbeat.key, heartbeat.to_json(), {"sluice-schema": "heartbeat"})
 
 
-def _read_all(landing: LandingZone, keys: Iterable[str], parse) -> tuple[list, list[str]]:
+def _read_all(
+    landing: LandingZone, keys: Iterable[str], parse: Callable[[bytes, str], _Parsed]
+) -> tuple[list[_Parsed], list[str]]:
     good, bad = [], []
     for key in keys:
         try:

@@ -283,7 +283,7 @@ def prepare(index: int, datapoint: Any) -> tuple[_Entry | None, str | None, dict
     return _Entry(index, datapoint, wire, finite), None, renames
 
 
-def _key(dp: Mapping[str, Any]) -> tuple:
+def _key(dp: Mapping[str, Any]) -> tuple[Any, ...]:
     """What identifies a datapoint in OpenTSDB's ``details`` echo, value left out."""
     tags = dp.get("tags") or {}
     return (dp.get("metric"), str(dp.get("timestamp")), tuple(sorted((str(k), str(v)) for k, v in tags.items())))
@@ -331,8 +331,8 @@ def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOu
     if not errors and not timeouts:  # the common case: skip the matching below
         return BatchOutcome(success, [], [])
     # Exact matches (value included) first; without the value as a fallback.
-    exact: dict[tuple, deque[_Entry]] = defaultdict(deque)
-    loose: dict[tuple, deque[_Entry]] = defaultdict(deque)
+    exact: dict[tuple[Any, ...], deque[_Entry]] = defaultdict(deque)
+    loose: dict[tuple[Any, ...], deque[_Entry]] = defaultdict(deque)
     for entry in entries:
         exact[(*_key(entry.wire), _value_text(entry.wire["value"]))].append(entry)
         loose[_key(entry.wire)].append(entry)
@@ -352,10 +352,10 @@ def parse_details(entries: Sequence[_Entry], body: Mapping[str, Any]) -> BatchOu
         else:
             echo, reason = {}, str(error)
         value = echo.get("value")
-        entry = take(exact.get((*_key(echo), None if value is None else str(value)))) or take(loose.get(_key(echo)))
-        if entry is not None:
-            failed_ids.add(entry.index)
-            failures.append(PutFailure(entry.index, entry.original, reason))
+        match = take(exact.get((*_key(echo), None if value is None else str(value)))) or take(loose.get(_key(echo)))
+        if match is not None:
+            failed_ids.add(match.index)
+            failures.append(PutFailure(match.index, match.original, reason))
         else:
             log.error("OpenTSDB reported an error for a datapoint the client cannot match: %s (%s)", echo, reason)
             failures.append(PutFailure(None, echo, reason))
@@ -471,7 +471,7 @@ class OpenTSDBClient:
         self.close()
 
     def _delay(self, attempt: int) -> float:
-        return min(self.backoff * (2 ** (attempt - 1)), self.backoff_max)
+        return float(min(self.backoff * (2 ** (attempt - 1)), self.backoff_max))
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """One HTTP request; connection problems surface as requests exceptions."""
@@ -492,7 +492,8 @@ class OpenTSDBClient:
         resp = self._request("GET", "/api/version")
         self._raise_for_client_error(resp, "GET /api/version")
         resp.raise_for_status()
-        return resp.json()
+        version: dict[str, Any] = resp.json()
+        return version
 
     def query(
         self,
@@ -526,7 +527,8 @@ class OpenTSDBClient:
             return []
         self._raise_for_client_error(resp, f"query of {metric!r}")
         resp.raise_for_status()
-        return resp.json()
+        series: list[dict[str, Any]] = resp.json()
+        return series
 
     # -- writing ---------------------------------------------------------------------------------
     def put(self, datapoints: Iterable[Mapping[str, Any]]) -> PutResult:

@@ -142,8 +142,6 @@ LAG_TAGS = ("group", "topic", "partition")
 #: Partition statuses are OK, WARN, REWIND, STALL, STOP; a group's is OK, WARN or ERR
 #: (include/kafka_lag.py has the rules).
 LAG_STATUS_CODES = {"OK": 0, "WARN": 1, "REWIND": 2, "STALL": 3, "STOP": 4, "ERR": 5}
-#: Lag documents in Elasticsearch carry these fields besides ``@timestamp``.
-LAG_FIELDS = ("group", "topic", "partition", "lag", "status", "status_code")
 
 #: OpenTSDB: epoch seconds of the last minute loaded, tagged ``source=<host|sensor>``,
 #: written at that minute's own timestamp (the freshness dashboard shows the time of

@@ -48,6 +48,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ from include.manifests import ManifestError, MinuteManifest
 from include.schemas import SCHEMAS, SENSOR, SENSOR_SCHEMA, CsvSchema
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Object metadata every minute file carries (S3 user metadata, or the
 #: ``.meta.json`` sidecar of the file store). S3 lower-cases metadata keys.
@@ -130,7 +132,7 @@ def merge_rows(schema: CsvSchema, existing: Iterable[list[str]], new_rows: Itera
     if schema.name == SENSOR and _canonical_sensor_rows(rows):
         # Identity is then the row's own (timestamp, device, metric, tags): keyed and
         # sorted in C; reversed so that, as below, the first row of an identity wins.
-        merged = dict(zip(map(_SENSOR_KEY, reversed(rows)), reversed(rows)))
+        merged = dict(zip(map(_SENSOR_KEY, reversed(rows)), reversed(rows), strict=True))
         return [merged[k] for k in sorted(merged)]
     keyed: dict[tuple[str, ...], list[str]] = {}
     for row in rows:
@@ -138,7 +140,7 @@ def merge_rows(schema: CsvSchema, existing: Iterable[list[str]], new_rows: Itera
     return [keyed[k] for k in sorted(keyed)]
 
 
-def canonical_file(schema: CsvSchema, rows: Iterable[list[str]]) -> tuple[bytes, Counter]:
+def canonical_file(schema: CsvSchema, rows: Iterable[list[str]]) -> tuple[bytes, Counter[str]]:
     """A minute file of ``rows`` as the merge writes it (deduplicated, sorted), and its rows per device.
 
     For rows whose fields need no CSV quoting (the journal split checked
@@ -196,7 +198,7 @@ class BadEntry(ValueError):
     """A spool entry that can never land as it is; the message says why."""
 
 
-def _prepare(kind: str, data: bytes, *, canonical: bool = False):
+def _prepare(kind: str, data: bytes, *, canonical: bool = False) -> Any:
     """Parse an entry's data before the store is touched; BadEntry when it cannot be used.
 
     A *canonical* entry (written by a collector's split: checked, deduplicated,
@@ -249,7 +251,7 @@ class _Canonical(bytes):
     """Data of a canonical spool entry (see :func:`_prepare`)."""
 
 
-def _merge(kind: str, key: str, prepared, existing: bytes | None) -> tuple[bytes, int, Counter | None]:
+def _merge(kind: str, key: str, prepared: Any, existing: bytes | None) -> tuple[bytes, int, Counter[str] | None]:
     """(file bytes, rows, rows per device or None) of the union; BadEntry when ``existing`` is not of ``kind``."""
     if isinstance(prepared, _Canonical):
         if existing is None:  # the usual case: the minute's first landing goes as it is
@@ -507,7 +509,7 @@ class Lander:
         self._stop = threading.Event()
         self.backoff = 0.0
         #: Rows per device of the files landed last, for the manifests that follow them.
-        self._counts: OrderedDict[str, Counter] = OrderedDict()
+        self._counts: OrderedDict[str, Counter[str] | None] = OrderedDict()
 
     def land_one(self) -> bool | None:
         """Land the oldest entry. True: landed or quarantined; False: the store failed; None: nothing spooled."""
@@ -546,7 +548,7 @@ class Lander:
         self.metrics.quarantined(entry, reason)
         log.error("%s could not land and is kept in %s: %s", entry.key, path, reason)
 
-    def _store(self, call, *args):
+    def _store(self, call: Callable[..., _T], *args: Any) -> _T:
         try:
             return call(*args)
         except KeyError:
@@ -554,7 +556,7 @@ class Lander:
         except Exception as exc:
             raise _StoreError() from exc
 
-    def _land_data(self, entry: SpoolEntry, prepared) -> int:
+    def _land_data(self, entry: SpoolEntry, prepared: Any) -> int:
         existing = self._store(_get, self.landing, entry.key)
         body, rows, counts = _merge(entry.kind, entry.key, prepared, existing)
         self._store(self.landing.put, entry.key, body, metadata(entry.kind, rows))
@@ -564,20 +566,21 @@ class Lander:
             self._counts.popitem(last=False)
         return rows
 
-    def _land_manifest(self, entry: SpoolEntry, spec: dict) -> int:
+    def _land_manifest(self, entry: SpoolEntry, spec: dict[str, Any]) -> int:
         data_key = spec["data_key"]
         counts = self._counts.get(data_key)
         if counts is None and data_key in self._counts:
             counts = Counter({str(k): int(v) for k, v in (spec.get("rows") or {}).items()})
         if counts is None:  # landed by a previous run, or quarantined: count what the store holds
             landed = self._store(_get, self.landing, data_key)
-            counts = Counter()
+            counts = Counter[str]()
             if landed is not None:
                 kind = spec.get("kind", SENSOR)
                 try:
                     _, _, counts = _merge(kind, data_key, [], landed)
                 except BadEntry as exc:
                     log.warning("manifest of %s counts no rows: %s", data_key, exc)
+            counts = counts if counts is not None else Counter[str]()
         try:
             manifest = MinuteManifest(
                 source=spec["source"], writer=spec["writer"],
@@ -590,7 +593,7 @@ class Lander:
         info = self._store(self.landing.head, key)
         applied = [t for t in (info.metadata.get(META_TALLIES, "") if info else "").split(",") if t]
         old_bytes = self._store(_get, self.landing, key) if info is not None else None
-        received, deadletters = 0, Counter()
+        received, deadletters = 0, Counter[str]()
         if old_bytes is not None:
             try:
                 old = MinuteManifest.from_json(old_bytes, key)

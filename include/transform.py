@@ -34,10 +34,10 @@ import io
 import math
 import re
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -47,14 +47,22 @@ from include.contract import (
     ID_SEPARATOR,
     POLARS_TIMESTAMP_FORMAT,
     TIMESTAMP_PATTERN,
+    ID_PATTERN,
+    SIDECAR_SUFFIX,
     ContractError,
     canonical_timestamp,
+    check_device,
+    check_name,
+    check_writer,
     format_tags,
     hash_identity,
     parse_tags,
     reading_id,
 )
-from include.schemas import HOST, HOST_METRICS, SCHEMAS, SENSOR, SOURCES
+from include.schemas import HOST, HOST_METRICS, REQUIRED, SCHEMAS, SENSOR, SOURCES
+
+if TYPE_CHECKING:  # polars is imported where it is used: the stream loader and the DAGs' parse never need it
+    import polars as pl
 
 TIME_FIELD = ES_TIME_FIELD
 
@@ -65,6 +73,8 @@ _FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _INT = re.compile(_INT_PATTERN)
 _FLOAT = re.compile(_FLOAT_PATTERN)
 _INT64 = (-(2**63), 2**63 - 1)
+#: Column name -> kind ("int", "float", "str", ...) per source.
+_KINDS = {source: {c.name: c.kind for c in schema.columns} for source, schema in SCHEMAS.items()}
 
 
 class FileRejected(ValueError):
@@ -83,7 +93,7 @@ class RowError:
     reason: str
     row: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "reason": self.reason, "row": self.row}
 
 
@@ -151,15 +161,19 @@ def _field(row: Mapping[str, str | None], column: str) -> str:
     return value
 
 
-def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict[str, Any]:
     """One host row -> its document: ``@timestamp``, ``host``, numeric fields as numbers.
 
     ``columns`` are the file's header (default: the row's keys); every one of
     them must have a value. Raises ContractError naming the first bad value.
     """
-    kinds = {c.name: c.kind for c in SCHEMAS[HOST].columns}
+    kinds = _KINDS[HOST]
+    names = list(columns) if columns is not None else list(row.keys())
+    for column in REQUIRED[HOST]:  # a Kafka host record may lack any of them; a file header cannot
+        if column not in names:
+            raise ContractError(f"column {column}: no value")
     doc: dict[str, Any] = {TIME_FIELD: canonical_timestamp(_field(row, "timestamp"))}
-    for column in columns if columns is not None else row.keys():
+    for column in names:
         if column == "timestamp":
             continue
         kind = kinds.get(column)
@@ -170,31 +184,49 @@ def host_document(row: Mapping[str, str | None], columns: Sequence[str] | None =
             doc[column] = parse_int(column, text)
         elif kind == "float":
             doc[column] = parse_float(column, text)
+        elif column == "host":
+            doc[column] = _checked(check_writer, column, text)
         else:
             doc[column] = text
     return doc
 
 
-def sensor_document(row: Mapping[str, str | None]) -> dict:
+def _checked(check: Callable[[str], str], column: str, text: str) -> str:
+    try:
+        return check(text)
+    except ContractError as exc:
+        raise ContractError(f"column {column}: {exc}") from None
+
+
+def sensor_document(row: Mapping[str, str | None]) -> dict[str, Any]:
     """One sensor row -> ``{"@timestamp", "device", "metric", "value", "tags": {k: v}}``.
 
     ``tags`` may be empty; a tag without ``=`` rejects the row (ContractError).
     """
-    tags_text = row.get("tags") or ""
+    return _sensor_document(
+        canonical_timestamp(_field(row, "timestamp")), _field(row, "device"), _field(row, "metric"),
+        parse_float("value", _field(row, "value")), row.get("tags") or "",
+    )
+
+
+def _sensor_document(stamp: str, device: str, metric: str, value: float, tags_text: str) -> dict[str, Any]:
+    """The sensor document of checked parts; both engines build it here."""
     try:
         tags = parse_tags(tags_text)
     except ContractError as exc:
         raise ContractError(f"column tags: {exc}") from None
     return {
-        TIME_FIELD: canonical_timestamp(_field(row, "timestamp")),
-        "device": _field(row, "device"),
-        "metric": _field(row, "metric"),
-        "value": parse_float("value", _field(row, "value")),
+        TIME_FIELD: stamp,
+        "device": _checked(check_device, "device", device),
+        "metric": _checked(lambda t: check_name(t, "metric"), "metric", metric),
+        "value": value,
         "tags": tags,
     }
 
 
-def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[str] | None = None) -> dict:
+def row_document(
+    source: str, row: Mapping[str, str | None], columns: Sequence[str] | None = None
+) -> dict[str, Any]:
     """:func:`host_document` or :func:`sensor_document` by source."""
     if source == HOST:
         return host_document(row, columns)
@@ -203,7 +235,7 @@ def row_document(source: str, row: Mapping[str, str | None], columns: Sequence[s
     raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
 
 
-def document_id(source: str, doc: Mapping) -> str:
+def document_id(source: str, doc: Mapping[str, Any]) -> str:
     """Deterministic id of a document (see :func:`include.contract.reading_id`).
 
     A host document is keyed by (host, timestamp) under the metric ``"host"``;
@@ -231,7 +263,7 @@ def opentsdb_timestamp(timestamp: str) -> int:
     return seconds * 1000 + millis
 
 
-def document_datapoints(source: str, doc: Mapping) -> list[dict]:
+def document_datapoints(source: str, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """OpenTSDB datapoints ``{"metric", "timestamp", "value", "tags"}`` of one document.
 
     A host document gives one datapoint per numeric field, metric
@@ -287,32 +319,56 @@ def transform_file_rows(source: str, data: bytes) -> FileDocuments:
     """Transform one minute file row by row (csv module + orjson).
 
     The reference implementation: same documents, ids and row errors as
-    :func:`transform_file`, at a fraction of the speed. Raises FileRejected.
+    :func:`transform_file`. It reads every layout the csv module reads
+    (quotes, ``\r\n``, blank lines); a line the csv module refuses is a row
+    error, never an exception. Raises FileRejected.
     """
     header = _header(source, data)
-    reader = csv.reader(io.StringIO(_decode(data)))
+    reader = csv.reader(io.StringIO(_decode(data), newline=""))
     next(reader)
     out = FileDocuments(source)
-    for row in reader:
-        if not row:  # a blank line is no row (polars would read it as one of nulls)
-            continue
-        line = reader.line_num
-        out.rows_read += 1
-        if len(row) != len(header):
-            why = f"row has {len(row)} fields, the header has {len(header)}"
-            out.row_errors.append(RowError(line, why, ",".join(row)))
-            continue
+    while True:
         try:
-            doc = row_document(source, dict(zip(header, row)), header)
-        except ContractError as exc:
-            out.row_errors.append(RowError(line, str(exc), ",".join(row)))
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            out.rows_read += 1
+            out.row_errors.append(RowError(reader.line_num, f"row is not valid CSV: {exc}", ""))
             continue
-        out.documents.append(orjson.dumps(doc))
-        out.ids.append(document_id(source, doc))
-        out.timestamps.append(doc[TIME_FIELD])
+        if not row:  # a blank line is no row
+            continue
+        out.rows_read += 1
+        result = _row_result(source, header, row)
+        if isinstance(result, str):
+            out.row_errors.append(RowError(reader.line_num, result, ",".join(row)))
+            continue
+        out.documents.append(orjson.dumps(result))
+        out.ids.append(document_id(source, result))
+        out.timestamps.append(result[TIME_FIELD])
     if out.rows_read == 0:
         raise FileRejected("no data rows after the header")
     return out
+
+
+def _row_result(source: str, header: list[str], row: list[str]) -> dict[str, Any] | str:
+    """The document of one CSV row, or why it is refused."""
+    if len(row) != len(header):
+        return f"row has {len(row)} fields, the header has {len(header)}"
+    try:
+        return row_document(source, dict(zip(header, row, strict=True)), header)
+    except ContractError as exc:
+        return str(exc)
+
+
+def _plain(data: bytes) -> bool:
+    """One row a line, fields split by commas: no quotes, carriage returns or blank lines.
+
+    The collectors write only such files; the columnar engine reads only them,
+    and every other layout goes to the row engine, so the two cannot differ in
+    how they split a file.
+    """
+    return data.endswith(b"\n") and b"\n\n" not in data and b"\r" not in data and b'"' not in data
 
 
 def transform_file(source: str, data: bytes) -> FileDocuments:
@@ -347,11 +403,12 @@ def transform_files(source: str, datas: Sequence[bytes]) -> list[FileDocuments |
         except FileRejected as exc:
             results[i] = exc
             continue
-        if data.endswith(b"\n") and b"\n\n" not in data and b"\r" not in data and b'"' not in data:
+        if _plain(data):
             groups.setdefault(tuple(header), []).append(i)
         else:
-            results[i] = _transform_one(source, data, header)
-    for header, indexes in groups.items():
+            results[i] = _row_engine(source, data)
+    for names, indexes in groups.items():
+        header = list(names)
         counts = {i: datas[i].count(b"\n") - 1 for i in indexes}  # plain layout: one row a line
         for i in indexes:
             if counts[i] == 0:
@@ -363,34 +420,37 @@ def transform_files(source: str, datas: Sequence[bytes]) -> list[FileDocuments |
             batch = datas[members[0]]
         else:
             batch = (",".join(header) + "\n").encode() + b"".join(datas[i].split(b"\n", 1)[1] for i in members)
-        frame, typed = _read(source, batch, list(header))
+        frame, typed = _read(source, batch, header)
         if frame is None:  # ragged rows somewhere: find them file by file
             for i in members:
-                results[i] = _transform_one(source, datas[i], list(header))
+                results[i] = _transform_one(source, datas[i], header)
             continue
-        whole = _transform_frame(source, frame, list(header), typed)
+        whole = _transform_frame(source, frame, header, typed)
         offset = 0
         for i in members:
-            results[i] = whole.slice(offset, offset + counts[i], datas[i], list(header))
+            results[i] = whole.slice(offset, offset + counts[i], datas[i], header)
             offset += counts[i]
     return results  # type: ignore[return-value]
 
 
-def _transform_one(source: str, data: bytes, header: list[str]) -> FileDocuments | FileRejected:
+def _row_engine(source: str, data: bytes) -> FileDocuments | FileRejected:
     try:
-        if b"\n\n" in data or b"\n\r\n" in data:  # blank lines: the row engine skips them
-            return transform_file_rows(source, data)
-        frame, typed = _read(source, data, header)
-        if frame is None:
-            return transform_file_rows(source, data)
-        if frame.height == 0:
-            raise FileRejected("no data rows after the header")
-        return _transform_frame(source, frame, header, typed).slice(0, frame.height, data, header)
+        return transform_file_rows(source, data)
     except FileRejected as exc:
         return exc
 
 
-def _read(source: str, data: bytes, header: list[str]):
+def _transform_one(source: str, data: bytes, header: list[str]) -> FileDocuments | FileRejected:
+    """One plain file through polars; the row engine when polars cannot split it."""
+    frame, typed = _read(source, data, header)
+    if frame is None:
+        return _row_engine(source, data)
+    if frame.height == 0:
+        return FileRejected("no data rows after the header")
+    return _transform_frame(source, frame, header, typed).slice(0, frame.height, data, header)
+
+
+def _read(source: str, data: bytes, header: list[str]) -> tuple[pl.DataFrame | None, bool]:
     """``(frame, typed)``: numbers parsed by the CSV reader when every value allows, else all text.
 
     ``(None, False)`` when polars cannot split the rows, or the columns it
@@ -441,15 +501,14 @@ class _Frame:
 
 #: Canonical whole-second timestamps need no reformatting, only a check that the date exists.
 _WHOLE_SECOND = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
-#: Characters JSON strings must escape: such values take polars' JSON writer instead of concat_str.
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 
 
-def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Frame:
+def _transform_frame(source: str, frame: pl.DataFrame, header: list[str], typed: bool) -> _Frame:
     import polars as pl
 
-    kinds = {c.name: c.kind for c in SCHEMAS[source].columns}
+    kinds = _KINDS[source]
     ts = pl.col("timestamp")
+    stamp: pl.Expr
     if frame["timestamp"].str.contains(_WHOLE_SECOND).all():
         stamp = pl.when(ts.str.to_datetime("%Y-%m-%dT%H:%M:%SZ", strict=False).is_not_null()).then(ts)
     else:
@@ -469,9 +528,11 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
             exprs.append(pl.when(number.is_finite()).then(number).alias(column))
         elif kind == "tags":
             exprs.append(col.fill_null(""))
+        elif source == HOST and column == "host":  # check_writer, vectorized (the sensor loop checks devices)
+            exprs.append(pl.when(col.str.contains(f"^(?:{ID_PATTERN})$") & ~col.str.ends_with(SIDECAR_SUFFIX)).then(col))
         else:
             exprs.append(col)
-    docs = frame.select([e.alias(n) for e, n in zip(exprs, [TIME_FIELD, *header[1:]])]).with_row_index("_row")
+    docs = frame.select([e.alias(n) for e, n in zip(exprs, [TIME_FIELD, *header[1:]], strict=True)]).with_row_index("_row")
     # A null anywhere is a rejected row: empty values, failed casts, short rows.
     bad = docs.select(pl.any_horizontal(pl.all().is_null()).alias("bad"))["bad"]
     bad_rows: set[int] = set(bad.arg_true().to_list()) if bad.any() else set()
@@ -496,29 +557,28 @@ def _transform_frame(source: str, frame, header: list[str], typed: bool) -> _Fra
         "_row", TIME_FIELD, "device", "metric", "value", "tags"
     ).iter_rows():
         try:
-            tags = parse_tags(tags_text)
+            doc = _sensor_document(stamp_text, device, metric, value, tags_text)
         except ContractError:
             bad_rows.add(index)
             continue
         keep.append(index)
-        doc = {TIME_FIELD: stamp_text, "device": device, "metric": metric, "value": value, "tags": tags}
         out.documents.append(orjson.dumps(doc))
-        out.ids.append(reading_id(SENSOR, device, stamp_text, metric, format_tags(tags)))
+        out.ids.append(reading_id(SENSOR, device, stamp_text, metric, format_tags(doc["tags"])))
         out.timestamps.append(stamp_text)
     out.rows = keep
     return out
 
 
-def _host_json(docs, kinds: dict[str, str]) -> list[bytes]:
-    """One JSON object per row, columns in order; numbers as JSON numbers, names as strings."""
+def _host_json(docs: pl.DataFrame, kinds: dict[str, str]) -> list[bytes]:
+    """One JSON object per row, columns in order; numbers as JSON numbers, names as strings.
+
+    No string needs a JSON escape: the timestamp is contract text and the host a
+    checked writer id (ASCII letters, digits, ``._-``), so plain concatenation is JSON.
+    """
     import polars as pl
 
     strings = [c for c in docs.columns if c == TIME_FIELD or kinds.get(c) not in ("int", "float")]
-    if docs.select(pl.any_horizontal(pl.col(strings).str.contains(_NEEDS_ESCAPE).any())).item():
-        buffer = io.BytesIO()
-        docs.write_ndjson(buffer)
-        return buffer.getvalue().splitlines()
-    parts: list = []
+    parts: list[Any] = []
     for i, column in enumerate(docs.columns):
         lead = "{" if i == 0 else ","
         if column in strings:
@@ -526,26 +586,20 @@ def _host_json(docs, kinds: dict[str, str]) -> list[bytes]:
         else:
             parts += [pl.lit(f'{lead}"{column}":'), pl.col(column).cast(pl.String)]
     parts.append(pl.lit("}"))
-    return docs.select(pl.concat_str(parts).cast(pl.Binary).alias("json"))["json"].to_list()
+    rows: list[bytes] = docs.select(pl.concat_str(parts).cast(pl.Binary).alias("json"))["json"].to_list()
+    return rows
 
 
 def _explain_rows(source: str, data: bytes, header: list[str], indexes: set[int]) -> list[RowError]:
-    """Row errors, with the row function's reason, for the rows at ``indexes`` (0-based data rows)."""
+    """Row errors, with the row function's reason, for the rows at ``indexes`` (0-based data rows).
+
+    Only plain files (:func:`_plain`) reach the columnar engine: row ``i`` is line ``i + 2``.
+    """
     errors: list[RowError] = []
-    reader = csv.reader(io.StringIO(_decode(data)))
-    next(reader)
-    for index, row in enumerate(r for r in reader if r):
-        if index not in indexes:
-            continue
-        line = reader.line_num
-        if len(row) != len(header):
-            why = f"row has {len(row)} fields, the header has {len(header)}"
-            errors.append(RowError(line, why, ",".join(row)))
-            continue
-        try:
-            row_document(source, dict(zip(header, row)), header)
-        except ContractError as exc:
-            errors.append(RowError(line, str(exc), ",".join(row)))
-        else:  # the engines disagree: refuse the row rather than load a guess
-            errors.append(RowError(line, "value refused by the columnar parser", ",".join(row)))
+    lines = _decode(data).split("\n")
+    for index in sorted(indexes):
+        text = lines[index + 1]
+        result = _row_result(source, header, text.split(","))
+        why = result if isinstance(result, str) else "value refused by the columnar parser"
+        errors.append(RowError(index + 2, why, text))
     return errors

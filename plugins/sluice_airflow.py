@@ -3,13 +3,15 @@
 DAG tasks call these at run time (never at parse time): the landing zone
 behind ``SLUICE_LANDING_URL`` with the amazon provider's S3Hook client, an
 Elasticsearch client from the elasticsearch provider's connection, and the
-configured sinks. Nothing here touches the network on import.
+configured sinks. :func:`transform_and_load` is the task wiring the minute and
+sweep DAGs share. Nothing here touches the network on import.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +53,77 @@ def elasticsearch_client(conn_id: str = ELASTICSEARCH_CONN_ID):
 
 
 def sink(name: str):
-    """The :class:`include.pipeline.Sink` called ``name``, built from its Airflow Connection."""
-    from include import pipeline
+    """The :class:`include.sinks.Sink` called ``name``, built from its Airflow Connection."""
+    from include import sinks
     from include.contract import index_prefix
 
-    if name == pipeline.ELASTICSEARCH:
-        return pipeline.ElasticsearchSink(elasticsearch_client(), prefix=index_prefix())
-    if name == pipeline.OPENTSDB:
+    if name == sinks.ELASTICSEARCH:
+        return sinks.ElasticsearchSink(elasticsearch_client(), prefix=index_prefix())
+    if name == sinks.OPENTSDB:
         from opentsdb_hook import OpenTSDBHook
 
-        return pipeline.OpenTSDBSink(OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn())
-    raise pipeline.UnknownSink(f"sink {name!r} is not one of {', '.join(pipeline.KNOWN_SINKS)}")
+        return sinks.OpenTSDBSink(OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn())
+    raise sinks.UnknownSink(f"sink {name!r} is not one of {', '.join(sinks.KNOWN_SINKS)}")
 
 
 def task_retries() -> int:
     """Retries of every Sluice task: ``SLUICE_TASK_RETRIES`` (default 3; tests set 0)."""
     return int(os.environ.get("SLUICE_TASK_RETRIES", "3"))
+
+
+def transform_and_load(source: str, files: Any) -> Any:
+    """The load steps the minute and sweep DAGs share: csv_to_json -> load_<sink> per sink -> record_loads.
+
+    ``files`` is the XCom of :func:`include.pipeline.file_ref` dicts (a sensor's
+    or a task's output); returns record_loads' XCom (the totals). One
+    ``load_<sink>`` task per sink of ``SLUICE_SINKS``; each closes its sink.
+    Builds tasks only: nothing runs or connects at parse time.
+    """
+    from airflow.sdk import task
+
+    from include.sinks import configured_sinks
+
+    @task
+    def csv_to_json(refs: list[dict]) -> list[dict]:
+        from include.pipeline import stage_files
+
+        return [s.to_dict() for s in stage_files(landing_zone(), source, refs)]
+
+    @task
+    def record_loads(summaries: list[dict], results: dict[str, dict], run_id=None) -> dict:
+        from include.pipeline import FileSummary
+        from include.pipeline import record_loads as record
+
+        return record(landing_zone(), [FileSummary.from_dict(s) for s in summaries], results, run_id=run_id)
+
+    def load_task(name: str):
+        @task(task_id=f"load_{name}")
+        def load(summaries: list[dict]) -> dict:
+            from include.pipeline import FileSummary, load_staged
+
+            target = sink(name)
+            try:
+                return load_staged(landing_zone(), target, source, [FileSummary.from_dict(s) for s in summaries])
+            finally:
+                target.close()
+
+        return load
+
+    staged = csv_to_json(files)
+    results = {name: load_task(name)(staged) for name in configured_sinks()}
+    return record_loads(staged, results)
+
+
+def kafka_consumer_factory(conn_id: str = "kafka_default"):
+    """A factory of ``confluent_kafka.Consumer`` from the kafka provider's Connection (its extra is the config).
+
+    The consumers are for counting (``assign``, never ``subscribe``): group
+    ``sluice-reconcile``, no auto-commit, so they never move a real group's offsets.
+    """
+    from airflow.sdk import BaseHook
+    from confluent_kafka import Consumer
+
+    config = dict(BaseHook.get_connection(conn_id).extra_dejson)
+    config.update({"group.id": "sluice-reconcile", "enable.auto.commit": False, "enable.partition.eof": False,
+                   "log_level": 3})
+    return lambda: Consumer(config)

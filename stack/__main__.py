@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack up|down|status|logs|install|env|demo``."""
+"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|demo``."""
 
 from __future__ import annotations
 
@@ -19,18 +19,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in [
         ("up", "install what is missing and start services that are not running"),
         ("down", "stop services started by the stack"),
-        ("status", "show running / stopped / unhealthy per service"),
+        ("status", "per component state, health, uptime, restarts; then the pipeline (freshness, lag, failed runs)"),
         ("install", "download and build without starting"),
     ]:
         p = sub.add_parser(name, help=text)
         p.add_argument("services", nargs="*", help="default: all")
+    p = sub.add_parser("run", help="the platform: start everything, unpause the DAGs, print the URLs")
+    p.add_argument("--devices", type=int, default=5, help="simulated sensor devices (default 5)")
     p = sub.add_parser("logs", help="print the end of a service's log")
     p.add_argument("service")
     p.add_argument("-n", "--lines", type=int, default=50)
     sub.add_parser("env", help="print shell exports for Airflow (AIRFLOW_HOME, AIRFLOW_CONN_*)")
-    p = sub.add_parser("demo", help="collect for a few minutes, run the DAGs, print landed vs loaded per minute")
-    p.add_argument("--minutes", type=int, default=3, help="whole minutes to collect (default 3)")
-    p.add_argument("--devices", type=int, default=5, help="simulated sensor devices (default 5)")
+    p = sub.add_parser("demo", help="check the running platform: wait for scheduled minutes, print landed vs loaded")
+    p.add_argument("--minutes", type=int, default=3, help="scheduled minutes to wait for (default 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -44,10 +45,27 @@ def main(argv: list[str] | None = None) -> int:
             stopped = api.down(config, names)
             print("stopped: " + (", ".join(stopped) or "nothing was running"))
             return 0
+        if args.cmd == "run":
+            from stack import platform
+
+            platform.bring_up(config, devices=args.devices)
+            print(platform.where(config))
+            return 0
         if args.cmd == "status":
-            return _print_status(config, names)
+            if names:
+                return _print_status(config, names)
+            from stack import platform
+
+            lines, healthy = platform.status_report(config)
+            print("\n".join(lines))
+            return 0 if healthy else 3
         if args.cmd == "install":
             api.install(config, names)
+            if names is None:
+                # Not a service: the jars the Spark anomaly job reads s3a:// with.
+                from stack import spark
+
+                spark.install(config)
             return 0
         if args.cmd == "logs":
             (svc,) = api.services(config, [args.service])
@@ -57,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "demo":
             from stack import demo
 
-            return demo.run(config, minutes=args.minutes, devices=args.devices)
+            return demo.run(config, minutes=args.minutes)
         if args.cmd == "env":
             for key, value in airflow_env(config).items():
                 print(f"export {key}={shlex.quote(value)}")

@@ -2,7 +2,9 @@
 # Installs the system-level tools the local stack needs, only where missing:
 #   mosquitto (Debian), Maven, a JDK >= 21 (Kafka, Elasticsearch) and a JDK 17
 #   (HBase under OpenTSDB) -- all from Maven Central --, Go (MinIO is built with
-#   `go install`), python3-venv, setpriv, docker-compose (validates the compose file).
+#   `go install`), python3-venv, setpriv, docker-compose (validates the compose file),
+#   PostgreSQL (Airflow's metadata database) and chromium + chromium-driver (the
+#   headless browser the UI tests drive), all from Debian.
 # Idempotent: on a machine that has everything it installs nothing.
 set -euo pipefail
 
@@ -39,9 +41,14 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 have setpriv || need+=(util-linux)
 # docker-compose (1.29): validates docker-compose.yaml in CI with `docker-compose config`, no engine needed.
 have docker-compose || need+=(docker-compose)
+# Airflow's metadata database: the server binaries under /usr/lib/postgresql/<major>/bin.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# The Airflow UI test: Debian's headless Chromium and its WebDriver.
+have chromium || need+=(chromium)
+have chromedriver || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "bootstrap: system tools present (mosquitto, mvn, JDK >= 21, JDK 11..17, go, python3-venv, docker-compose)"
+  echo "bootstrap: system tools present (mosquitto, postgresql, chromium, mvn, JDK >= 21, JDK 11..17, go, python3-venv, docker-compose)"
   exit 0
 fi
 
@@ -68,7 +75,8 @@ for p in "${need[@]}"; do
   fi
 done
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-# Debian starts the packaged broker on port 1883; the stack runs its own.
-if [ -x /usr/sbin/mosquitto ] && have systemctl; then
+# Debian starts the packaged broker on port 1883 and a PostgreSQL cluster on 5432; the stack runs its own.
+if have systemctl; then
   systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  systemctl disable --now postgresql >/dev/null 2>&1 || true
 fi

@@ -39,6 +39,16 @@ DEFAULT_PORTS: dict[str, int] = {
     "hbase_zookeeper": 2181,
     "hbase_master": 16000,
     "hbase_regionserver": 16020,
+    # The platform (`python -m stack run`): Airflow's metadata database and components.
+    "postgres": 5432,
+    "airflow_api": 8080,
+    # Where the scheduler's LocalExecutor workers and the triggerer serve task logs to the UI.
+    "airflow_worker_logs": 8793,
+    "airflow_triggerer_logs": 8794,
+    # /metrics and /healthz of the supervised collectors (their own defaults in collectors/).
+    "host_collector": 9108,
+    "mqtt_collector": 9109,
+    "stream_loader": 9110,
 }
 
 #: Kafka cluster sizes the stack can run: one node, or three that survive losing one.

@@ -13,6 +13,7 @@ import os
 
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.minio import MinIO
+from stack.spark import spark_env
 
 
 def airflow_connections(config: StackConfig) -> dict[str, dict]:
@@ -38,6 +39,9 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         },
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
         "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
+        # The Spark anomaly job runs in-process on this machine's cores; docker-compose points the
+        # same id at its Spark master (spark://spark-master:7077), a cluster at spark:// or k8s://.
+        "spark_default": {"conn_type": "spark", "host": "local[*]"},
         # Grafana and Kibana are not part of the local stack (docker-compose runs them): these point
         # at their default ports on this host; credentials come from the environment, never from code.
         "grafana_default": {
@@ -57,6 +61,17 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
     }
 
 
+def airflow_parallelism(cores: int | None = None) -> int:
+    """Task processes Airflow runs at once: four a core, at least 8.
+
+    A Sluice task mostly waits on MinIO, Elasticsearch or OpenTSDB, or on its own
+    interpreter starting; the two minute DAGs alone bring about twelve tasks a
+    minute, so fewer slots queue tasks behind each other while the cores idle.
+    Each task process is ~150 MB, so eight on a 2-core machine stay modest.
+    """
+    return max(8, 4 * (cores if cores is not None else (os.cpu_count() or 1)))
+
+
 def landing_url(config: StackConfig) -> str:
     return f"s3://{LANDING_BUCKET}"
 
@@ -68,9 +83,9 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # Two cores: a handful of task processes, not the default 32.
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        # Sized for the machine (airflow_parallelism), not the default 32.
+        "AIRFLOW__CORE__PARALLELISM": str(airflow_parallelism()),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(airflow_parallelism()),
         "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
         # include/ is imported by DAGs and plugins; it lives at the repository root.
         "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")] if p),
@@ -78,6 +93,8 @@ def airflow_env(config: StackConfig) -> dict[str, str]:
         # The local stack has both sinks: the minute DAGs load Elasticsearch and OpenTSDB.
         "SLUICE_SINKS": "elasticsearch,opentsdb",
     }
+    # A JDK pyspark supports (stack's find_jdk) and the s3a jars, when this machine has them.
+    env.update(spark_env(config))
     for conn_id, conn in airflow_connections(config).items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env

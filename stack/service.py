@@ -12,6 +12,7 @@ that pid's process group only — never by process name.
 from __future__ import annotations
 
 import enum
+import hashlib
 import errno
 import logging
 import os
@@ -94,16 +95,16 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def ensure_service_user() -> tuple[int, int]:
+def ensure_service_user(user: str = SERVICE_USER) -> tuple[int, int]:
     """Create the unprivileged system user when missing; return (uid, gid)."""
     try:
-        entry = pwd.getpwnam(SERVICE_USER)
+        entry = pwd.getpwnam(user)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
             check=True,
         )
-        entry = pwd.getpwnam(SERVICE_USER)
+        entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -119,6 +120,8 @@ class Service:
     stop_timeout: float = 30.0
     #: Run as SERVICE_USER when invoked as root (for servers that refuse root).
     drop_root: bool = False
+    #: The system user a ``drop_root`` service runs as (PostgreSQL wants its own ``postgres``).
+    run_as: str = SERVICE_USER
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -126,7 +129,28 @@ class Service:
     # -- paths -------------------------------------------------------------
     @property
     def dir(self) -> Path:
-        return self.config.runtime / self.name
+        """``runtime/<name>``, unless the service user could not reach it.
+
+        Run by root, a ``drop_root`` server runs as :attr:`run_as`, which must
+        traverse every folder above its home. A checkout in a private folder
+        (``mktemp -d`` makes 0700 ones) blocks it; then the service lives in
+        ``/var/lib/sluice/<name>-<hash of the runtime path>`` and
+        ``runtime/<name>`` is a link to it.
+        """
+        inside = self.config.runtime / self.name
+        if not self.drop_root or os.geteuid() != 0 or _others_can_traverse(self.config.runtime):
+            return inside
+        digest = hashlib.sha1(str(self.config.runtime).encode()).hexdigest()[:12]
+        outside = Path("/var/lib/sluice") / f"{self.name}-{digest}"
+        if not inside.is_symlink():
+            outside.mkdir(parents=True, exist_ok=True)
+            outside.chmod(0o755)
+            outside.parent.chmod(0o755)
+            if inside.exists():
+                shutil.rmtree(inside)
+            inside.parent.mkdir(parents=True, exist_ok=True)
+            inside.symlink_to(outside)
+        return outside
 
     @property
     def data_dir(self) -> Path:
@@ -173,6 +197,18 @@ class Service:
     def after_start(self) -> None:
         """Idempotent set-up that needs the running service (buckets, topics)."""
 
+    def as_service_user(self, cmd: list[str]) -> list[str]:
+        """``cmd`` as run by :attr:`run_as` when we are root and the service drops root.
+
+        The service's folder is handed to that user first. setpriv execs, so the
+        pid of the wrapped command is the program's own.
+        """
+        if not (self.drop_root and os.geteuid() == 0):
+            return cmd
+        uid, gid = ensure_service_user(self.run_as)
+        subprocess.run(["chown", "-R", f"{uid}:{gid}", str(self.dir)], check=True)
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", *cmd]
+
     # -- life cycle --------------------------------------------------------
     def pid(self) -> int | None:
         """The pid of our running process, or None (stale pid files are ignored)."""
@@ -182,6 +218,19 @@ class Service:
         except (OSError, ValueError):
             return None
         return pid if _proc_start_time(pid) == started else None
+
+    def uptime(self) -> float | None:
+        """Seconds since our process started, or None when it is not running."""
+        pid = self.pid()
+        started = _proc_start_time(pid) if pid else None
+        if started is None:
+            return None
+        boot_s = float(Path("/proc/uptime").read_text().split()[0])
+        return boot_s - int(started) / os.sysconf("SC_CLK_TCK")
+
+    def restarts(self) -> int | None:
+        """Restarts by a supervisor; None for a service nothing restarts."""
+        return None
 
     def health(self) -> tuple[bool, str]:
         try:
@@ -236,13 +285,7 @@ class Service:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        cmd = self.command()
-        if self.drop_root and os.geteuid() == 0:
-            uid, gid = ensure_service_user()
-            for path in (self.dir,):
-                subprocess.run(["chown", "-R", f"{uid}:{gid}", str(path)], check=True)
-            # setpriv execs, so the pid we record is the server's own.
-            cmd = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", *cmd]
+        cmd = self.as_service_user(self.command())
         log.info("starting %s: %s", self.name, " ".join(cmd))
         with self.log_file.open("ab") as out:
             out.write(f"\n=== sluice stack: starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
@@ -352,6 +395,18 @@ class Service:
         except subprocess.CalledProcessError as exc:
             output = "\n".join((exc.stdout or "").splitlines()[-20:] + (exc.stderr or "").splitlines()[-20:])
             raise StackError(self.name, f"{what} failed (exit {exc.returncode}): {' '.join(cmd)}", output) from None
+
+
+def _others_can_traverse(path: Path) -> bool:
+    """True when a user owning none of the folders can reach ``path`` (x for others on each)."""
+    path = path.resolve()
+    for folder in [path, *path.parents]:
+        try:
+            if not folder.stat().st_mode & 0o001:
+                return False
+        except FileNotFoundError:
+            continue  # created later with the default 0755
+    return True
 
 
 def which_or_fail(service: str, program: str, *candidates: str) -> str:

@@ -22,7 +22,8 @@ from stack.service import Service
 for _key, _value in airflow_env(StackConfig.from_env()).items():
     os.environ.setdefault(_key, _value)
 
-SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch", "opentsdb")
+SERVICE_FIXTURES = ("mosquitto", "minio", "kafka", "elasticsearch", "opentsdb", "airflow_api", "platform",
+                    "start_platform")
 
 
 class LocalStack:
@@ -76,6 +77,52 @@ def elasticsearch(local_stack) -> Service:
 @pytest.fixture(scope="session")
 def opentsdb(local_stack) -> Service:
     return local_stack.ensure("opentsdb")
+
+
+@pytest.fixture(scope="session")
+def airflow_api(local_stack, minio, kafka, elasticsearch, opentsdb):
+    """The platform's Airflow: PostgreSQL, api-server, scheduler, dag-processor, triggerer.
+
+    Returns an :class:`stack.airflow_api.AirflowClient` logged in as ``admin``
+    with the generated password; ``airflow_api.base`` is the UI's URL. The DAGs
+    stay as they are (paused unless ``platform`` or a user unpaused them).
+    """
+    from stack.airflow_api import AirflowClient
+    from stack.services import AIRFLOW
+
+    for cls in AIRFLOW:
+        local_stack.ensure(cls.name)
+    client = AirflowClient(local_stack.config)
+    client.login()
+    return client
+
+
+@pytest.fixture(scope="session")
+def start_platform(local_stack, airflow_api, mosquitto):
+    """A function that starts the collectors and the simulator (what is not running) and
+    unpauses the scheduled DAGs; for module fixtures that need the running platform."""
+    from stack.platform import unpause
+    from stack.services import COLLECTORS
+
+    def start() -> None:
+        for cls in COLLECTORS:
+            local_stack.ensure(cls.name)
+        unpause(local_stack.config)
+
+    return start
+
+
+@pytest.fixture
+def platform(start_platform, airflow_api):
+    """All of it, as ``make run`` brings it up: the collectors and the simulator feed the
+    pipeline and the scheduled Sluice DAGs are unpaused. Returns the ``airflow_api`` client.
+
+    Per test (cheap when all runs): a test that stopped the platform
+    (``tests/e2e/test_platform.py``'s ``down`` test stops the collectors for good, so that
+    later tests do not meet simulated readings on the shared broker) gets it back.
+    """
+    start_platform()
+    return airflow_api
 
 
 def pytest_collection_modifyitems(items):

@@ -6,12 +6,12 @@ Short client time-outs everywhere: the loader retries outages itself.
 from __future__ import annotations
 
 from collectors.stream.config import StreamConfig
-from include.pipeline import ELASTICSEARCH, OPENTSDB
+from include.sinks import ELASTICSEARCH, OPENTSDB
 
 
 def build_sinks(config: StreamConfig) -> list:
     """One sink per name in ``config.sinks``; the caller closes them (``sink.close()``)."""
-    from include.pipeline import ElasticsearchSink, OpenTSDBSink
+    from include.sinks import ElasticsearchSink, OpenTSDBSink
 
     sinks: list = []
     for name in config.sinks:

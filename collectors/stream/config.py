@@ -14,7 +14,7 @@ from collectors.config import CliOptions, option, require
 from collectors.stream.decode import DecodeRules
 from include import kafka as topics
 from include.contract import ES_INDEX_PREFIX, ContractError, check_index_prefix
-from include.pipeline import DEFAULT_SINKS, KNOWN_SINKS
+from include.sinks import DEFAULT_SINKS, KNOWN_SINKS
 from include.sensors import Limits
 
 #: librdkafka's assignors; cooperative-sticky moves only the partitions a rebalance must move.

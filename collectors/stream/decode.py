@@ -122,7 +122,7 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     docs = []
     for reading in parsed.readings:
         try:
-            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading)))))
+            docs.append(sensor_document(dict(zip(_SENSOR_NAMES, csv_row(device, reading), strict=True))))
         except ContractError as exc:  # parse_payload's checks make this unreachable for its readings
             raise Undecodable("bad_row", str(exc)) from None
     return docs, Tally(r.code for r in parsed.rejects)

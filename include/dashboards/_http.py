@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, overload
 
 import requests
 
@@ -61,6 +61,14 @@ class JsonApi:
     def _path(self, path: str) -> str:
         return path
 
+    @overload
+    def request(
+        self, method: str, path: str, *, ok_404: Literal[False] = False, **kwargs: Any
+    ) -> requests.Response: ...
+
+    @overload
+    def request(self, method: str, path: str, *, ok_404: bool, **kwargs: Any) -> requests.Response | None: ...
+
     def request(self, method: str, path: str, *, ok_404: bool = False, **kwargs: Any) -> requests.Response | None:
         """Send one request; returns None for a 404 when ``ok_404``; raises the mapped error otherwise."""
         url = self.base_url + self._path(path)
@@ -76,11 +84,26 @@ class JsonApi:
             raise self.error_for(method, path, resp)
         return resp
 
+    def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """:meth:`request` whose answer must be a JSON object; ApiError naming the request otherwise."""
+        return json_object(self.request(method, path, **kwargs), f"{method} {self.base_url}{path}")
+
     def unreachable(self, url: str, exc: Exception) -> ApiError:
         raise NotImplementedError
 
     def error_for(self, method: str, path: str, resp: requests.Response) -> ApiError:
         raise NotImplementedError
+
+
+def json_object(resp: requests.Response, where: str) -> dict[str, Any]:
+    """The JSON object an answer carries; ApiError naming ``where`` when it is not one."""
+    try:
+        body = resp.json()
+    except ValueError:
+        raise ApiError(f"{where} answered {resp.status_code} with a body that is not JSON: {resp.text[:200]!r}") from None
+    if not isinstance(body, dict):
+        raise ApiError(f"{where} answered a JSON {type(body).__name__}, not an object", body=body)
+    return body
 
 
 def message_of(resp: requests.Response) -> str:

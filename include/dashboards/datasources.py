@@ -19,10 +19,12 @@ from typing import Any
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 from include.contract import ES_INDEX_PREFIX, ES_TIME_FIELD, LAG, index_pattern
+from include.reconcile import RECONCILE, reconcile_index_pattern
 from include.schemas import HOST, SENSOR
 
 OPENTSDB_UID = "sluice-opentsdb"
-ES_UIDS = {HOST: "sluice-es-host", SENSOR: "sluice-es-sensor", LAG: "sluice-es-lag"}
+ES_UIDS = {HOST: "sluice-es-host", SENSOR: "sluice-es-sensor", LAG: "sluice-es-lag",
+           RECONCILE: "sluice-es-reconcile"}
 #: Grafana's OpenTSDB "Version" setting: 1 <=2.1, 2 ==2.2, 3 ==2.3, 4 ==2.4.
 OPENTSDB_VERSION_2_4 = 4
 #: Grafana's OpenTSDB "Resolution" setting: 1 second, 2 millisecond.
@@ -87,6 +89,11 @@ def opentsdb_datasource(url: str) -> GrafanaDatasource:
     )
 
 
+def _pattern(source: str, prefix: str) -> str:
+    # The reconcile documents (include/reconcile.py) are not a source of readings.
+    return reconcile_index_pattern(prefix) if source == RECONCILE else index_pattern(source, prefix=prefix)
+
+
 def elasticsearch_datasource(
     source: str, url: str, *, user: str = "", password: str = "", prefix: str = ES_INDEX_PREFIX
 ) -> GrafanaDatasource:
@@ -96,7 +103,7 @@ def elasticsearch_datasource(
         name=f"Sluice Elasticsearch {source}",
         type="elasticsearch",
         url=url,
-        json_data={"index": index_pattern(source, prefix=prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
+        json_data={"index": _pattern(source, prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
         basic_auth_user=user,
         secure_json_data={"basicAuthPassword": password} if user and password else {},
     )

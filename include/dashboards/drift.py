@@ -73,7 +73,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _key_of(items: list) -> str | None:
+def _key_of(items: list[Any]) -> str | None:
     for key in ("id", "refId", "title", "name"):
         if items and all(isinstance(i, dict) and key in i for i in items):
             values = [i[key] for i in items]
@@ -99,7 +99,7 @@ def _diff(ours: Any, theirs: Any, path: str, out: list[str]) -> None:
             a = {str(i[key]): i for i in ours}
             b = {str(i[key]): i for i in theirs}
             for k in list(a) + [k for k in b if k not in a]:
-                p = f"{path}[{key}={json.dumps((a.get(k) or b.get(k))[key])}]"
+                p = f"{path}[{key}={json.dumps((a[k] if k in a else b[k])[key])}]"
                 if k not in b:
                     out.append(f"{p}: removed")
                 elif k not in a:

@@ -9,7 +9,10 @@ Four dashboards, each with a stable uid (links and provisioning depend on it):
   of all three that seeds/000 first drew;
 - ``sluice-kafka-lag``: consumer lag and lag status per group, topic and partition;
 - ``sluice-freshness``: the last minute loaded per source, and documents
-  indexed per minute in Elasticsearch.
+  indexed per minute in Elasticsearch;
+- ``sluice-reconcile``: the reconciliation index (``include/reconcile.py``):
+  minutes per verdict, the count at every hop, freshness against the SLA and
+  its breaches (the same documents the Sluice page of the Airflow UI draws).
 
 Metric names, tags and fields come from :mod:`include.schemas`, and every
 panel's data source reference from :mod:`include.dashboards.datasources`, so a
@@ -51,6 +54,7 @@ HOSTS_UID = "sluice-hosts"
 SENSORS_UID = "sluice-sensors"
 KAFKA_LAG_UID = "sluice-kafka-lag"
 FRESHNESS_UID = "sluice-freshness"
+RECONCILE_UID = "sluice-reconcile"
 
 #: Display unit of each sensor ``type`` tag (Grafana unit ids; dust as a suffix).
 SENSOR_UNITS = {"temperature": "celsius", "humidity": "humidity", "dust": "suffix: µg/m³"}
@@ -220,7 +224,7 @@ def _documents_per_minute(source: str) -> timeseries.Panel:
                     es_b.DateHistogram()
                     .id("2")
                     .field(ES_TIME_FIELD)
-                    .settings(es_b.DateHistogramSettings().interval("1m").min_doc_count("0"))
+                    .settings(es_b.ElasticsearchDateHistogramSettings().interval("1m").min_doc_count("0"))
                 ]
             )
         )
@@ -258,8 +262,56 @@ def freshness_dashboard() -> dashboard_b.Dashboard:
     )
 
 
+def _reconcile_query(ref_id: str, query: str, metric: Any, *, split: str | None = None) -> es_b.Dataquery:
+    buckets = [] if split is None else [es_b.Terms().id("3").field(split)]
+    return (
+        es_b.Dataquery()
+        .ref_id(ref_id)
+        .datasource(REFS["es-reconcile"])
+        .query(query)
+        .time_field(ES_TIME_FIELD)
+        .metrics([metric])
+        .bucket_aggs([*buckets, es_b.DateHistogram().id("2").field(ES_TIME_FIELD)
+                      .settings(es_b.ElasticsearchDateHistogramSettings().interval("1m").min_doc_count("0"))])
+    )
+
+
+def _reconcile_panel(title: str, *, unit: str, description: str) -> timeseries.Panel:
+    return (timeseries.Panel().title(title).description(description).datasource(REFS["es-reconcile"])
+            .unit(unit).height(8).span(12).legend(_legend()))
+
+
+def reconcile_dashboard() -> dashboard_b.Dashboard:
+    from include.reconcile import HOPS
+
+    hops = _reconcile_panel("Count at every hop", unit="short",
+                            description="Per minute and source, summed over sources: where the lines part, a hop lost or "
+                                        "gained readings.")
+    for n, hop in enumerate(HOPS):
+        hops = hops.with_target(_reconcile_query(chr(ord("A") + n), "kind:reconcile",
+                                                 es_b.Sum().id("1").field(f"hops.{hop}")).alias(hop))
+    return (
+        _base(RECONCILE_UID, "Sluice / Reconciliation", "Every minute, every hop: the sluice-reconcile-* documents.")
+        .with_panel(
+            _reconcile_panel("Minutes per verdict", unit="short",
+                             description="Reconciled minutes by status (green, amber, red) per minute.")
+            .with_target(_reconcile_query("A", "kind:reconcile", es_b.Count().id("1"), split="status"))
+        )
+        .with_panel(hops)
+        .with_panel(
+            _reconcile_panel("Freshness per source", unit="s",
+                             description="Seconds from a minute's end until it was queryable in every sink.")
+            .with_target(_reconcile_query("A", "kind:sla", es_b.Max().id("1").field("freshness_s"), split="source"))
+        )
+        .with_panel(
+            _reconcile_panel("SLA breaches", unit="short", description="Minutes not queryable within the SLA, per source.")
+            .with_target(_reconcile_query("A", "kind:sla AND breach:true", es_b.Count().id("1"), split="source"))
+        )
+    )
+
+
 def sluice_dashboards() -> list[dashboard_b.Dashboard]:
-    return [hosts_dashboard(), sensors_dashboard(), kafka_lag_dashboard(), freshness_dashboard()]
+    return [hosts_dashboard(), sensors_dashboard(), kafka_lag_dashboard(), freshness_dashboard(), reconcile_dashboard()]
 
 
 def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
@@ -272,10 +324,34 @@ def to_json(board: dashboard_b.Dashboard) -> dict[str, Any]:
     for n, panel in enumerate(model.panels or [], 1):
         if panel.id_val is None:
             panel.id_val = n
-    return json.loads(json.dumps(model, cls=JSONEncoder))
+    built: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    return built
+
+
+def anomaly_annotations(metrics: list[str]) -> dict[str, Any]:
+    """Grafana annotation queries showing the Spark anomaly job's OpenTSDB annotations on ``metrics``.
+
+    The job (include/anomaly/results.py) annotates each anomalous reading's own
+    series; Grafana's OpenTSDB annotation query asks for a metric's series
+    annotations (``isGlobal`` false). The SDK's AnnotationQuery has no field for
+    OpenTSDB's ``target``/``isGlobal``, so these are plain JSON.
+    """
+    ref = REFS["opentsdb"]
+    return {"list": [
+        {"name": f"Anomalies: {metric}", "datasource": {"type": ref.type_val, "uid": ref.uid}, "enable": True,
+         "iconColor": "red", "target": metric, "isGlobal": False}
+        for metric in metrics
+    ]}
+
+
+#: Dashboards that show anomalies: each queries the annotations of every metric its panels show.
+ANOMALY_ANNOTATED = (HOSTS_UID, SENSORS_UID)
 
 
 def dashboard_models() -> dict[str, dict[str, Any]]:
     """uid -> dashboard JSON of every Sluice dashboard."""
-    models = [to_json(b) for b in sluice_dashboards()]
-    return {m["uid"]: m for m in models}
+    models = {m["uid"]: m for m in (to_json(b) for b in sluice_dashboards())}
+    for uid in ANOMALY_ANNOTATED:
+        metrics = sorted({t["metric"] for p in models[uid]["panels"] for t in p.get("targets", []) if "metric" in t})
+        models[uid]["annotations"] = anomaly_annotations(metrics)
+    return models

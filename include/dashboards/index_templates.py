@@ -56,6 +56,10 @@ def sluice_index_templates(*, prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[s
     """Template name -> body for every Sluice index family."""
     templates = {template_name(s, prefix=prefix): es_loader.index_template(s, prefix=prefix) for s in SOURCES}
     templates[template_name(LAG, prefix=prefix)] = lag_index_template(prefix=prefix)
+    # sluice-anomaly-* and sluice-daily-*: documents of the Spark anomaly job.
+    from include.anomaly.results import index_templates as anomaly_index_templates
+
+    templates.update(anomaly_index_templates(prefix=prefix))
     return templates
 
 

@@ -23,8 +23,6 @@ from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import dashboard
 
-#: Plugin id of Grafana's OpenTSDB data source.
-DATASOURCE_TYPE = "opentsdb"
 #: Aggregators and fill policies OpenTSDB 2.4 accepts.
 AGGREGATORS = frozenset({"avg", "sum", "min", "max", "count", "dev", "last", "first", "none", "zimsum", "mimmin", "mimmax"})
 FILL_POLICIES = frozenset({"none", "nan", "null", "zero"})
@@ -174,7 +172,7 @@ def check_no_blind_sum(target: dict[str, object], *, required_tags: typing.Itera
     metric carries temperature, humidity and dust) must pin or split each of
     them; otherwise OpenTSDB returns their aggregate.
     """
-    tagks = {f["tagk"] for f in typing.cast(list, target.get("filters", []))}
+    tagks = {f["tagk"] for f in typing.cast(list[dict[str, typing.Any]], target.get("filters", []))}
     missing = [t for t in required_tags if t not in tagks]
     if missing:
         raise InvalidOpenTSDBQuery(

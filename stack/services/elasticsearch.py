@@ -10,13 +10,11 @@ runtime folder, which that user can read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import urllib.request
 import zipfile
-from pathlib import Path
 
 from stack.service import Service
 from stack.toolchain import find_jdk, maven_artifact
@@ -30,31 +28,6 @@ class Elasticsearch(Service):
     port_names = ("elasticsearch", "elasticsearch_transport")
     start_timeout = 120.0
     drop_root = True
-
-    @property
-    def dir(self):
-        """``runtime/elasticsearch``, unless user ``sluice`` could not reach it.
-
-        Run by root, the server runs as ``sluice``, which must traverse every
-        folder above its home. A checkout in a private folder (``mktemp -d``
-        makes 0700 ones) blocks it; then the service lives in
-        ``/var/lib/sluice/elasticsearch-<hash of the runtime path>`` and
-        ``runtime/elasticsearch`` is a link to it.
-        """
-        inside = self.config.runtime / self.name
-        if os.geteuid() != 0 or _others_can_traverse(self.config.runtime):
-            return inside
-        digest = hashlib.sha1(str(self.config.runtime).encode()).hexdigest()[:12]
-        outside = Path("/var/lib/sluice") / f"{self.name}-{digest}"
-        if not inside.is_symlink():
-            outside.mkdir(parents=True, exist_ok=True)
-            outside.chmod(0o755)
-            outside.parent.chmod(0o755)
-            if inside.exists():
-                shutil.rmtree(inside)
-            inside.parent.mkdir(parents=True, exist_ok=True)
-            inside.symlink_to(outside)
-        return outside
 
     @property
     def home(self):
@@ -120,14 +93,3 @@ class Elasticsearch(Service):
             raise RuntimeError(f"cluster status {health['status']}")
         return f"cluster {health['cluster_name']} {health['status']}, Elasticsearch {VERSION}"
 
-
-def _others_can_traverse(path: Path) -> bool:
-    """True when a user owning none of the folders can reach ``path`` (x for others on each)."""
-    path = path.resolve()
-    for folder in [path, *path.parents]:
-        try:
-            if not folder.stat().st_mode & 0o001:
-                return False
-        except FileNotFoundError:
-            continue  # created later with the default 0755
-    return True

@@ -17,7 +17,6 @@ import textwrap
 from datetime import datetime, timezone
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

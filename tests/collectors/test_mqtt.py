@@ -61,7 +61,7 @@ def publish(port: int, prefix: str, count: int, *, start: int = 0, devices: int 
     client.loop_start()
     try:
         mids = []
-        for n, i in enumerate(range(start, start + count)):
+        for i in range(start, start + count):
             info = client.publish(f"{prefix}/dev{i % devices}", seed_payload(f"dev{i % devices}", ts0 + i, i), qos=1)
             mids.append(info.mid)
             if rate:

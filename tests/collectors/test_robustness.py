@@ -78,7 +78,7 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
         client.connect("127.0.0.1", mosquitto.port)
         client.loop_start()
         n = 0
-        for name, (device, payload, _) in sent.items():
+        for device, payload, _ in sent.values():
             client.publish(f"t{run}/sensors/{device}", payload, qos=1).wait_for_publish(20)
             good.append(seed_payload("good", now_ms + n, n))
             client.publish(f"t{run}/sensors/good", good[-1], qos=1).wait_for_publish(10)
@@ -236,7 +236,7 @@ def test_a_backlog_record_kafka_never_takes_is_quarantined_not_replayed_forever(
         producer = Producer(producer_config(bootstrap, client_id=f"bridge-{run}", message_timeout_s=10))
         bridge = KafkaBridge(producer, backlog, lambda token, seq: None, monotonic=time.monotonic,
                              retry_interval=0.1, fsync_interval=0)
-        wait_for(lambda: (bridge.poll(0.05) or not bridge.down), 30, "the backlog drained")
+        wait_for(lambda b=bridge: (b.poll(0.05) or not b.down), 30, "the backlog drained")
         bridge.close(5)
         if attempt == 0:
             assert bridge.quarantined == 2

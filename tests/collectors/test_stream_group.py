@@ -60,7 +60,7 @@ def test_three_loaders_kill_one_mid_batch_then_add_one(tmp_path, kafka, elastics
         publisher.join(60)
         assert produced.is_set()
         wait_for(lambda: lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 0, 120, "every record committed", interval=0.2)
-        for proc, log in zip(procs[1:], logs[1:]):
+        for proc, log in zip(procs[1:], logs[1:], strict=True):
             assert proc.poll() is None, log.read_text()[-3000:]
 
         ids = set(es_docs(es_client, cfg.es_index_prefix, SENSOR))
@@ -75,6 +75,6 @@ def test_three_loaders_kill_one_mid_batch_then_add_one(tmp_path, kafka, elastics
             "the loader that joined took partitions"
     finally:
         publisher.join(60)
-        for proc, log in zip(procs[1:], logs[1:]):
+        for proc, log in zip(procs[1:], logs[1:], strict=True):
             assert terminate(proc) == 0, log.read_text()[-3000:]
         es.drop_prefix(es_client, cfg.es_index_prefix)

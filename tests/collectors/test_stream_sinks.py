@@ -106,7 +106,7 @@ class PluginWithABug:
 
 
 def test_a_sink_that_fails_unexpectedly_dead_letters_its_batch_instead_of_replaying_it(kafka, elasticsearch):
-    from include.pipeline import ElasticsearchSink
+    from include.sinks import ElasticsearchSink
 
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tests.contract.server import ContractServer, Request, Response, basic_credentials
 

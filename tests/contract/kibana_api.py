@@ -32,7 +32,8 @@ import json
 import re
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from tests.contract.server import ContractServer, Request, Response, basic_credentials
 

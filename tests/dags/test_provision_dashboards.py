@@ -76,9 +76,10 @@ def test_provision_is_idempotent_detects_drift_and_overwrites_on_request(airflow
         out = first.stdout + first.stderr
         assert "state=success" in out, out[-4000:]
         actions = _actions(out)
-        assert len(actions) == 3 + 1 + 4 + 4 + 3 + 1, actions
+        # 5 index templates (host, sensor, lag, anomaly, daily), 5 data sources, 5 dashboards.
+        assert len(actions) == 5 + 1 + 5 + 5 + 3 + 1, actions
         assert {a for k, a in actions.items() if not k.startswith("elasticsearch")} == {"created"}
-        assert len(grafana.dashboards) == 4 and ("default", "dashboard", "sluice-overview") in kibana.objects
+        assert len(grafana.dashboards) == 5 and ("default", "dashboard", "sluice-overview") in kibana.objects
         tsdb = grafana.datasources["sluice-opentsdb"]
         assert tsdb["jsonData"]["tsdbVersion"] == 4 and tsdb["url"].startswith("http://")
 

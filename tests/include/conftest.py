@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from include import elasticsearch as es_mod
-from include import pipeline
+from include import sinks
 from include.landing import S3Landing
 from stack.config import LANDING_BUCKET
 
@@ -25,6 +25,6 @@ def landing(minio):
 def sink(elasticsearch):
     client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
     prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
-    yield pipeline.ElasticsearchSink(client, prefix=prefix)
+    yield sinks.ElasticsearchSink(client, prefix=prefix)
     es_mod.drop_prefix(client, prefix)
     client.close()

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from include.dashboards import kibana_objects
+from include.reconcile import RECONCILE, reconcile_template
 from include.dashboards.datasources import ES_UIDS, OPENTSDB_VERSION_2_4, sluice_datasources
 from include.dashboards.drift import fingerprint
 from include.dashboards.grafana_dashboards import dashboard_models, sluice_dashboards
@@ -41,6 +42,9 @@ WRITTEN_METRICS = {
 
 def _es_fields(source: str) -> set[str]:
     """Fields of a source's documents, from its index template (the loader builds it from the schemas)."""
+    if source == RECONCILE:
+        props = reconcile_template()["template"]["mappings"]["properties"]
+        return set(props) | {f"hops.{h}" for h in props["hops"]["properties"]} | {ES_TIME_FIELD}
     templates = sluice_index_templates()
     props = templates[f"sluice-{source}"]["template"]["mappings"]["properties"]
     return set(props) | {ES_TIME_FIELD}
@@ -53,7 +57,7 @@ def _panels():
 
 
 def test_uids_are_stable_and_valid():
-    assert list(MODELS) == ["sluice-hosts", "sluice-sensors", "sluice-kafka-lag", "sluice-freshness"]
+    assert list(MODELS) == ["sluice-hosts", "sluice-sensors", "sluice-kafka-lag", "sluice-freshness", "sluice-reconcile"]
     assert [d.uid for d in DATASOURCES] == ["sluice-opentsdb", *ES_UIDS.values()]
     for uid in [*MODELS, *(d.uid for d in DATASOURCES)]:
         assert len(uid) <= 40 and uid.replace("-", "").isalnum(), uid
@@ -131,7 +135,7 @@ def test_invalid_opentsdb_query_is_refused():
 def test_elasticsearch_queries_use_written_fields():
     by_uid = {uid: source for source, uid in ES_UIDS.items()}
     es_panels = [(u, p) for u, p in _panels() if p["datasource"]["type"] == "elasticsearch"]
-    assert {by_uid[p["datasource"]["uid"]] for _, p in es_panels} == {HOST, SENSOR, LAG}
+    assert {by_uid[p["datasource"]["uid"]] for _, p in es_panels} == {HOST, SENSOR, LAG, RECONCILE}
     for uid, panel in es_panels:
         fields = _es_fields(by_uid[panel["datasource"]["uid"]])
         for t in panel["targets"]:
@@ -143,7 +147,7 @@ def test_elasticsearch_queries_use_written_fields():
 def test_datasource_settings():
     tsdb, *es = DATASOURCES
     assert tsdb.type == "opentsdb" and tsdb.json_data["tsdbVersion"] == OPENTSDB_VERSION_2_4 == 4
-    assert {d.json_data["index"] for d in es} == {index_pattern(s) for s in (HOST, SENSOR, LAG)}
+    assert {d.json_data["index"] for d in es} == {index_pattern(s) for s in (HOST, SENSOR, LAG)} | {"sluice-reconcile-*"}
     assert all(d.json_data["timeField"] == ES_TIME_FIELD for d in es)
     # Passwords go in secureJsonData only, never in the compared fields.
     secret = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", elasticsearch_user="u", elasticsearch_password="pw")[1]
@@ -202,3 +206,19 @@ def test_kibana_visualizations_use_written_fields():
 def test_data_views_match_index_patterns():
     for source, view in kibana_objects.data_views().items():
         assert view.title == index_pattern(source) and view.time_field == ES_TIME_FIELD
+
+
+def test_data_sources_and_data_views_follow_the_index_prefix():
+    """SLUICE_ES_INDEX_PREFIX moves the loaders' indices; Grafana and Kibana must look there too."""
+    sources = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", index_prefix="t42")
+    patterns = {d.json_data["index"] for d in sources if d.type == "elasticsearch"}
+    assert patterns >= {index_pattern(s, prefix="t42") for s in (HOST, SENSOR, LAG)}
+    assert all(p.startswith("t42-") for p in patterns)
+    views = kibana_objects.data_views("t42")
+    assert {v.title for v in views.values()} == {index_pattern(s, prefix="t42") for s in views}
+    assert all(v.title.startswith("t42-") for v in views.values())
+    # Saved visualizations refer to data views by id: ids stay put whatever the prefix.
+    assert {v.id for v in views.values()} == {v.id for v in kibana_objects.data_views().values()}
+    templates = sluice_index_templates(prefix="t42")
+    assert {"t42-host", "t42-lag", "t42-sensor"} <= set(templates) and all(n.startswith("t42-") for n in templates)
+    assert all(t["index_patterns"] == [f"{name}-*"] for name, t in templates.items())

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from include import elasticsearch as es_mod
-from include.elasticsearch import ElasticsearchUnavailable, RetryableFailuresLeft, bulk_actions, bulk_index, daily_index, ensure_index_template
+from include.contract import daily_index
+from include.elasticsearch import ElasticsearchUnavailable, RetryableFailuresLeft, bulk_actions, bulk_index, ensure_index_template
 from include.transform import transform_file
 
 HOST_HEADER = (
@@ -54,8 +55,7 @@ def test_template_is_created_once_and_types_the_fields(es, prefix):
     assert host_props["mem_percent"]["type"] == "double"
     assert host_props["host"]["type"] == "keyword"
     sensor_props = es.indices.get_mapping(index=f"{prefix}-sensor-2020.09.03")[f"{prefix}-sensor-2020.09.03"]["mappings"]["properties"]
-    assert sensor_props["tags"]["properties"]["type"]["type"] == "keyword"
-    assert sensor_props["tags"]["properties"]["room"]["type"] == "keyword"
+    assert sensor_props["tags"]["type"] == "flattened"
     assert sensor_props["value"]["type"] == "double"
 
 
@@ -129,3 +129,35 @@ def test_429_still_answered_after_the_retries_raises_naming_it(es, prefix):
             bulk_index(es, actions, max_retries=2, initial_backoff=0.1)
     finally:
         _block(es, index, False)
+
+
+def test_odd_tag_keys_of_one_device_cannot_fail_other_devices_or_exhaust_the_field_limit(es, prefix):
+    """A device sending ``type.x`` and a new tag key per message, beside devices tagged ``type=``.
+
+    With an object mapping, ``type.x`` makes ``tags.type`` an object and every later
+    ``type=dust`` fails (or the reverse), and 1,000 distinct keys hit
+    ``index.mapping.total_fields.limit``. The flattened ``tags`` field takes both.
+    """
+    ts = "2020-09-03T00:00:{:02d}.{:03d}Z"
+    lines = ["timestamp,device,metric,value,tags"]
+    for i in range(3000):
+        lines.append(f"{ts.format(i // 1000, i % 1000)},odd-1,m,{i},type.x=1 key{i}=v{i}")
+        lines.append(f"{ts.format(i // 1000, i % 1000)},good-1,m,{i},type=dust")
+        if i % 500 == 0:
+            lines.append(f"{ts.format(i // 1000, i % 1000)},odd-2,m,{i},type.x.y=deep")
+    docs = transform_file("sensor", ("\n".join(lines) + "\n").encode())
+    assert docs.rejected == 0
+    ensure_index_template(es, "sensor", prefix=prefix)
+    result = bulk_index(es, bulk_actions("sensor", docs.ids, docs.timestamps, docs.documents, prefix=prefix),
+                        chunk_size=500)
+    assert (result.accepted, result.failed) == (docs.accepted, {})
+    index = daily_index("sensor", docs.timestamps[0], prefix=prefix)
+    es.indices.refresh(index=index)
+    assert es.count(index=index, query={"term": {"device": "good-1"}})["count"] == 3000
+    assert es.count(index=index, query={"term": {"tags.type": "dust"}})["count"] == 3000
+    assert es.count(index=index, query={"term": {"tags.type.x": "1"}})["count"] == 3000
+    assert es.count(index=index, query={"term": {"tags.key2999": "v2999"}})["count"] == 1
+    fields = es.indices.get_mapping(index=index)[index]["mappings"]["properties"]
+    assert len(fields) == 5 and fields["tags"]["type"] == "flattened"
+    top = es.search(index=index, size=0, aggs={"t": {"terms": {"field": "tags.type"}}})["aggregations"]["t"]["buckets"]
+    assert top == [{"key": "dust", "doc_count": 3000}]

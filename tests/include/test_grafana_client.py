@@ -131,7 +131,7 @@ def test_datasource_name_taken_by_another_uid(client):
 def test_first_run_creates_second_changes_nothing(client, grafana):
     first = _provision_all(client)
     assert {r["action"] for r in first} == {"created"}
-    assert len(grafana.dashboards) == 4 and len(grafana.datasources) == 4
+    assert len(grafana.dashboards) == 5 and len(grafana.datasources) == 5
     assert grafana.datasources["sluice-opentsdb"]["jsonData"]["tsdbVersion"] == 4
     assert all(d["folderUid"] == FOLDER_UID for d in grafana.dashboards.values())
     writes = len(grafana.writes)

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from include import contract, loads, pipeline
+from include import contract, loads, pipeline, sinks
 from include.contract import minute_key
 
 HOST_HEADER = (
@@ -116,20 +116,6 @@ def test_late_and_grown_files_are_found_until_loaded(landing, sink):
     assert count(sink) == 120  # web-1's 30 first seconds were overwritten, not doubled
 
 
-def test_waiting_is_done_when_the_previous_minutes_devices_are_in_or_the_grace_is_over(landing):
-    previous = MINUTE - timedelta(minutes=1)
-    for device in ("web-1", "web-2"):
-        landing.put(minute_key("host", previous, device), host_csv(device, previous, range(1)))
-    landing.put(minute_key("host", MINUTE, "web-1"), host_csv("web-1", MINUTE, range(1)))
-    end = MINUTE + timedelta(minutes=1)
-    early = pipeline.minute_files_ready(landing, "host", MINUTE, now=end + timedelta(seconds=5), grace_seconds=30)
-    assert (early.done, early.missing) == (False, ["web-2"])
-    late = pipeline.minute_files_ready(landing, "host", MINUTE, now=end + timedelta(seconds=31), grace_seconds=30)
-    assert (late.done, len(late.files)) == (True, 1)
-    landing.put(minute_key("host", MINUTE, "web-2"), host_csv("web-2", MINUTE, range(1)))
-    assert pipeline.minute_files_ready(landing, "host", MINUTE, now=end, grace_seconds=30).done
-
-
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -140,9 +126,9 @@ def test_waiting_is_done_when_the_previous_minutes_devices_are_in_or_the_grace_i
 )
 def test_configured_sinks(value, expected, monkeypatch):
     monkeypatch.delenv("SLUICE_SINKS", raising=False)
-    assert pipeline.configured_sinks(value) == expected
+    assert sinks.configured_sinks(value) == expected
 
 
 def test_an_unknown_sink_is_named():
-    with pytest.raises(pipeline.UnknownSink, match="'kinesis'"):
-        pipeline.configured_sinks("elasticsearch,kinesis")
+    with pytest.raises(sinks.UnknownSink, match="'kinesis'"):
+        sinks.configured_sinks("elasticsearch,kinesis")

@@ -6,17 +6,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from include.contract import heartbeat_key, manifest_key, reason_code
 from include.landing import FileLanding
 from include.manifests import (
     Heartbeat,
     ManifestError,
     MinuteManifest,
-    heartbeat_key,
     live_writers,
-    manifest_key,
     read_heartbeats,
     read_manifests,
-    reason_code,
     write_heartbeat,
     write_manifest,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from include.opentsdb import OpenTSDBClient
-from include.pipeline import OpenTSDBSink
+from include.sinks import OpenTSDBSink
 from include.schemas import HOST_SCHEMA
 from include.transform import transform_file
 

@@ -201,7 +201,7 @@ def test_leader_killed_five_times_loses_no_delivered_reading_and_raises_no_false
             victim = nodes[leader]
             killed_at = time.monotonic()
             os.killpg(victim.pid(), signal.SIGKILL)
-            wait_for(lambda: producing.first_delivery_after(killed_at + 0.5), 90, f"deliveries after kill {kill + 1}")
+            wait_for(lambda at=killed_at: producing.first_delivery_after(at + 0.5), 90, f"deliveries after kill {kill + 1}")
             resumed = producing.first_delivery_after(killed_at + 0.5)
             gaps.append(resumed - producing.last_delivery_before(killed_at))
             time.sleep(2)

@@ -1,0 +1,182 @@
+"""The collectors, the stream loader and the sensor simulator as supervised services.
+
+Each runs under :mod:`stack.supervise`, which restarts it with backoff when it
+dies and records restarts in ``runtime/<service>/supervisor.json``. The
+service's pid is the supervisor's (the group leader), so ``down`` stops the
+supervisor and its child together; the child's SIGTERM handler flushes its
+partial minute first.
+
+Health is the program's own ``/healthz`` on its metrics port (200 healthy, 503
+with reasons; see ``collectors/health.py``), and not failing in the
+supervisor's eyes. The simulator serves no endpoint: it is healthy while its
+child runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stack.config import LANDING_BUCKET
+from stack.connections import airflow_env
+from stack.service import Service, Status, _proc_start_time, tail
+from stack.services.minio import MinIO
+from stack.supervise import read_state
+
+#: The stream loader's consumer group (the Kafka lag DAG watches the same one).
+STREAM_GROUP = "sluice-stream-loader"
+DEFAULT_DEVICES = 5
+
+
+class SupervisedService(Service):
+    """A ``python -m <module>`` program kept alive by :mod:`stack.supervise`."""
+
+    module = ""
+    start_timeout = 90.0
+    stop_timeout = 60.0  # a collector uploads its partial minute before it exits
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "supervisor.json"
+
+    def args(self) -> list[str]:
+        return []
+
+    def env(self) -> dict[str, str]:
+        creds = MinIO(self.config).credentials()
+        return {
+            **os.environ,
+            **airflow_env(self.config),
+            "SLUICE_S3_ACCESS_KEY": creds["access_key"],
+            "SLUICE_S3_SECRET_KEY": creds["secret_key"],
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def prepare(self) -> None:
+        self.state_file.unlink(missing_ok=True)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "stack.supervise", str(self.state_file), "--",
+                sys.executable, "-m", self.module, *self.args()]
+
+    def supervisor_state(self) -> dict:
+        return read_state(self.state_file)
+
+    def child_pid(self) -> int | None:
+        pid = self.supervisor_state().get("child_pid")
+        return pid if pid and _proc_start_time(pid) is not None else None
+
+    def check_health(self) -> str:
+        state = self.supervisor_state()
+        if state.get("failing"):
+            raise RuntimeError(
+                f"failing: exited {state['quick_exits']} times in a row (last exit code {state['last_exit']}); "
+                f"log end:\n{tail(self.log_file, 10)}"
+            )
+        if self.child_pid() is None:
+            raise RuntimeError(f"not running (restart {state.get('restarts', 0)} in {state.get('backoff_s', 0):.0f} s)")
+        return self.probe()
+
+    def probe(self) -> str:
+        url = f"{self.config.url(self.port_names[0])}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as resp:
+                return f"/healthz {resp.status} {resp.read().decode().strip()}"
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"/healthz {exc.code}: {exc.read().decode().strip()}") from None
+
+    def status(self) -> Status:
+        st = super().status()
+        state = self.supervisor_state()
+        if st.pid is None:
+            return st
+        extra = f"restarts={state.get('restarts', 0)}"
+        return Status(st.service, st.state, st.pid, st.ports, f"{extra} {st.detail}")
+
+    def uptime(self) -> float | None:
+        """Seconds since the current child started (not the supervisor: a restart resets it)."""
+        started = self.supervisor_state().get("child_started")
+        return time.time() - started if started and self.child_pid() else None
+
+    def restarts(self) -> int:
+        return int(self.supervisor_state().get("restarts", 0))
+
+    def landing_args(self) -> list[str]:
+        return ["--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", self.config.url("minio"),
+                "--state-dir", str(self.dir / "state"), "--metrics-port", str(self.port)]
+
+    def kafka(self) -> str:
+        return self.config.kafka_bootstrap
+
+
+class HostCollector(SupervisedService):
+    name = "host-collector"
+    module = "collectors.host"
+    port_names = ("host_collector",)
+
+    def args(self) -> list[str]:
+        return [*self.landing_args(), "--kafka-bootstrap", self.kafka()]
+
+
+class MqttCollector(SupervisedService):
+    name = "mqtt-collector"
+    module = "collectors.mqtt"
+    port_names = ("mqtt_collector",)
+    #: A persistent session: after a crash the broker redelivers what was not acknowledged.
+    client_id = "sluice-platform-collector"
+
+    def args(self) -> list[str]:
+        return [*self.landing_args(), "--mqtt-port", str(self.config.ports["mosquitto"]),
+                "--mqtt-client-id", self.client_id, "--mqtt-topics", "sluice/sensors/+",
+                "--kafka-bootstrap", self.kafka()]
+
+
+class StreamLoader(SupervisedService):
+    name = "stream-loader"
+    module = "collectors.stream"
+    port_names = ("stream_loader",)
+
+    def args(self) -> list[str]:
+        return ["--kafka-bootstrap", self.kafka(), "--kafka-group", STREAM_GROUP,
+                "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", self.config.url("elasticsearch"),
+                "--opentsdb-url", self.config.url("opentsdb"), "--metrics-port", str(self.port)]
+
+
+class Simulator(SupervisedService):
+    """Simulated sensors publishing to the stack's broker; ``stack run --devices N`` sets N."""
+
+    name = "simulator"
+    module = "collectors.simulate_sensors"
+    device_prefix = "sim"
+
+    @property
+    def devices_file(self) -> Path:
+        return self.dir / "devices"
+
+    def devices(self) -> int:
+        try:
+            return int(self.devices_file.read_text())
+        except (OSError, ValueError):
+            return DEFAULT_DEVICES
+
+    def set_devices(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"--devices {n}: the simulator needs at least one device")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.devices_file.write_text(f"{n}\n")
+
+    def args(self) -> list[str]:
+        return ["--mqtt-port", str(self.config.ports["mosquitto"]), "--devices", str(self.devices()),
+                # It wants an end: 10^12 messages is beyond any session (at 1/s a device, ages).
+                "--rate", "1", "--duration", "0", "--messages", str(10**12),
+                "--client-id", "sluice-platform-simulator", "--device-prefix", self.device_prefix]
+
+    def probe(self) -> str:
+        return f"{self.devices()} devices publishing once a second"
+
+
+COLLECTORS = (HostCollector, MqttCollector, StreamLoader, Simulator)
