@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import requests
@@ -200,9 +200,8 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """A datapoint on its way: where it came from, what is sent."""
+class _Entry(NamedTuple):
+    """A datapoint on its way: where it came from, what is sent (a tuple: millions are made per backfill)."""
 
     index: int
     original: Any
@@ -217,22 +216,46 @@ _SCALAR = (int, float, str, type(None))
 _NUMBER = (int, float)
 
 
+#: Names seen to need no renaming: a set lookup is cheaper than a call to :func:`sanitise`.
+_KNOWN_PLAIN: set[str] = set()
+_KNOWN_PLAIN_MAX = 65536
+
+
+def _known_plain(name: str) -> bool:
+    if _PLAIN.fullmatch(name) is None:
+        return False
+    if len(_KNOWN_PLAIN) < _KNOWN_PLAIN_MAX:
+        _KNOWN_PLAIN.add(name)
+    return True
+
+
 def _plain_entry(index: int, datapoint: dict[str, Any]) -> _Entry | None:
     """The common case, cheaply: a dict of exactly the four keys, names OpenTSDB takes as they are,
     finite numbers; it is sent as it is (no copy). ``None`` sends it through the full check.
 
-    The put of the fast path pays for itself: a host-day is 2.4 million datapoints.
+    The fast path pays for itself: a host-day is 2.4 million datapoints, and
+    the checks run in the thread that reads them while the requests wait.
     """
     metric, tags = datapoint.get("metric"), datapoint.get("tags")
     timestamp, value = datapoint.get("timestamp"), datapoint.get("value")
-    if not (type(metric) is str and type(tags) is dict and type(timestamp) in _NUMBER and type(value) in _NUMBER):
+    if type(metric) is not str or type(tags) is not dict:
         return None
-    if sanitise(metric) != metric:
+    if metric not in _KNOWN_PLAIN and not _known_plain(metric):
         return None
     for key, tag in tags.items():
-        if type(key) is not str or type(tag) is not str or sanitise(tag) != tag:
+        if type(key) is not str or type(tag) is not str or (tag not in _KNOWN_PLAIN and not _known_plain(tag)):
             return None
-    if (type(value) is float and not math.isfinite(value)) or (type(timestamp) is float and not math.isfinite(timestamp)):
+    kind = type(value)
+    if kind is float:
+        if value - value != 0.0:  # NaN or infinite (inf - inf is NaN)
+            return None
+    elif kind is not int:
+        return None
+    kind = type(timestamp)
+    if kind is float:
+        if timestamp - timestamp != 0.0:
+            return None
+    elif kind is not int:
         return None
     return _Entry(index, datapoint, datapoint)
 

@@ -132,8 +132,8 @@ def hop_backfill(cfg: StackConfig, quick: bool) -> list[Row]:
     if quick:
         return [Row("fast backfill of a host-day", "skipped (--quick)", "skipped", None, "≤ 90 s, both sinks")]
     import pipeline_bench
+    from stack.services.minio import MinIO  # before stack.connections, which it imports (a cycle otherwise)
     from stack.connections import airflow_env
-    from stack.services.minio import MinIO
 
     for key, value in airflow_env(cfg).items():
         os.environ.setdefault(key, value)
