@@ -273,9 +273,11 @@ def document_datapoints(source: str, doc: Mapping[str, Any]) -> list[dict[str, A
     """
     ts = opentsdb_timestamp(doc[TIME_FIELD])
     if source == HOST:
+        # One tags mapping shared by the row's ~28 datapoints: a host-day is 2.4 million of them,
+        # and nothing downstream mutates a datapoint (the OpenTSDB client sends them as given).
         tags = {"host": doc["host"]}
         return [
-            {"metric": HOST_METRICS[name], "timestamp": ts, "value": value, "tags": dict(tags)}
+            {"metric": HOST_METRICS[name], "timestamp": ts, "value": value, "tags": tags}
             for name, value in doc.items()
             if name in HOST_METRICS
         ]

@@ -15,7 +15,8 @@
 3. **Fast-path backfill**: the host-day landed in MinIO under a throw-away
    prefix, then ``airflow dags test sluice_backfill_fast`` over the day (24
    mapped hour tasks, run one after the other by ``dags test``) in a throw-away
-   ``AIRFLOW_HOME`` into ``--sinks`` (default: Elasticsearch only); wall time.
+   ``AIRFLOW_HOME`` into ``--sinks`` (default: Elasticsearch only; repeat the
+   option to time Elasticsearch alone and both sinks in the same run); wall time.
 
 It prints figures; it asserts nothing. Everything it creates (landing prefix,
 indices, templates, Airflow home) is removed at the end.
@@ -103,7 +104,7 @@ def bench_transform(files: list[tuple[datetime, bytes]]) -> FileDocuments:
     return transform_file("host", one_batch)
 
 
-def bench_load(es, docs: FileDocuments) -> None:
+def bench_load(es, docs: FileDocuments) -> dict:
     n = docs.accepted
     chunk = 2000
 
@@ -144,9 +145,10 @@ def bench_load(es, docs: FileDocuments) -> None:
     print(f"  plain _bulk (pre-built bodies)   {n / p:>10,.0f} docs/s  ({p:.2f} s)")
     print(f"  bulk_index (streaming_bulk)      {n / h:>10,.0f} docs/s  ({h:.2f} s)")
     print(f"  bulk_index / plain: {p / h:.0%}")
+    return {"bulk_index": n / h, "plain_bulk": n / p, "ratio": p / h}
 
 
-def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]], *, sinks: str) -> None:
+def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]], *, sinks: str) -> float:
     run = f"bench-{uuid.uuid4().hex[:8]}"
     landing = S3Landing(s3_client, "sluice-landing", run)
     from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +196,7 @@ def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]], *, sinks
               f"(Airflow start-up and 24 mapped hour tasks included)")
         print(f"  {count:,} documents in Elasticsearch, {loaded} load records; {count / elapsed:,.0f} docs/s end to end")
         print(f"  Airflow's output: {log_path}")
+        return elapsed
     finally:
         es_mod.drop_prefix(es, prefix)
         with ThreadPoolExecutor(8) as pool:
@@ -204,9 +207,11 @@ def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]], *, sinks
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["transform", "load", "backfill"], action="append")
-    parser.add_argument("--sinks", default="elasticsearch",
-                        help="SLUICE_SINKS of the fast-path backfill (opentsdb writes into the shared TSD, which "
-                             "cannot be cleaned up: the points stay, dated 2020-10-01, host=bench-1)")
+    parser.add_argument("--sinks", action="append",
+                        help="SLUICE_SINKS of the fast-path backfill, repeat to run several one after the other "
+                             "in the same run, e.g. --sinks elasticsearch --sinks elasticsearch,opentsdb "
+                             "(default: elasticsearch; opentsdb writes into the shared TSD, which cannot be "
+                             "cleaned up: the points stay, dated 2020-10-01, host=bench-1)")
     args = parser.parse_args(argv)
     only = set(args.only or ["transform", "load", "backfill"])
 
@@ -226,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for key, value in airflow_env(StackConfig.from_env()).items():
             os.environ.setdefault(key, value)
-        bench_fast_backfill(MinIO(StackConfig.from_env()).client(), files, sinks=args.sinks)
+        for sinks in args.sinks or ["elasticsearch"]:
+            bench_fast_backfill(MinIO(StackConfig.from_env()).client(), files, sinks=sinks)
     return 0
 
 

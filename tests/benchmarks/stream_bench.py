@@ -6,6 +6,8 @@
    Messages/s and readings/s are taken from the loader's first consumed record
    to the moment its group's lag is zero (every offset committed, so every
    reading accepted by both sinks).
+   The reference, measured right after in the same run: the same documents
+   into Elasticsearch alone as plain ``_bulk`` requests of pre-built bodies.
 2. Latency: ``python -m collectors.mqtt`` forwards MQTT payloads to Kafka and
    the loader loads them; a publisher sends ``--rate`` readings/s (payloads of
    three) to Mosquitto with QoS 1 for ``--seconds``, and a reader searches
@@ -161,6 +163,44 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
     }
 
 
+def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
+    """The reference of the throughput run: the same documents as one plain ``_bulk`` after another.
+
+    The documents are what the loader makes of the same payloads
+    (:func:`collectors.stream.decode.sensor_documents`), serialised and framed
+    before the clock starts; ``chunk`` documents a request (the loader's
+    default batch of 5,000 payloads is 15,000 readings).
+    """
+    from collectors.stream.decode import sensor_documents
+    from include import elasticsearch as es_mod
+    from include.contract import daily_index
+    from include.sensors import Limits
+
+    run = uuid.uuid4().hex[:8]
+    prefix = f"bench{run}ref"
+    es = es_mod.connect(cfg.url("elasticsearch"), request_timeout=120)
+    es_mod.ensure_index_template(es, "sensor", prefix=prefix)
+    ts0 = int(time.time() * 1000) - 3_600_000
+    lines: list[bytes] = []
+    for i in range(messages):
+        device = f"dev{i % 20}"
+        docs, _ = sensor_documents(device.encode(), payload(f"bench.{run}.m", device, ts0 + i, i), time.time(), Limits())
+        for k, doc in enumerate(docs):
+            index = daily_index("sensor", doc["@timestamp"], prefix=prefix)
+            lines.append(b'{"index":{"_index":"%s","_id":"%s-%d"}}\n%s\n' % (index.encode(), f"{i}".encode(), k,
+                                                                          orjson.dumps(doc)))
+    bodies = [b"".join(lines[i:i + chunk]) for i in range(0, len(lines), chunk)]
+    try:
+        start = time.monotonic()
+        for body in bodies:
+            if es.bulk(operations=body)["errors"]:
+                raise RuntimeError("plain _bulk refused documents")
+        elapsed = time.monotonic() - start
+    finally:
+        es_mod.drop_prefix(es, prefix)
+    return {"documents": len(lines), "seconds": round(elapsed, 2), "docs_per_s": round(len(lines) / elapsed)}
+
+
 def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str]) -> dict:
     import paho.mqtt.client as mqtt
 
@@ -290,6 +330,8 @@ def main() -> int:
     if "throughput" not in args.skip:
         results["throughput"] = bench_throughput(cfg, args.messages, tmp, args.loader_arg)
         print(json.dumps({"throughput": results["throughput"]}), flush=True)
+        results["plain_bulk_reference"] = bench_plain_bulk(cfg, args.messages)
+        print(json.dumps({"plain_bulk_reference": results["plain_bulk_reference"]}), flush=True)
     if "latency" not in args.skip:
         results["latency"] = bench_latency(cfg, args.rate, args.seconds, tmp, args.loader_arg)
         print(json.dumps({"latency": results["latency"]}), flush=True)

@@ -140,7 +140,7 @@ def _closed_port() -> int:
 
 def test_unreachable_server_is_retried_with_backoff_then_fails_with_the_batch_in_flight():
     delays = []
-    client = OpenTSDBClient(f"http://127.0.0.1:{_closed_port()}", batch_size=2, max_attempts=4,
+    client = OpenTSDBClient(f"http://127.0.0.1:{_closed_port()}", batch_size=2, concurrency=1, max_attempts=4,
                             backoff=0.5, backoff_max=1.5, timeout=5, sleep=delays.append)
     with pytest.raises(OpenTSDBUnavailable) as err:
         client.put(SEED)
@@ -151,7 +151,27 @@ def test_unreachable_server_is_retried_with_backoff_then_fails_with_the_batch_in
     assert err.value.result.accepted == 0 and err.value.result.retries == 3
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"max_attempts": 0}])
+def test_unreachable_server_with_batches_in_flight_reports_every_one_of_them_pending():
+    # Three batches in flight at once, all refused: nothing is lost, nothing more is read.
+    read = []
+
+    def points():
+        for i in range(20):
+            read.append(i)
+            yield {**SEED[i % 3], "timestamp": 1346846400 + i}
+
+    client = OpenTSDBClient(f"http://127.0.0.1:{_closed_port()}", batch_size=2, concurrency=3, max_attempts=2,
+                            backoff=0.01, timeout=5, sleep=lambda _: None)
+    with pytest.raises(OpenTSDBUnavailable) as err:
+        client.put(points())
+    client.close()
+    assert "failed 2 attempts to store a batch of 2 datapoints (from index 0)" in str(err.value)
+    assert "2 other batches in flight failed too" in str(err.value)
+    assert [i for i, _ in err.value.pending] == list(range(6)) == read
+    assert err.value.result.accepted == 0 and err.value.result.batches == 3 and err.value.result.retries == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"concurrency": 0}, {"max_attempts": 0}])
 def test_client_rejects_bad_options(kwargs):
     with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be at least 1, got 0"):
         OpenTSDBClient("http://127.0.0.1:4242", **kwargs)

@@ -107,7 +107,9 @@ def test_opentsdb_stopped_during_a_write_fails_cleanly_and_a_retry_after_recover
         {"metric": metric, "timestamp": T0 + i, "value": float(i), "tags": {"type": "temperature", "loc": "pcroom"}}
         for i in range(60)
     ]
-    client = OpenTSDBClient(opentsdb.config.url("opentsdb"), batch_size=10, max_attempts=3, backoff=0.2)
+    # One request at a time, so which batches were stored is exact (the concurrent case is below).
+    client = OpenTSDBClient(opentsdb.config.url("opentsdb"), batch_size=10, concurrency=1, max_attempts=3,
+                            backoff=0.2)
 
     def stopping_midway():
         for i, point in enumerate(points):
@@ -128,3 +130,66 @@ def test_opentsdb_stopped_during_a_write_fails_cleanly_and_a_retry_after_recover
     assert (result.accepted, result.failed) == (60, [])
     (series,) = client.query(metric, start=T0, end=T0 + 59)
     assert series["dps"] == {str(T0 + i): float(i) for i in range(60)}
+
+
+def test_concurrent_puts_account_for_every_point_of_a_mixed_batch(opentsdb):
+    """Bad points spread over many requests in flight: each one is failed with OpenTSDB's reason at its index."""
+    metric = _metric("concurrent")
+    points: list[dict] = []
+    bad: dict[int, str] = {}
+    for i in range(2000):
+        point = {"metric": metric, "timestamp": T0 + i, "value": float(i), "tags": {"type": "temperature"}}
+        if i % 97 == 5:
+            point["value"] = math.nan
+            bad[i] = "Unable to parse value to a number"
+        elif i % 89 == 7:
+            point["tags"] = {}
+            bad[i] = "Missing tags"
+        elif i % 83 == 11:
+            point["tags"] = {"type": "temperature", "loc": "pc room"}  # renamed, lands
+        elif i == 1999:
+            point = "not a datapoint"
+            bad[i] = "not sent: a datapoint must be a mapping, got str"
+        points.append(point)
+    with OpenTSDBClient(opentsdb.config.url("opentsdb"), batch_size=50, concurrency=4) as client:
+        result = client.put(points)
+        assert result.batches == 40
+        assert [(f.index, f.reason) for f in result.failed] == sorted(bad.items())
+        assert all(f.datapoint is points[f.index] for f in result.failed)
+        assert result.accepted == 2000 - len(bad)
+        assert result.renamed == sum(1 for i in range(2000) if i % 83 == 11 and i not in bad and i % 97 != 5)
+        stored = {
+            int(ts): v
+            for series in client.query(metric, start=T0, end=T0 + 1999)
+            for ts, v in series["dps"].items()
+        }
+    assert stored == {T0 + i: float(i) for i in range(2000) if i not in bad}
+
+
+def test_opentsdb_stopped_under_concurrent_puts_loses_nothing(opentsdb):
+    """Stored, or pending in the error: every point read is one or the other, and a retry lands them all."""
+    metric = _metric("outage-concurrent")
+    points = [{"metric": metric, "timestamp": T0 + i, "value": float(i), "tags": {"type": "t"}} for i in range(400)]
+    client = OpenTSDBClient(opentsdb.config.url("opentsdb"), batch_size=20, concurrency=4, max_attempts=2,
+                            backoff=0.2)
+    read: list[int] = []
+
+    def stopping_midway():
+        for i, point in enumerate(points):
+            if i == 200:
+                opentsdb.stop()
+            read.append(i)
+            yield point
+
+    try:
+        with pytest.raises(OpenTSDBUnavailable) as err:
+            client.put(stopping_midway())
+        pending = [i for i, _ in err.value.pending]
+        assert pending and pending == sorted(pending)
+        assert err.value.result.accepted + len(pending) == len(read) and len(read) < len(points)
+        assert err.value.result.failed == []
+    finally:
+        opentsdb.restore()
+    result = client.put(points)
+    client.close()
+    assert (result.accepted, result.failed) == (400, [])
