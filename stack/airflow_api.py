@@ -88,3 +88,11 @@ class AirflowClient:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], *, logical_date: datetime | None = None) -> dict:
+        """``POST /dags/{dag_id}/dagRuns``: a manual run with ``conf`` (the DAG must be unpaused to run)."""
+        body = {"conf": conf, "logical_date": logical_date.isoformat() if logical_date else None}
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")

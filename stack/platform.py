@@ -45,23 +45,32 @@ def bring_up(config: StackConfig, *, devices: int, out: Out = _print) -> None:
     if changed and sim.pid() is not None:
         out(f"simulator: restarting with {devices} devices")
         sim.stop()
-    scheduler = AirflowScheduler(config)
-    running = scheduler.running_executor()
-    if running is not None and running != config.executor:
-        out(f"airflow-scheduler: restarting with SLUICE_EXECUTOR={config.executor} (it runs {running})")
-        scheduler.stop()
-    # Workers beyond --workers (or all of them, and Redis, back on the LocalExecutor) stop.
-    for cls in (*CELERY_WORKERS, Redis):
-        svc = cls(config)
-        if not cls.enabled(config) and svc.pid() is not None:
-            out(f"{svc.name}: stopping (not part of this configuration)")
-            svc.stop()
+    apply_executor(config, out=out)
     names = [svc.name for svc in api.services(config)]
     for i, name in enumerate(names, 1):
         out(f"[{i}/{len(names)}] {name} ...")
         api.ensure(config, [name])
     out("unpausing the scheduled Sluice DAGs: " + ", ".join(SCHEDULED_DAGS))
     unpause(config, out=out)
+
+
+def apply_executor(config: StackConfig, *, out: Out = _print) -> None:
+    """Stop what runs with another executor or worker count, so the next ``ensure`` starts it right.
+
+    A scheduler started with the other ``SLUICE_EXECUTOR`` stops (its replacement
+    reads the new cfg); workers beyond the count stop, and on the LocalExecutor
+    all of them and Redis.
+    """
+    scheduler = AirflowScheduler(config)
+    running = scheduler.running_executor()
+    if running is not None and running != config.executor:
+        out(f"airflow-scheduler: restarting with SLUICE_EXECUTOR={config.executor} (it runs {running})")
+        scheduler.stop()
+    for cls in (*CELERY_WORKERS, Redis):
+        svc = cls(config)
+        if not cls.enabled(config) and svc.pid() is not None:
+            out(f"{svc.name}: stopping (not part of this configuration)")
+            svc.stop()
 
 
 def unpause(config: StackConfig, *, timeout: float = 300, out: Out = _print) -> None:
