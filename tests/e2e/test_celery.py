@@ -22,7 +22,7 @@ from include.contract import minute_key
 from include.landing import open_landing
 from include.opentsdb import OpenTSDBClient
 from stack import api, demo
-from stack.airflow_api import MINUTE_DAGS, AirflowClient
+from stack.airflow_api import AirflowClient
 from stack.connections import landing_url
 from stack.platform import apply_executor, unpause
 from stack.services import AIRFLOW, COLLECTORS
