@@ -46,7 +46,7 @@ from stack.services.redis import Redis
 #: ``[core] executor`` per ``SLUICE_EXECUTOR``.
 EXECUTOR_CLASSES = {
     "local": "LocalExecutor",
-    "celery": "airflow.providers.celery.executors.celery_executor.CeleryExecutor",
+    "celery": "CeleryExecutor",  # Airflow resolves it to the celery provider's class
 }
 #: The environment variable a Celery worker's task processes read their host name from.
 WORKER_HOSTNAME_VAR = "SLUICE_AIRFLOW_WORKER_HOSTNAME"
