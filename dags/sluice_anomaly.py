@@ -27,17 +27,14 @@ Connections: `spark_default`, `aws_default` (landing zone), `elasticsearch_defau
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from sluice_airflow import task_retries
+from sluice_airflow import catchup, start_date, task_retries
 from sluice_spark import AnomalySparkSubmitOperator
 
-#: First window the DAG catches up from: set it to when collection began.
-START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
-CATCHUP = os.environ.get("SLUICE_CATCHUP", "true").lower() not in ("0", "false", "no")
 JOB = str(Path(__file__).resolve().parent.parent / "include" / "anomaly" / "job.py")
 WINDOW = "{{ ti.xcom_pull(task_ids='plan_window')['%s'] }}"
 
@@ -45,8 +42,8 @@ WINDOW = "{{ ti.xcom_pull(task_ids='plan_window')['%s'] }}"
 @dag(
     dag_id="sluice_anomaly",
     schedule=CronDataIntervalTimetable("*/15 * * * *", timezone="UTC"),
-    start_date=START,
-    catchup=CATCHUP,
+    start_date=start_date(),
+    catchup=catchup(),
     max_active_runs=1,  # one Spark driver at a time on a 2-core machine
     dagrun_timeout=timedelta(hours=2),
     doc_md=__doc__,

@@ -36,13 +36,9 @@ from airflow.sdk import CronDataIntervalTimetable, PokeReturnValue, dag, task
 from include.pipeline import DEFAULT_GRACE_SECONDS
 from include.schemas import SOURCES
 from include.sinks import OPENTSDB, configured_sinks
-from sluice_airflow import landing_zone, task_retries, transform_and_load
+from sluice_airflow import catchup, landing_zone, start_date, task_retries, transform_and_load
 
-#: First minute the DAGs catch up from: set it to when collection began.
-START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
 GRACE_SECONDS = float(os.environ.get("SLUICE_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
-#: Catch up every minute since START when unpaused (``SLUICE_CATCHUP=false`` for only the latest).
-CATCHUP = os.environ.get("SLUICE_CATCHUP", "true").lower() not in ("0", "false", "no")
 
 
 def minute_dag(source: str):
@@ -50,8 +46,8 @@ def minute_dag(source: str):
         dag_id=f"sluice_{source}_minute",
         # An interval timetable: the run of 07:11 covers [07:11, 07:12) and starts after 07:12.
         schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
-        start_date=START,
-        catchup=CATCHUP,
+        start_date=start_date(),
+        catchup=catchup(),
         max_active_runs=4,
         dagrun_timeout=timedelta(minutes=30),
         doc_md=__doc__,

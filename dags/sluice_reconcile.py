@@ -33,9 +33,8 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from include.alerts import log_failure
+from sluice_airflow import catchup, start_date
 
-START = datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
-CATCHUP = os.environ.get("SLUICE_CATCHUP", "true").lower() not in ("0", "false", "no")
 LAG_MINUTES = int(os.environ.get("SLUICE_RECONCILE_LAG_MINUTES", "3"))
 RECHECK = int(os.environ.get("SLUICE_RECONCILE_RECHECK", "30"))
 SLA_SECONDS = float(os.environ.get("SLUICE_SLA_SECONDS", "30"))
@@ -46,8 +45,8 @@ KAFKA_SOURCES = tuple(s.strip() for s in os.environ.get("SLUICE_RECONCILE_KAFKA_
 @dag(
     dag_id="sluice_reconcile",
     schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
-    start_date=START,
-    catchup=CATCHUP,
+    start_date=start_date(),
+    catchup=catchup(),
     max_active_runs=2,
     dagrun_timeout=timedelta(minutes=10),
     default_args={"retries": 0, "on_failure_callback": log_failure},

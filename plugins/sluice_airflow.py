@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,17 @@ def sink(name: str):
 
         return sinks.OpenTSDBSink(OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn())
     raise sinks.UnknownSink(f"sink {name!r} is not one of {', '.join(sinks.KNOWN_SINKS)}")
+
+
+def start_date() -> datetime:
+    """First interval the scheduled DAGs catch up from: ``SLUICE_START_DATE`` (set it to when collection began)."""
+    return datetime.fromisoformat(os.environ.get("SLUICE_START_DATE", "2026-11-22T00:00:00+00:00"))
+
+
+def catchup() -> bool:
+    """Whether an unpaused DAG catches up every interval since :func:`start_date` (``SLUICE_CATCHUP``;
+    ``false`` runs only the latest: what ``python -m stack run`` sets for the running platform)."""
+    return os.environ.get("SLUICE_CATCHUP", "true").lower() not in ("0", "false", "no")
 
 
 def task_retries() -> int:

@@ -17,7 +17,10 @@ from stack.config import StackConfig
 
 #: The DAGs ``python -m stack run`` unpauses: what runs by itself on a schedule.
 #: (``sluice_backfill_fast`` and ``provision_dashboards`` are run by hand.)
-SCHEDULED_DAGS = ("sluice_host_minute", "sluice_sensor_minute", "sluice_sweep_late_files", "sluice_kafka_lag")
+SCHEDULED_DAGS = (
+    "sluice_host_minute", "sluice_sensor_minute", "sluice_sweep_late_files", "sluice_kafka_lag",
+    "sluice_reconcile", "sluice_anomaly",
+)
 MINUTE_DAGS = ("sluice_host_minute", "sluice_sensor_minute")
 
 
