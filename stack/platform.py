@@ -73,11 +73,12 @@ def apply_executor(config: StackConfig, *, out: Out = _print) -> None:
             svc.stop()
 
 
-def unpause(config: StackConfig, *, timeout: float = 300, out: Out = _print) -> None:
-    """Unpause :data:`SCHEDULED_DAGS`, waiting for the dag-processor to have parsed each."""
+def unpause(config: StackConfig, *, dags: tuple[str, ...] = SCHEDULED_DAGS, timeout: float = 300,
+            out: Out = _print) -> None:
+    """Unpause ``dags`` (default :data:`SCHEDULED_DAGS`), waiting for the dag-processor to have parsed each."""
     client = AirflowClient(config)
     deadline = time.monotonic() + timeout
-    pending = list(SCHEDULED_DAGS)
+    pending = list(dags)
     while pending:
         try:
             client.unpause(pending[0])

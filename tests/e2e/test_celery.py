@@ -22,7 +22,7 @@ from include.contract import minute_key
 from include.landing import open_landing
 from include.opentsdb import OpenTSDBClient
 from stack import api, demo
-from stack.airflow_api import AirflowClient
+from stack.airflow_api import MINUTE_DAGS, AirflowClient
 from stack.connections import landing_url
 from stack.platform import apply_executor, unpause
 from stack.services import AIRFLOW, COLLECTORS
@@ -47,12 +47,13 @@ def celery_config(stack_config):
 
 @pytest.fixture(scope="module")
 def celery_platform(celery_config, local_stack, minio, kafka, elasticsearch, opentsdb, mosquitto):
-    """Everything ``make run`` starts, with Redis and two Celery workers; the scheduled DAGs unpaused."""
+    """Everything ``make run`` starts, with Redis and two Celery workers; the minute DAGs and the fast
+    backfill unpaused (not the Spark and reconcile DAGs: two cores are busy enough)."""
     apply_executor(celery_config)
     for cls in (*AIRFLOW, *COLLECTORS):
         if cls.enabled(celery_config):
             local_stack.started += api.ensure(celery_config, [cls.name])
-    unpause(celery_config)
+    unpause(celery_config, dags=(*MINUTE_DAGS, "sluice_backfill_fast"))
     client = AirflowClient(celery_config)
     client.login()
     return client
@@ -94,7 +95,6 @@ def test_scheduled_minutes_and_a_fast_backfill_load_exact_counts_on_both_workers
 
     now = datetime.now(timezone.utc)
     minutes = [now.replace(second=0, microsecond=0) + timedelta(minutes=i) for i in (1, 2)]
-    client.unpause("sluice_backfill_fast")
     backfill = client.trigger("sluice_backfill_fast", {
         "source": "host", "from": BACKFILL_FROM.isoformat().replace("+00:00", "Z"),
         "to": (BACKFILL_FROM + timedelta(hours=BACKFILL_HOURS)).isoformat().replace("+00:00", "Z"),
