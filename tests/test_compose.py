@@ -174,7 +174,7 @@ def test_celery_profile_runs_redis_and_scalable_workers_on_the_executor_from_env
         airflow_env = services[name]["environment"]
         assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert airflow_env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0", name
-        assert airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:"), name
+        assert airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://airflow:"), name
         assert urlsplit(airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"]).hostname == "postgres", name
     worker = services["airflow-worker"]
     assert worker["command"] == ["celery", "worker"] or worker["command"] == "celery worker"

@@ -97,7 +97,7 @@ def worker_hostname() -> str:
 def celery_section(config: StackConfig) -> str:
     """``[celery]`` of airflow.cfg: Redis broker, PostgreSQL result backend, concurrency per worker."""
     pg = Postgres(config).credentials()
-    backend = (f"db+postgresql://{pg['user']}:{pg['password']}@{config.host}:{config.ports['postgres']}"
+    backend = (f"db+postgresql+psycopg2://{pg['user']}:{pg['password']}@{config.host}:{config.ports['postgres']}"
                f"/{pg['database']}")
     # The machine's task slots shared by the workers, at least two each (one task can wait on a sink).
     concurrency = max(2, airflow_parallelism() // config.airflow_workers)

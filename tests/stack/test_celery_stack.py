@@ -65,7 +65,7 @@ def test_airflow_cfg_names_the_celery_executor_redis_broker_and_postgres_backend
     assert cfg["core"]["executor"] == "CeleryExecutor"
     assert cfg["core"]["hostname_callable"] == "stack.services.airflow.worker_hostname"
     assert cfg["celery"]["broker_url"] == Redis(celery_config).broker_url()
-    assert cfg["celery"]["result_backend"].startswith("db+postgresql://airflow:")
+    assert cfg["celery"]["result_backend"].startswith("db+postgresql+psycopg2://airflow:")
     assert cfg["celery"]["worker_prefetch_multiplier"] == "1"
     local = configparser.ConfigParser(interpolation=None)
     local.read(write_airflow_cfg(replace(celery_config, executor="local")))
