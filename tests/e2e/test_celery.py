@@ -98,7 +98,7 @@ def test_scheduled_minutes_and_a_fast_backfill_load_exact_counts_on_both_workers
     backfill = client.trigger("sluice_backfill_fast", {
         "source": "host", "from": BACKFILL_FROM.isoformat().replace("+00:00", "Z"),
         "to": (BACKFILL_FROM + timedelta(hours=BACKFILL_HOURS)).isoformat().replace("+00:00", "Z"),
-    })
+    }, run_id=f"celery_e2e__{now:%Y%m%dT%H%M%S}")
     runs = demo.wait_for_runs(client, minutes, timeout=(minutes[-1] - now).total_seconds() + 600)
     deadline = time.monotonic() + 600
     while (run := client.dag_run("sluice_backfill_fast", backfill["dag_run_id"]))["state"] not in ("success", "failed"):
