@@ -8,6 +8,8 @@ PY     := $(VENV)/bin/python
 STACK_ENV = eval "$$($(PY) -m stack env)"
 
 DEVICES ?= 5
+# Celery workers of `SLUICE_EXECUTOR=celery make run` (ignored by the default LocalExecutor).
+WORKERS ?=
 MINUTES ?= 3
 
 .PHONY: bootstrap venv install run up down status demo test test-unit lint-dags clean
@@ -28,8 +30,8 @@ $(VENV)/.installed: requirements.txt
 install: bootstrap venv          ## download and build the services (cached)
 	$(PY) -m stack install
 
-run: install                     ## the main job: the whole platform, running in the background until `make down`
-	$(PY) -m stack run --devices $(DEVICES)
+run: install                     ## the main job: the whole platform, running in the background until `make down` (SLUICE_EXECUTOR=celery WORKERS=N: Celery)
+	$(PY) -m stack run --devices $(DEVICES) $(if $(WORKERS),--workers $(WORKERS))
 
 up: install                      ## start the services (all, or SERVICES="kafka minio"), only what is not running
 	$(PY) -m stack up $(SERVICES)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shlex
 import sys
 
 from stack import api
-from stack.config import StackConfig, StackError
+from stack.config import StackConfig, StackError, check_workers
 from stack.connections import airflow_env
 from stack.service import State, tail
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("services", nargs="*", help="default: all")
     p = sub.add_parser("run", help="the platform: start everything, unpause the DAGs, print the URLs")
     p.add_argument("--devices", type=int, default=5, help="simulated sensor devices (default 5)")
+    p.add_argument("--workers", help="Celery workers with SLUICE_EXECUTOR=celery (default SLUICE_AIRFLOW_WORKERS or 2)")
     p = sub.add_parser("logs", help="print the end of a service's log")
     p.add_argument("service")
     p.add_argument("-n", "--lines", type=int, default=50)
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             from stack import platform
 
+            if args.workers is not None:
+                if config.executor != "celery":
+                    raise ValueError("--workers needs SLUICE_EXECUTOR=celery (the LocalExecutor has no workers)")
+                config = dataclasses.replace(config, airflow_workers=check_workers(args.workers, "--workers"))
             platform.bring_up(config, devices=args.devices)
             print(platform.where(config))
             return 0

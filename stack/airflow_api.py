@@ -91,3 +91,19 @@ class AirflowClient:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str,
+                logical_date: datetime | None = None) -> dict:
+        """``POST /dags/{dag_id}/dagRuns``: a manual run ``run_id`` with ``conf`` (the DAG must be unpaused to run).
+
+        A busy api-server may create the run and answer after the client's timeout:
+        the run id is ours, so a timed-out request is answered by reading the run back.
+        """
+        body = {"dag_run_id": run_id, "conf": conf, "logical_date": logical_date.isoformat() if logical_date else None}
+        try:
+            return self.request("POST", f"/dags/{dag_id}/dagRuns", json=body)
+        except requests.Timeout:
+            return self.dag_run(dag_id, run_id)
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict:
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")

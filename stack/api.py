@@ -66,9 +66,21 @@ def ensure(config: StackConfig, names: Iterable[str] | None = None) -> list[Serv
 
 
 def down(config: StackConfig, names: Iterable[str] | None = None) -> list[str]:
-    """Stop services (in reverse start order); return the names that were running."""
+    """Stop services (in reverse start order); return the names that were running.
+
+    Also those this configuration would not start (Celery workers and Redis after a
+    ``SLUICE_EXECUTOR=celery`` run, the extra Kafka nodes): ``down`` leaves none
+    behind whichever variables it is called with. One that does not run is skipped.
+    """
+    wanted = None if names is None else set(names)
+    if wanted is not None and "kafka" in wanted:
+        wanted |= {cls.name for cls in ALL if cls.name.startswith("kafka-")}
+    if wanted is not None:
+        unknown = wanted - set(BY_NAME)
+        if unknown:
+            raise ValueError(f"unknown service(s) {', '.join(sorted(unknown))}; known: {', '.join(BY_NAME)}")
     stopped = []
-    for svc in reversed(services(config, names)):
+    for svc in reversed([cls(config) for cls in ALL if wanted is None or cls.name in wanted]):
         if svc.stop():
             stopped.append(svc.name)
     return stopped

@@ -3,7 +3,8 @@
 #   mosquitto (Debian), Maven, a JDK >= 21 (Kafka, Elasticsearch) and a JDK 17
 #   (HBase under OpenTSDB) -- all from Maven Central --, Go (MinIO is built with
 #   `go install`), python3-venv, setpriv, docker-compose (validates the compose file),
-#   PostgreSQL (Airflow's metadata database) and chromium + chromium-driver (the
+#   PostgreSQL (Airflow's metadata database), redis-server (the Celery broker of
+#   SLUICE_EXECUTOR=celery) and chromium + chromium-driver (the
 #   headless browser the UI tests drive), all from Debian.
 # Idempotent: on a machine that has everything it installs nothing.
 set -euo pipefail
@@ -43,12 +44,14 @@ have setpriv || need+=(util-linux)
 have docker-compose || need+=(docker-compose)
 # Airflow's metadata database: the server binaries under /usr/lib/postgresql/<major>/bin.
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# SLUICE_EXECUTOR=celery: the Celery broker.
+have redis-server || need+=(redis-server)
 # The Airflow UI test: Debian's headless Chromium and its WebDriver.
 have chromium || need+=(chromium)
 have chromedriver || need+=(chromium-driver)
 
 if [ ${#need[@]} -eq 0 ]; then
-  echo "bootstrap: system tools present (mosquitto, postgresql, chromium, mvn, JDK >= 21, JDK 11..17, go, python3-venv, docker-compose)"
+  echo "bootstrap: system tools present (mosquitto, postgresql, redis-server, chromium, mvn, JDK >= 21, JDK 11..17, go, python3-venv, docker-compose)"
   exit 0
 fi
 
@@ -75,8 +78,9 @@ for p in "${need[@]}"; do
   fi
 done
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
-# Debian starts the packaged broker on port 1883 and a PostgreSQL cluster on 5432; the stack runs its own.
+# Debian starts the packaged broker on port 1883, a PostgreSQL cluster on 5432 and Redis on 6379; the stack runs its own.
 if have systemctl; then
   systemctl disable --now mosquitto >/dev/null 2>&1 || true
   systemctl disable --now postgresql >/dev/null 2>&1 || true
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi

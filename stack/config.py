@@ -10,6 +10,9 @@ run beside a developer's stack) can live on one machine:
 * ``SLUICE_<SERVICE>_PORT`` – one per port, see :data:`DEFAULT_PORTS`.
 * ``SLUICE_KAFKA_BROKERS`` – 1 (default: one KRaft node) or 3 (a replicated
   cluster: topics get replication factor 3 and ``min.insync.replicas=2``).
+* ``SLUICE_EXECUTOR`` – ``local`` (default: the scheduler's LocalExecutor) or
+  ``celery`` (Redis as broker, ``SLUICE_AIRFLOW_WORKERS`` Celery workers, default
+  2; ``python -m stack run --workers N`` sets it).
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ DEFAULT_PORTS: dict[str, int] = {
     # Where the scheduler's LocalExecutor workers and the triggerer serve task logs to the UI.
     "airflow_worker_logs": 8793,
     "airflow_triggerer_logs": 8794,
+    # SLUICE_EXECUTOR=celery: Redis, the Celery broker, and the log server of each worker.
+    "redis": 6379,
+    **{f"airflow_worker_{i}_logs": 8794 + i for i in range(1, 9)},
     # /metrics and /healthz of the supervised collectors (their own defaults in collectors/).
     "host_collector": 9108,
     "mqtt_collector": 9109,
@@ -53,6 +59,11 @@ DEFAULT_PORTS: dict[str, int] = {
 
 #: Kafka cluster sizes the stack can run: one node, or three that survive losing one.
 KAFKA_BROKER_COUNTS = (1, 3)
+
+#: Executors the local stack runs Airflow with (``SLUICE_EXECUTOR``).
+EXECUTORS = ("local", "celery")
+#: Most Celery workers the local stack runs (each has a log-server port in DEFAULT_PORTS).
+MAX_AIRFLOW_WORKERS = 8
 
 #: The bucket the landing zone uses on the local MinIO.
 LANDING_BUCKET = "sluice-landing"
@@ -72,6 +83,17 @@ class StackError(Exception):
         self.log_tail = log_tail
 
 
+def check_workers(raw: str | int, where: str) -> int:
+    """A Celery worker count from ``where`` (a variable or an option): 1..MAX_AIRFLOW_WORKERS."""
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ValueError(f"{where}={raw!r} is not a number of workers") from None
+    if not 1 <= n <= MAX_AIRFLOW_WORKERS:
+        raise ValueError(f"{where}={n}: the local stack runs 1..{MAX_AIRFLOW_WORKERS} Celery workers")
+    return n
+
+
 @dataclass(frozen=True)
 class StackConfig:
     runtime: Path
@@ -79,6 +101,8 @@ class StackConfig:
     host: str = "127.0.0.1"
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     kafka_brokers: int = 1
+    executor: str = "local"
+    airflow_workers: int = 2
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StackConfig:
@@ -109,7 +133,12 @@ class StackConfig:
             raise ValueError(
                 f"SLUICE_KAFKA_BROKERS={brokers_text!r}: use 1 (one node) or 3 (a replicated cluster)"
             )
-        return cls(runtime=runtime, cache=cache, ports=ports, kafka_brokers=int(brokers_text))
+        executor = env.get("SLUICE_EXECUTOR", "local")
+        if executor not in EXECUTORS:
+            raise ValueError(f"SLUICE_EXECUTOR={executor!r}: use local (LocalExecutor) or celery (Redis and Celery workers)")
+        workers = check_workers(env.get("SLUICE_AIRFLOW_WORKERS", "2"), "SLUICE_AIRFLOW_WORKERS")
+        return cls(runtime=runtime, cache=cache, ports=ports, kafka_brokers=int(brokers_text),
+                   executor=executor, airflow_workers=workers)
 
     def kafka_port_names(self, node: int) -> tuple[str, str]:
         """(broker, controller) port names of Kafka node ``node`` (1-based)."""

@@ -1,7 +1,8 @@
 """The platform as a whole: bring it all up (``run``) and say how it is doing (``status``).
 
 ``python -m stack run --devices N`` (``make run``) starts, in order, the
-servers of the local stack, PostgreSQL and the four Airflow components, then
+servers of the local stack, PostgreSQL and the four Airflow components (with
+``SLUICE_EXECUTOR=celery`` also Redis and ``--workers N`` Celery workers), then
 the supervised host sampler, MQTT collector, stream loader and sensor simulator;
 it unpauses the scheduled Sluice DAGs through Airflow's REST API and prints
 where everything is. Then it returns: the services run in the background (each
@@ -24,7 +25,9 @@ from stack import api
 from stack.airflow_api import SCHEDULED_DAGS, AirflowApiError, AirflowClient
 from stack.config import LANDING_BUCKET, StackConfig
 from stack.service import State, port_open
-from stack.services.airflow import password_file
+from stack.services.airflow import CELERY_WORKERS, AirflowScheduler, password_file
+from stack.services import ALL
+from stack.services.redis import Redis
 from stack.services.collectors import STREAM_GROUP, Simulator, SupervisedService
 
 Out = Callable[[str], None]
@@ -42,6 +45,7 @@ def bring_up(config: StackConfig, *, devices: int, out: Out = _print) -> None:
     if changed and sim.pid() is not None:
         out(f"simulator: restarting with {devices} devices")
         sim.stop()
+    apply_executor(config, out=out)
     names = [svc.name for svc in api.services(config)]
     for i, name in enumerate(names, 1):
         out(f"[{i}/{len(names)}] {name} ...")
@@ -50,11 +54,31 @@ def bring_up(config: StackConfig, *, devices: int, out: Out = _print) -> None:
     unpause(config, out=out)
 
 
-def unpause(config: StackConfig, *, timeout: float = 300, out: Out = _print) -> None:
-    """Unpause :data:`SCHEDULED_DAGS`, waiting for the dag-processor to have parsed each."""
+def apply_executor(config: StackConfig, *, out: Out = _print) -> None:
+    """Stop what runs with another executor or worker count, so the next ``ensure`` starts it right.
+
+    A scheduler started with the other ``SLUICE_EXECUTOR`` stops (its replacement
+    reads the new cfg); workers beyond the count stop, and on the LocalExecutor
+    all of them and Redis.
+    """
+    scheduler = AirflowScheduler(config)
+    running = scheduler.running_executor()
+    if running is not None and running != config.executor:
+        out(f"airflow-scheduler: restarting with SLUICE_EXECUTOR={config.executor} (it runs {running})")
+        scheduler.stop()
+    for cls in (*CELERY_WORKERS, Redis):
+        svc = cls(config)
+        if not cls.enabled(config) and svc.pid() is not None:
+            out(f"{svc.name}: stopping (not part of this configuration)")
+            svc.stop()
+
+
+def unpause(config: StackConfig, *, dags: tuple[str, ...] = SCHEDULED_DAGS, timeout: float = 300,
+            out: Out = _print) -> None:
+    """Unpause ``dags`` (default :data:`SCHEDULED_DAGS`), waiting for the dag-processor to have parsed each."""
     client = AirflowClient(config)
     deadline = time.monotonic() + timeout
-    pending = list(SCHEDULED_DAGS)
+    pending = list(dags)
     while pending:
         try:
             client.unpause(pending[0])
@@ -67,6 +91,13 @@ def unpause(config: StackConfig, *, timeout: float = 300, out: Out = _print) -> 
         time.sleep(5)
 
 
+def executor_line(config: StackConfig) -> str:
+    if config.executor == "celery":
+        return (f"CeleryExecutor: {config.airflow_workers} workers (airflow-worker-1..{config.airflow_workers}), "
+                f"Redis broker on port {config.ports['redis']}")
+    return "LocalExecutor (SLUICE_EXECUTOR=celery ... --workers N for Celery workers)"
+
+
 def where(config: StackConfig) -> str:
     """The URLs and the password file, as ``run`` prints them."""
     return f"""
@@ -76,6 +107,7 @@ Sluice is running (in the background; `make down` stops all of it).
   OpenTSDB        {config.url('opentsdb')}
   MinIO console   {config.url('minio_console')}   keys in {config.runtime / 'minio' / 'credentials.json'}, bucket {LANDING_BUCKET}
   Logs            {config.runtime}/<service>/<service>.log   (`python -m stack logs <service>`)
+  Executor        {executor_line(config)}
   Health          python -m stack status     Check the counts: make demo
 """
 
@@ -96,7 +128,8 @@ def components(config: StackConfig) -> tuple[list[str], bool]:
     """The component table and whether every component is running and healthy."""
     healthy = True
     lines = [f"{'component':<22} {'state':<10} {'uptime':>8} {'restarts':>8}  health"]
-    for svc in api.services(config):
+    # Also what runs outside this configuration (workers of a celery run, asked without the variable).
+    for svc in [cls(config) for cls in ALL if cls.enabled(config) or cls(config).pid() is not None]:
         st = svc.status()
         healthy &= st.state is State.RUNNING
         restarts = "-" if svc.restarts() is None else str(svc.restarts())

@@ -160,3 +160,34 @@ def test_default_compose_runs_one_kafka_node(config):
     assert [config["services"][n].get("profiles") for n in ("kafka", "kafka-2", "kafka-3")] == [
         None, ["kafka-cluster"], ["kafka-cluster"]]
     assert config["services"]["kafka"]["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+
+
+def test_celery_profile_runs_redis_and_scalable_workers_on_the_executor_from_env(tmp_path):
+    env = tmp_path / "celery.env"
+    env.write_text(ENV_EXAMPLE.read_text().replace("AIRFLOW__CORE__EXECUTOR=LocalExecutor", "AIRFLOW__CORE__EXECUTOR=CeleryExecutor")
+                   + "COMPOSE_PROFILES=celery\n")
+    result = _compose_config(env)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"redis", "airflow-worker"} <= set(services)
+    for name in (*AIRFLOW_SERVICES, "airflow-worker"):
+        airflow_env = services[name]["environment"]
+        assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert airflow_env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0", name
+        assert airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://airflow:"), name
+        assert urlsplit(airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"]).hostname == "postgres", name
+    worker = services["airflow-worker"]
+    assert worker["command"] == ["celery", "worker"] or worker["command"] == "celery worker"
+    # `--scale airflow-worker=N` needs a service without a fixed container name or host port.
+    assert "container_name" not in worker and not worker.get("ports")
+    assert "inspect ping" in " ".join(worker["healthcheck"]["test"])
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The password reaches Redis through its config file, never its command line.
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--requirepass" not in redis_cmd and "change-me-redis" not in redis_cmd
+    assert "/tmp/redis.conf" in redis_cmd
+
+
+def test_default_compose_is_the_local_executor_without_redis_or_workers(config):
+    assert config["services"]["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert [config["services"][n].get("profiles") for n in ("redis", "airflow-worker")] == [["celery"], ["celery"]]
