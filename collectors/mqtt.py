@@ -454,7 +454,7 @@ class MqttCollector:
                     records.append((SENSOR, minute, b"".join([encode_record(row) for row in rows])))
                 else:
                     by_minute: dict[int, list[bytes]] = defaultdict(list)
-                    for reading, row in zip(readings, rows):
+                    for reading, row in zip(readings, rows, strict=True):
                         by_minute[int(reading.epoch // 60 * 60)].append(encode_record(row))
                     records += [(SENSOR, m, b"".join(lines)) for m, lines in by_minute.items()]
                 self.metrics.readings.inc(len(readings))
@@ -473,7 +473,7 @@ class MqttCollector:
     def _checked_rows(parsed: Parsed, rows: list[list[str]]) -> tuple[Parsed, list[list[str]]]:
         """Move readings whose CSV row would be unsafe (a name ending in a newline, say) to the rejects."""
         keep, kept_rows, rejects = [], [], list(parsed.rejects)
-        for reading, row in zip(parsed.readings, rows):
+        for reading, row in zip(parsed.readings, rows, strict=True):
             problem = row_problem(row)
             if problem is None:
                 keep.append(reading)

@@ -203,7 +203,8 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 class _Entry(NamedTuple):
     """A datapoint on its way: where it came from, what is sent (a tuple: millions are made per backfill)."""
 
-    index: int
+    # The field shadows tuple.index (a method) on purpose: entries are read by field, never searched.
+    index: int  # type: ignore[assignment]
     original: Any
     wire: dict[str, Any]
     #: False when the timestamp or value is NaN or infinite, which orjson would write as null.
@@ -237,7 +238,8 @@ def _plain_entry(index: int, datapoint: dict[str, Any]) -> _Entry | None:
     the checks run in the thread that reads them while the requests wait.
     """
     metric, tags = datapoint.get("metric"), datapoint.get("tags")
-    timestamp, value = datapoint.get("timestamp"), datapoint.get("value")
+    timestamp: Any = datapoint.get("timestamp")
+    value: Any = datapoint.get("value")
     if type(metric) is not str or type(tags) is not dict:
         return None
     if metric not in _KNOWN_PLAIN and not _known_plain(metric):

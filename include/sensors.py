@@ -245,7 +245,7 @@ def _tags(raw: object, where: str) -> str | Reject:
     return text
 
 
-def _checked_tags(raw: dict, where: str) -> str | Reject:
+def _checked_tags(raw: dict[Any, Any], where: str) -> str | Reject:
     tags = {}
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
