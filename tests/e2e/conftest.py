@@ -76,10 +76,33 @@ class Airflow:
                     subprocess.Popen([AIRFLOW, name], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
                 )
+                if name == "api-server":
+                    # Tasks report to the api-server's Execution API from their first second: a
+                    # scheduler started before it answers fails them with "connection refused"
+                    # (seen on a loaded 2-core machine, where the api-server takes a minute to come up).
+                    self._wait_api_server(procs[-1])
             yield procs
         finally:
             for proc in procs:
                 _stop_group(proc)
+
+    def _wait_api_server(self, proc: subprocess.Popen, timeout: float = 300) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}/api/v2/monitor/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"airflow api-server exited with {proc.returncode}; see {self.home / 'api-server.log'}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"airflow api-server did not answer {url} within {timeout:.0f} s")
 
     def runs(self, dag_id: str) -> list[dict]:
         """The DAG's runs; [] when the CLI could not read them this time (SQLite busy)."""
