@@ -41,7 +41,7 @@ import orjson
 
 from collectors.common import Clock, start_cli
 from collectors.config import build_parser, option, require, resolve
-from include.contract import minute_key
+from include.contract import minute_key, parse_iso_utc
 from include.landing import open_landing
 from include.schemas import SENSOR, SENSOR_METRIC, SENSOR_SCHEMA
 from include.sensors import Limits, csv_line, parse_payload
@@ -239,14 +239,8 @@ class Simulator:
 
 
 def parse_start(text: str) -> datetime:
-    """``--start`` as an aware UTC datetime; ValueError saying what is expected."""
-    try:
-        start = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 time such as 2026-11-22T00:00:00Z") from None
-    if start.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone; give UTC, e.g. 2026-11-22T00:00:00Z")
-    return start.astimezone(timezone.utc)
+    """``--start`` as an aware UTC datetime; ValueError (ContractError) saying what is expected."""
+    return parse_iso_utc(text)
 
 
 def write_offline(config: SimulatorConfig, *, landing=None, now: float | None = None) -> Sent:

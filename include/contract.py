@@ -191,6 +191,22 @@ def parse_timestamp(text: str) -> datetime:
         raise ContractError(f"timestamp {text!r} is not a real date and time: {exc}") from None
 
 
+def parse_iso_utc(text: str) -> datetime:
+    """A time a person or a config gave (ISO-8601 with ``Z`` or an offset) as an aware UTC datetime.
+
+    Looser than :func:`parse_timestamp` (which reads the contract's own text): any
+    ISO-8601 form Python reads, as long as it names its time zone. ContractError says
+    what is expected otherwise.
+    """
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ContractError(f"{_shown(text)} is not an ISO-8601 time such as 2026-11-22T00:00:00Z") from None
+    if value.tzinfo is None:
+        raise ContractError(f"{text!r} has no time zone; give UTC, e.g. 2026-11-22T00:00:00Z")
+    return value.astimezone(timezone.utc)
+
+
 def canonical_timestamp(text: str) -> str:
     """The canonical form of contract timestamp text: ``…:05.500Z`` and ``…:05.5Z`` are one reading."""
     return format_timestamp(parse_timestamp(text))

@@ -40,12 +40,14 @@ from typing import Any, TypeVar
 import orjson
 
 from include.contract import (
+    ContractError,
     floor_minute,
     format_timestamp,
     heartbeat_key,
     heartbeat_prefix,
     manifest_key,
     manifest_prefix,
+    parse_iso_utc,
 )
 from include.landing import LandingZone
 from include.schemas import SOURCES
@@ -63,12 +65,9 @@ def _time(text: Any, key: str, name: str) -> datetime:
     if not isinstance(text, str):
         raise ManifestError(f"{key}: {name} must be an ISO-8601 UTC string, got {text!r}")
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ManifestError(f"{key}: {name}={text!r} is not an ISO-8601 time") from None
-    if value.tzinfo is None:
-        raise ManifestError(f"{key}: {name}={text!r} has no time zone")
-    return value.astimezone(timezone.utc)
+        return parse_iso_utc(text)
+    except ContractError as exc:
+        raise ManifestError(f"{key}: {name}: {exc}") from None
 
 
 def _counts(value: Any, key: str, name: str) -> dict[str, int]:

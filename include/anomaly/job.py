@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 import orjson
 
 from include.anomaly.detect import SERIES, Method, daily_aggregates, find_anomalies
-from include.contract import format_timestamp, parse_key
+from include.contract import format_timestamp, parse_iso_utc, parse_key
 from include.landing import LandingZone, open_landing
 from include.loads import list_landed, list_quarantined
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, SOURCES
@@ -381,13 +381,8 @@ def run(spark: SparkSession, landing: LandingZone, config: JobConfig) -> dict[st
 
 
 def parse_time(text: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an ISO-8601 time such as 2026-11-22T10:15:00Z") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"{text!r} has no time zone; give UTC, e.g. 2026-11-22T10:15:00Z")
-    return dt.astimezone(timezone.utc)
+    """A window bound as an aware UTC datetime (ContractError, a ValueError, saying what is expected)."""
+    return parse_iso_utc(text)
 
 
 def resolve_window(params: Mapping[str, Any], interval_start: datetime | None, interval_end: datetime | None) -> Window:
