@@ -16,6 +16,7 @@ master on a cluster). At ``execute`` time, never at parse time, it adds:
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
@@ -57,4 +58,9 @@ class AnomalySparkSubmitOperator(SparkSubmitOperator):
         self.env_vars = {**settings.env, **landing_env(), **(self.env_vars or {})}
         self.log.info("spark-submit with Java %s, driver memory %s, %d jar(s)", settings.java_home,
                       self._driver_memory, len(self.jars.split(",")) if self.jars else 0)
+        # The provider runs `spark-submit` by name; pyspark installs it beside this interpreter,
+        # which is not on PATH when Airflow runs from the virtualenv without activating it.
+        bin_dir = os.path.dirname(sys.executable)
+        if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = os.pathsep.join(p for p in (bin_dir, os.environ.get("PATH", "")) if p)
         return super().execute(context)
