@@ -8,24 +8,12 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from include.anomaly.spark_env import java_major  # one reader of a JDK's release file
 from stack.config import StackError
-
-
-def _jdk_major(home: Path) -> int | None:
-    try:
-        text = (home / "release").read_text()
-    except OSError:
-        return None
-    match = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
-    if not match:
-        return None
-    major = int(match.group(1))
-    return int(match.group(2)) if major == 1 else major  # "1.8" -> 8
 
 
 def find_jdk(service: str, minimum: int, maximum: int | None = None) -> Path:
@@ -45,7 +33,7 @@ def find_jdk(service: str, minimum: int, maximum: int | None = None) -> Path:
     seen: dict[Path, int] = {}
     for home in candidates:
         home = home.resolve()
-        major = _jdk_major(home)
+        major = java_major(home)
         if major is not None and (home / "bin" / "java").exists():
             seen[home] = major
     top = maximum if maximum is not None else 10**6
