@@ -30,7 +30,6 @@ heartbeat is recent; a Celery worker when it answers Celery's ``ping``
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from stack.config import MAX_AIRFLOW_WORKERS, StackConfig
 from stack.connections import airflow_env, airflow_parallelism
+from stack.secrets import secret_json
 from stack.service import Service
 from stack.services.postgres import Postgres
 from stack.services.redis import Redis
@@ -59,16 +59,6 @@ def airflow_home(config: StackConfig) -> Path:
     return Path(airflow_env(config)["AIRFLOW_HOME"])
 
 
-def _secret_file(path: Path, make) -> dict:
-    """The JSON in ``path``; created with ``make()`` (mode 0600) when missing."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(make(), fh)
-            fh.write("\n")
-    return json.loads(path.read_text())
-
 
 def password_file(config: StackConfig) -> Path:
     """Where the admin's generated password is (Airflow's simple auth manager reads it)."""
@@ -76,7 +66,7 @@ def password_file(config: StackConfig) -> Path:
 
 
 def admin_password(config: StackConfig) -> str:
-    return _secret_file(password_file(config), lambda: {ADMIN_USER: secrets.token_urlsafe(18)})[ADMIN_USER]
+    return secret_json(password_file(config), lambda: {ADMIN_USER: secrets.token_urlsafe(18)})[ADMIN_USER]
 
 
 def api_url(config: StackConfig) -> str:
@@ -115,7 +105,7 @@ worker_prefetch_multiplier = 1
 def write_airflow_cfg(config: StackConfig) -> Path:
     """``runtime/airflow/airflow.cfg`` for the platform (replaced at every start, mode 0600)."""
     home = airflow_home(config)
-    keys = _secret_file(
+    keys = secret_json(
         home / "secrets.json",
         lambda: {"jwt_secret": secrets.token_urlsafe(32), "secret_key": secrets.token_urlsafe(32)},
     )

@@ -7,12 +7,12 @@ The landing bucket is created once the server is healthy.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import urllib.request
 
 from stack.config import LANDING_BUCKET
+from stack.secrets import new_password, secret_json
 from stack.service import Service, which_or_fail
 
 #: MinIO's documented install is `go install github.com/minio/minio@...`. The
@@ -44,13 +44,8 @@ class MinIO(Service):
 
     def credentials(self) -> dict[str, str]:
         """Access key and secret of the local MinIO, created on first use."""
-        if not self.credentials_file.exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            creds = {"access_key": "sluice-" + secrets.token_hex(4), "secret_key": secrets.token_urlsafe(24)}
-            fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(creds, fh)
-        return json.loads(self.credentials_file.read_text())
+        return secret_json(self.credentials_file,
+                           lambda: {"access_key": "sluice-" + secrets.token_hex(4), "secret_key": new_password()})
 
     def env(self) -> dict[str, str]:
         creds = self.credentials()

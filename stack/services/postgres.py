@@ -13,12 +13,10 @@ and requires that password (scram-sha-256), also from local users.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 from pathlib import Path
 
 from stack.config import StackError
+from stack.secrets import new_password, secret_json
 from stack.service import Service
 
 ROLE = "airflow"
@@ -50,13 +48,8 @@ class Postgres(Service):
 
     def credentials(self) -> dict[str, str]:
         """Role, password and database; generated on first use, then kept (mode 0600)."""
-        path = self.credentials_file
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"user": ROLE, "password": secrets.token_urlsafe(24), "database": DATABASE}, fh)
-        return json.loads(path.read_text())
+        return secret_json(self.credentials_file,
+                           lambda: {"user": ROLE, "password": new_password(), "database": DATABASE})
 
     def sqlalchemy_url(self) -> str:
         c = self.credentials()

@@ -10,24 +10,14 @@ at every start), never from its command line, where ``ps`` would show it.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
 from pathlib import Path
 
 from stack.config import StackConfig
+from stack.secrets import new_password, secret_json, write_private
 from stack.service import Service, which_or_fail
 
 REDIS_SERVER = "/usr/bin/redis-server"
 
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, readable by its owner only (also when it existed before)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    path.chmod(0o600)
 
 
 class Redis(Service):
@@ -49,10 +39,7 @@ class Redis(Service):
 
     def password(self) -> str:
         """The generated password; created on first use, then kept (mode 0600)."""
-        path = self.credentials_file
-        if not path.exists():
-            _write_private(path, json.dumps({"password": secrets.token_urlsafe(24)}) + "\n")
-        return str(json.loads(path.read_text())["password"])
+        return str(secret_json(self.credentials_file, lambda: {"password": new_password()})["password"])
 
     def broker_url(self, db: int = 0) -> str:
         """Celery's ``broker_url`` (token_urlsafe needs no quoting in a URL)."""
@@ -62,7 +49,7 @@ class Redis(Service):
         which_or_fail(self.name, "redis-server", REDIS_SERVER)
 
     def prepare(self) -> None:
-        _write_private(
+        write_private(
             self.conf_file,
             "# Written by `python -m stack` (stack/services/redis.py); replaced at every start.\n"
             f"bind {self.config.host}\n"
