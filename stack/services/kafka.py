@@ -15,6 +15,19 @@ sees): the cluster keeps accepting ``acks=all`` writes with one node down.
 While the quorum forms, nodes 1 and 2 count as started once their controller
 listens; the last node waits for the whole cluster, so ``up`` returns with every
 broker registered and offset commits working.
+
+Security is on by default. Both listeners of every node are SASL_SSL with the
+certificate :func:`stack.tls.server_cert` signs for ``kafka``: the client
+listener (also the inter-broker one) takes SCRAM-SHA-512, the controller
+listener PLAIN for the brokers' own principal only (KRaft controllers cannot
+check SCRAM: the credentials live in the metadata they serve). The admin's
+SCRAM credential is written into the storage when it is formatted
+(``--add-scram``, through a 0600 Java argument file, so no password is on a
+command line); on every start the admin then sets the other users' credentials
+(:data:`include.kafka.ROLES`), creates Sluice's topics and makes the ACLs match
+(``StandardAuthorizer``, nothing allowed without an ACL, the admin the only
+super user). Passwords are generated once into ``runtime/kafka/users.json``
+(0600); :func:`client_settings` and :func:`client_env` hand them to clients.
 """
 
 from __future__ import annotations
@@ -22,12 +35,74 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from pathlib import Path
 
+from include.kafka import ADMIN_USER, DEFAULT_MECHANISM, DEFAULT_PROTOCOL, ROLES, TOPICS, apply_acls, ensure_topics, upsert_users
 from stack.config import REPO_ROOT, StackConfig, StackError
+from stack.secrets import new_password, secret_json, write_private
 from stack.service import Service, port_open
+from stack.tls import ca_cert_path, server_cert
 from stack.toolchain import find_jdk, maven_classpath
 
 POM = REPO_ROOT / "stack" / "maven" / "kafka-pom.xml"
+
+
+# --- Credentials: the one place the local stack keeps Kafka's users --------------------------
+
+def users_file(config: StackConfig) -> Path:
+    return config.runtime / "kafka" / "users.json"
+
+
+def kafka_passwords(config: StackConfig) -> dict[str, str]:
+    """User -> password of the admin and every role, generated on first use (a role added later gets one too)."""
+    users = [ADMIN_USER, *ROLES]
+    path = users_file(config)
+    passwords = secret_json(path, lambda: {u: new_password() for u in users})
+    if missing := [u for u in users if u not in passwords]:
+        passwords.update({u: new_password() for u in missing})
+        import json
+
+        write_private(path, json.dumps(passwords) + "\n", replace=True)
+    return passwords
+
+
+def password_file(config: StackConfig, user: str) -> Path:
+    """A 0600 file holding ``user``'s password, for programs that read ``SLUICE_KAFKA_PASSWORD_FILE``."""
+    path = config.runtime / "kafka" / "secrets" / f"{user}.password"
+    password = kafka_passwords(config)[user]
+    if not path.exists() or path.read_text() != password:
+        write_private(path, password, replace=True)
+    return path
+
+
+def client_settings(config: StackConfig, user: str = ADMIN_USER) -> dict[str, str]:
+    """librdkafka settings of a client of the local stack logging in as ``user`` (bootstrap included)."""
+    if user not in kafka_passwords(config):
+        raise KeyError(f"no Kafka user {user!r} in the local stack (users: {', '.join(kafka_passwords(config))})")
+    return {
+        "bootstrap.servers": config.kafka_bootstrap,
+        "security.protocol": DEFAULT_PROTOCOL,
+        "sasl.mechanism": DEFAULT_MECHANISM,
+        "sasl.username": user,
+        "sasl.password": kafka_passwords(config)[user],
+        "ssl.ca.location": str(ca_cert_path(config)),
+    }
+
+
+def client_env(config: StackConfig, user: str) -> dict[str, str]:
+    """``SLUICE_KAFKA_*`` environment of a collector or loader logging in as ``user`` (password by file)."""
+    return {
+        "SLUICE_KAFKA_SECURITY_PROTOCOL": DEFAULT_PROTOCOL,
+        "SLUICE_KAFKA_SASL_MECHANISM": DEFAULT_MECHANISM,
+        "SLUICE_KAFKA_USERNAME": user,
+        "SLUICE_KAFKA_PASSWORD_FILE": str(password_file(config, user)),
+        "SLUICE_KAFKA_CA_FILE": str(ca_cert_path(config)),
+    }
+
+
+def _jaas(module: str, user: str, password: str, **users: str) -> str:
+    extra = "".join(f' user_{name}="{pw}"' for name, pw in users.items())
+    return f'org.apache.kafka.common.security.{module} required username="{user}" password="{password}"{extra};'
 
 
 class Kafka(Service):
@@ -58,6 +133,13 @@ class Kafka(Service):
     def properties_file(self):
         return self.dir / "server.properties"
 
+    @property
+    def keystore_file(self):
+        return self.dir / "keystore.pem"
+
+    def admin_settings(self) -> dict[str, str]:
+        return client_settings(self.config, ADMIN_USER)
+
     def install(self) -> None:
         find_jdk(self.name, 17)
         maven_classpath(self.name, POM, self.classpath_file)
@@ -81,16 +163,41 @@ class Kafka(Service):
         # Internal topics as replicated as the cluster allows: with 3 nodes one may die.
         rf, min_isr = min(n, 3), 2 if n >= 3 else 1
         logs = self.data_dir / "logs"
-        self.properties_file.write_text(
+        tls = server_cert(self.config, "kafka")
+        # Kafka's PEM key store: the PKCS#8 key and the chain (leaf, then CA) in one 0600 file.
+        write_private(self.keystore_file, tls.key.read_bytes() + tls.cert.read_bytes(), replace=True)
+        admin_pw = kafka_passwords(self.config)[ADMIN_USER]
+        # 0600: it holds the admin's password (the JAAS lines below).
+        write_private(self.properties_file, (
             "# Written by `python -m stack`; edits are replaced at the next start.\n"
             "process.roles=broker,controller\n"
             f"node.id={self.node_id}\n"
             f"controller.quorum.voters={voters}\n"
-            f"listeners=PLAINTEXT://{host}:{broker},CONTROLLER://{host}:{controller}\n"
-            f"advertised.listeners=PLAINTEXT://{host}:{broker}\n"
+            f"listeners=CLIENT://{host}:{broker},CONTROLLER://{host}:{controller}\n"
+            f"advertised.listeners=CLIENT://{host}:{broker}\n"
             "controller.listener.names=CONTROLLER\n"
-            "inter.broker.listener.name=PLAINTEXT\n"
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            "inter.broker.listener.name=CLIENT\n"
+            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SASL_SSL\n"
+            # Clients and brokers between them: SCRAM-SHA-512 (credentials in the cluster metadata).
+            "listener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512\n"
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512\n"
+            "listener.name.client.scram-sha-512.sasl.jaas.config="
+            + _jaas("scram.ScramLoginModule", ADMIN_USER, admin_pw) + "\n"
+            # Controllers: PLAIN over TLS, the admin the only user it knows.
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN\n"
+            "sasl.mechanism.controller.protocol=PLAIN\n"
+            "listener.name.controller.plain.sasl.jaas.config="
+            + _jaas("plain.PlainLoginModule", ADMIN_USER, admin_pw, **{ADMIN_USER: admin_pw}) + "\n"
+            "ssl.keystore.type=PEM\n"
+            f"ssl.keystore.location={self.keystore_file}\n"
+            "ssl.truststore.type=PEM\n"
+            f"ssl.truststore.location={tls.ca}\n"
+            "ssl.endpoint.identification.algorithm=https\n"
+            "ssl.enabled.protocols=TLSv1.3,TLSv1.2\n"
+            # Nothing is allowed without an ACL; the brokers' principal (also the stack's admin) is the only super user.
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+            "allow.everyone.if.no.acl.found=false\n"
+            f"super.users=User:{ADMIN_USER}\n"
             f"log.dirs={logs}\n"
             "num.partitions=3\n"
             f"default.replication.factor={rf}\n"
@@ -105,7 +212,7 @@ class Kafka(Service):
             # A consumer group joins at once instead of waiting 3 s for peers.
             "group.initial.rebalance.delay.ms=0\n"
             "log.retention.hours=168\n"
-        )
+        ), replace=True)
         (self.dir / "log4j2.properties").write_text(
             "status = warn\n"
             "appender.out.type = Console\n"
@@ -118,6 +225,7 @@ class Kafka(Service):
             "logger.state.name = state.change.logger\nlogger.state.level = warn\n"
         )
         formatted_for = self.dir / "formatted-for-brokers"
+        secured = self.dir / "formatted-with-scram"
         if (logs / "meta.properties").exists():
             was = formatted_for.read_text().strip() if formatted_for.exists() else "1"
             if was != str(n):
@@ -127,18 +235,33 @@ class Kafka(Service):
                     f"set SLUICE_KAFKA_BROKERS={was}, or `python -m stack down` and remove runtime/kafka* "
                     "(that deletes the Kafka data)",
                 )
+            if not secured.exists():
+                raise StackError(
+                    self.name,
+                    f"{logs} was formatted before Kafka had users (no SCRAM credential for {ADMIN_USER}): "
+                    "`python -m stack down` and remove runtime/kafka* (that deletes the Kafka data), then start again",
+                )
             return
         if self.node_id == 1 and not self.cluster_id_file.exists():
             self.cluster_id_file.parent.mkdir(parents=True, exist_ok=True)
             self.cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
         if not self.cluster_id_file.exists():
             raise StackError(self.name, f"no cluster id in {self.cluster_id_file}: start node 1 (`kafka`) first")
-        self.run_checked(
-            self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id_file.read_text().strip(),
-                       "-c", str(self.properties_file), heap="-Xmx256m"),
-            "formatting the KRaft storage",
-        )
+        # The admin's SCRAM credential goes into the bootstrap metadata, so the brokers can log in to each
+        # other before any user exists. The password reaches StorageTool through a Java argument file
+        # (0600, removed right after), never through the command line `ps` shows.
+        argfile = self.dir / "format.args"
+        args = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id_file.read_text().strip(),
+                          "-c", str(self.properties_file),
+                          "--add-scram", f"{DEFAULT_MECHANISM}=[name={ADMIN_USER},password={admin_pw}]",
+                          heap="-Xmx256m")
+        write_private(argfile, "\n".join(_argfile_quote(a) for a in args[1:]) + "\n", replace=True)
+        try:
+            self.run_checked([args[0], f"@{argfile}"], "formatting the KRaft storage")
+        finally:
+            argfile.unlink(missing_ok=True)
         formatted_for.write_text(f"{n}\n")
+        secured.write_text(f"{DEFAULT_MECHANISM} {ADMIN_USER}\n")
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.properties_file))
@@ -147,8 +270,7 @@ class Kafka(Service):
         from confluent_kafka.admin import AdminClient
 
         try:
-            admin = AdminClient({"bootstrap.servers": self.config.kafka_bootstrap, "socket.timeout.ms": 3000,
-                                 "log_level": 0})
+            admin = AdminClient({**self.admin_settings(), "socket.timeout.ms": 3000, "log_level": 0})
             meta = admin.list_topics(timeout=3)
             if self.node_id not in meta.brokers:
                 raise RuntimeError(f"broker {self.node_id} is not in the cluster metadata")
@@ -179,8 +301,7 @@ class Kafka(Service):
         self._starting = False
         if self.node_id < self.brokers:
             return  # the last node probes the whole cluster
-        bootstrap = self.config.kafka_bootstrap
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+        admin = AdminClient({**self.admin_settings(), "log_level": 0})
         deadline = time.monotonic() + 60
         while len(admin.list_topics(timeout=10).brokers) < self.brokers:
             if time.monotonic() > deadline:
@@ -191,7 +312,7 @@ class Kafka(Service):
             admin.create_topics(
                 [NewTopic(probe_topic, num_partitions=1, replication_factor=min(self.brokers, 3))]
             )[probe_topic].result(30)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": probe_group, "log_level": 0})
+        consumer = Consumer({**self.admin_settings(), "group.id": probe_group, "log_level": 0})
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -204,6 +325,17 @@ class Kafka(Service):
                     time.sleep(0.5)
         finally:
             consumer.close()
+        # Users, Sluice's topics and the ACLs, set by the admin at every start: a role added to
+        # include.kafka.ROLES, or a password rotated in users.json, takes effect here.
+        passwords = kafka_passwords(self.config)
+        upsert_users(admin, {u: pw for u, pw in passwords.items() if u != ADMIN_USER})
+        ensure_topics(self.config.kafka_bootstrap, TOPICS, settings=self.admin_settings())
+        apply_acls(admin)
+
+
+def _argfile_quote(arg: str) -> str:
+    """One argument of a Java @-file: quoted, with backslashes and quotes escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class KafkaNode2(Kafka):
