@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from collectors.config import ConfigError, default_state_dir, describe, option, require
+from collectors.config import ConfigError, KafkaClientOptions, default_state_dir, describe, option, require
 from include.landing import LandingZone, open_landing
 from include.spool import LanderMetrics, SpoolEntry
 
@@ -68,8 +68,8 @@ class ScaledClock(Clock):
 
 
 @dataclass(frozen=True)
-class CommonConfig:
-    """Options both collectors take. Subclasses add their own."""
+class CommonConfig(KafkaClientOptions):
+    """Options both collectors take (the Kafka login among them). Subclasses add their own."""
 
     landing_url: str = option(DEFAULT_LANDING, "Landing zone: s3://bucket[/prefix] or file:///absolute/path.")
     state_dir: str = option("", "Folder for the journal and the spool (default: ~/.local/state/sluice/<collector>).")
@@ -114,6 +114,7 @@ class CommonConfig:
         require(self.spool_max_bytes >= 0, "spool_max_bytes", "must be >= 0 bytes (0: no cap)")
         require(self.heartbeat_interval >= 0, "heartbeat_interval", "must be >= 0 seconds (0: no heartbeat)")
         require(self.health_idle_after > 0, "health_idle_after", "must be > 0 seconds")
+        self.validate_kafka()
         try:
             self.state_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from include.kafka import DEFAULT_MECHANISM, DEFAULT_PROTOCOL, SASL_MECHANISMS, SECURITY_PROTOCOLS
+
 ENV_PREFIX = "SLUICE_"
 
 T = TypeVar("T")
@@ -33,7 +35,9 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "secret": secret, "choices": choices})
+    # A secret is left out of the dataclass's repr: configs get logged.
+    return dataclasses.field(default=default, repr=not secret,
+                             metadata={"help": help, "secret": secret, "choices": choices})
 
 
 def flag_of(name: str) -> str:
@@ -171,3 +175,45 @@ class CliOptions:
         config.validate()
         object.__setattr__(config, "_log_level", args.log_level)
         return config
+
+
+# --- Kafka client security, shared by the collectors and the stream loader (issue 15) ---------
+
+
+@dataclasses.dataclass(frozen=True)
+class KafkaClientOptions:
+    """How a program logs in to Kafka: SASL_SSL with SCRAM-SHA-512 unless told otherwise.
+
+    The password is a secret option (``SLUICE_KAFKA_PASSWORD_FILE`` /
+    ``--kafka-password-file``), never a flag. A subclass that has a
+    ``kafka_bootstrap`` option calls :meth:`validate_kafka` from its ``validate``.
+    """
+
+    kafka_security_protocol: str = option(DEFAULT_PROTOCOL, "Kafka security protocol.", choices=SECURITY_PROTOCOLS)
+    kafka_sasl_mechanism: str = option(DEFAULT_MECHANISM, "Kafka SASL mechanism.", choices=SASL_MECHANISMS)
+    kafka_username: str = option("", "Kafka user (SASL).")
+    kafka_password: str = option("", "Kafka password (SASL).", secret=True)
+    kafka_ca_file: str = option("", "CA certificate that signed the brokers' certificates (empty: the system's trust store).")
+
+    def kafka_settings(self) -> dict[str, str]:
+        """librdkafka settings for these options (``security.protocol``, ``sasl.*``, ``ssl.ca.location``)."""
+        from include.kafka import security_settings
+
+        return security_settings(self.kafka_security_protocol, mechanism=self.kafka_sasl_mechanism,
+                                 username=self.kafka_username, password=self.kafka_password, ca_file=self.kafka_ca_file)
+
+    def validate_kafka(self) -> None:
+        """Raise ConfigError naming the option when Kafka is used and the login is incomplete."""
+        if not getattr(self, "kafka_bootstrap", ""):
+            return
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        require(not sasl or bool(self.kafka_username), "kafka_username",
+                f"{self.kafka_security_protocol} needs a Kafka user (or --kafka-security-protocol PLAINTEXT "
+                "for a broker without security)")
+        require(not sasl or bool(self.kafka_password), "kafka_password",
+                f"{self.kafka_security_protocol} needs the password of Kafka user {self.kafka_username!r}: "
+                f"put it in a file named by {env_of('kafka_password')}_FILE or {flag_of('kafka_password')}-file")
+        try:
+            self.kafka_settings()
+        except ValueError as exc:
+            require(False, "kafka_ca_file", str(exc))

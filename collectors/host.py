@@ -148,7 +148,7 @@ class HostSampler:
 
             # No topic check here: Kafka may be down, and sampling must start anyway.
             self._producer = Producer(producer_config(c.kafka_bootstrap, client_id=f"sluice-host-{c.host}",
-                                                      message_timeout_s=c.kafka_message_timeout))
+                                                      message_timeout_s=c.kafka_message_timeout, **c.kafka_settings()))
             self._owns_producer = True
             # Off the sampling thread: an unreachable Kafka must not delay a single sample.
             threading.Thread(target=self._ensure_topic, name="kafka-topic", daemon=True).start()
@@ -244,7 +244,8 @@ class HostSampler:
 
         while not self._stopping.is_set():
             try:
-                ensure_topics(self.config.kafka_bootstrap, [HOST_METRICS], timeout_s=5)
+                ensure_topics(self.config.kafka_bootstrap, [HOST_METRICS], timeout_s=5,
+                              settings=self.config.kafka_settings())
                 self._topic_ready = True
                 return
             except Exception as exc:  # still down: the files land regardless

@@ -283,12 +283,13 @@ class MqttCollector:
             from include.kafka import ensure_topics, producer_config
 
             try:
-                ensure_topics(c.kafka_bootstrap, [c.kafka_topic, c.kafka_deadletter_topic], timeout_s=5)
+                ensure_topics(c.kafka_bootstrap, [c.kafka_topic, c.kafka_deadletter_topic], timeout_s=5,
+                              settings=c.kafka_settings())
             except Exception as exc:  # Kafka down at start: the backlog takes over, topics are made later
                 log.warning("could not ensure Kafka topics (%s); continuing with the backlog", exc)
             self._producer = Producer(producer_config(
                 c.kafka_bootstrap, client_id=c.mqtt_client_id, message_timeout_s=c.kafka_message_timeout,
-                error_cb=lambda err: holder["bridge"].error(err)))
+                error_cb=lambda err: holder["bridge"].error(err), **c.kafka_settings()))
         self.bridge = holder["bridge"] = KafkaBridge(
             self._producer, c.state_path / "kafka-backlog", self._done,
             retry_interval=c.kafka_retry_interval, monotonic=self.clock.monotonic,

@@ -25,8 +25,10 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import Param, dag, task
 
 from include.alerts import log_failure
+from include.kafka import HOST_METRICS, SENSORS_RAW, STREAM_GROUP
 
-DEFAULT_GROUPS = {"sluice-stream-loader": ["sluice.sensors.raw", "sluice.host.metrics"]}
+# Other groups need DESCRIBE rights for the lag user (include.kafka.ROLES["sluice-lag"]).
+DEFAULT_GROUPS = {STREAM_GROUP: [SENSORS_RAW, HOST_METRICS]}
 
 
 @dag(
@@ -61,7 +63,8 @@ def sluice_kafka_lag():
         from include.kafka_lag import check_groups, parse_groups
 
         reports = check_groups(
-            KafkaAdminClientHook(kafka_config_id="kafka_default").get_conn,
+            # The lag check's own Kafka user: it may describe the topics and the group, nothing more.
+            KafkaAdminClientHook(kafka_config_id="kafka_lag").get_conn,
             landing_zone(),
             parse_groups(params["groups"]),
             window=params["window"],

@@ -130,12 +130,14 @@ def kafka_consumer_factory(conn_id: str = "kafka_default"):
     """A factory of ``confluent_kafka.Consumer`` from the kafka provider's Connection (its extra is the config).
 
     The consumers are for counting (``assign``, never ``subscribe``): group
-    ``sluice-reconcile``, no auto-commit, so they never move a real group's offsets.
+    ``sluice-reconcile`` (include.kafka.RECONCILE_GROUP), no auto-commit, so they never move a real group's offsets.
     """
     from airflow.sdk import BaseHook
     from confluent_kafka import Consumer
 
+    from include.kafka import RECONCILE_GROUP
+
     config = dict(BaseHook.get_connection(conn_id).extra_dejson)
-    config.update({"group.id": "sluice-reconcile", "enable.auto.commit": False, "enable.partition.eof": False,
+    config.update({"group.id": RECONCILE_GROUP, "enable.auto.commit": False, "enable.partition.eof": False,
                    "log_level": 3})
     return lambda: Consumer(config)

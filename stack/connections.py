@@ -12,6 +12,7 @@ import json
 import os
 
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
+from stack.services.kafka import client_settings as kafka_client_settings
 from stack.services.minio import MinIO
 from stack.spark import spark_env
 
@@ -27,10 +28,11 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
             "password": creds["secret_key"],
             "extra": {"endpoint_url": config.url("minio"), "region_name": "us-east-1"},
         },
-        "kafka_default": {
-            "conn_type": "kafka",
-            "extra": {"bootstrap.servers": config.kafka_bootstrap},
-        },
+        # Kafka (issue 15): each connection's extra is the confluent-kafka config of one user,
+        # SASL_SSL/SCRAM-SHA-512 trusting the stack's CA. kafka_default is Airflow's own user
+        # (the reconcile DAG reads the topics); kafka_lag the lag check's, which may only describe.
+        "kafka_default": {"conn_type": "kafka", "extra": kafka_client_settings(config, "sluice-airflow")},
+        "kafka_lag": {"conn_type": "kafka", "extra": kafka_client_settings(config, "sluice-lag")},
         "elasticsearch_default": {
             "conn_type": "elasticsearch",
             "host": host,

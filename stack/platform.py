@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from include.kafka import STREAM_GROUP
 from stack import api
 from stack.airflow_api import SCHEDULED_DAGS, AirflowApiError, AirflowClient
 from stack.config import LANDING_BUCKET, StackConfig
@@ -28,7 +29,7 @@ from stack.service import State, port_open
 from stack.services.airflow import CELERY_WORKERS, AirflowScheduler, password_file
 from stack.services import ALL
 from stack.services.redis import Redis
-from stack.services.collectors import STREAM_GROUP, Simulator, SupervisedService
+from stack.services.collectors import Simulator, SupervisedService
 
 Out = Callable[[str], None]
 
@@ -179,7 +180,10 @@ def stream_lag(config: StackConfig) -> int:
 
     if not port_open(config.host, config.ports["kafka"]):  # else librdkafka retries noisily until the timeout
         raise RuntimeError(f"Kafka is not running on {config.host}:{config.ports['kafka']}")
-    admin = AdminClient({"bootstrap.servers": config.kafka_bootstrap})
+    from stack.services.kafka import client_settings
+
+    # The lag check's user: describing the group and the topics is all it may do.
+    admin = AdminClient({**client_settings(config, "sluice-lag"), "log_level": 0})
     return sum(o.lag for o in fetch_offsets(admin, STREAM_GROUP, topics=[SENSORS_RAW, HOST_METRICS], timeout=5))
 
 

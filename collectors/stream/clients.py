@@ -50,6 +50,7 @@ def consumer_config(config: StreamConfig) -> dict:
         # A sink outage never holds poll(): the loop polls while paused.
         "max.poll.interval.ms": 300000,
         "log_level": 3,
+        **config.kafka_settings(),
     }
 
 
@@ -59,7 +60,7 @@ def deadletter_producer(config: StreamConfig):
     from include.kafka import producer_config
 
     return Producer(producer_config(config.kafka_bootstrap, client_id=f"{config.kafka_group}-deadletter",
-                                    message_timeout_s=config.sink_timeout))
+                                    message_timeout_s=config.sink_timeout, **config.kafka_settings()))
 
 
 def commit(consumer, offsets: dict[tuple[str, int], int]) -> str | None:

@@ -10,7 +10,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from collectors.config import CliOptions, option, require
+from collectors.config import CliOptions, KafkaClientOptions, option, require
 from collectors.stream.decode import DecodeRules
 from include import kafka as topics
 from include.contract import ES_INDEX_PREFIX, ContractError, check_index_prefix
@@ -28,13 +28,13 @@ def default_instance_id() -> str:
 
 
 @dataclass(frozen=True)
-class StreamConfig(CliOptions):
+class StreamConfig(KafkaClientOptions, CliOptions):
     """Options of the stream loader (flags ``--name``, environment ``SLUICE_NAME``)."""
 
     prog = "collectors.stream"
 
     kafka_bootstrap: str = option("127.0.0.1:9092", "Kafka bootstrap servers.")
-    kafka_group: str = option("sluice-stream-loader", "Consumer group; every loader of one pipeline joins it, the lag DAG watches it.")
+    kafka_group: str = option(topics.STREAM_GROUP, "Consumer group; every loader of one pipeline joins it, the lag DAG watches it.")
     kafka_instance_id: str = option("", "Static group membership id (group.instance.id), unique per loader: a restarted loader "
                                         "takes its partitions back at once. Empty: <host>-<pid>.")
     kafka_session_timeout: float = option(10.0, "Seconds without heartbeat before the group gives a dead loader's partitions away.")
@@ -106,6 +106,7 @@ class StreamConfig(CliOptions):
         require(self.max_timestamp_age > 0 and self.max_timestamp_future >= 0, "max_timestamp_age",
                 "age must be > 0 and future >= 0 seconds")
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
+        self.validate_kafka()
 
     @property
     def instance_id(self) -> str:

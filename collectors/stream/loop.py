@@ -82,7 +82,7 @@ class StreamLoader:
             self.sinks = build_sinks(c)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)), thread_name_prefix="sink")
         try:
-            ensure_topics(c.kafka_bootstrap, [*c.topics, c.deadletter_topic], timeout_s=10)
+            ensure_topics(c.kafka_bootstrap, [*c.topics, c.deadletter_topic], timeout_s=10, settings=c.kafka_settings())
         except Exception as exc:  # Kafka down at start: the consumer waits for it
             log.warning("could not ensure Kafka topics (%s); consuming when they exist", exc)
         if self.producer is None:

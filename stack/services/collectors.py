@@ -21,14 +21,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from include.kafka import STREAM_GROUP
 from stack.config import LANDING_BUCKET
 from stack.connections import airflow_env
 from stack.service import Service, Status, _proc_start_time, tail
+from stack.services.kafka import client_env as kafka_client_env
 from stack.services.minio import MinIO
 from stack.supervise import read_state
-
-#: The stream loader's consumer group (the Kafka lag DAG watches the same one).
-STREAM_GROUP = "sluice-stream-loader"
 DEFAULT_DEVICES = 5
 
 
@@ -36,6 +35,8 @@ class SupervisedService(Service):
     """A ``python -m <module>`` program kept alive by :mod:`stack.supervise`."""
 
     module = ""
+    #: The Kafka user the program logs in as (include.kafka.ROLES); empty: it does not use Kafka.
+    kafka_user = ""
     start_timeout = 90.0
     stop_timeout = 60.0  # a collector uploads its partial minute before it exits
 
@@ -53,6 +54,8 @@ class SupervisedService(Service):
             **airflow_env(self.config),
             "SLUICE_S3_ACCESS_KEY": creds["access_key"],
             "SLUICE_S3_SECRET_KEY": creds["secret_key"],
+            # Kafka login (issue 15): user, CA, and the password by file (SLUICE_KAFKA_PASSWORD_FILE).
+            **(kafka_client_env(self.config, self.kafka_user) if self.kafka_user else {}),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -117,6 +120,7 @@ class HostCollector(SupervisedService):
     name = "host-collector"
     module = "collectors.host"
     port_names = ("host_collector",)
+    kafka_user = "sluice-host-collector"
 
     def args(self) -> list[str]:
         return [*self.landing_args(), "--kafka-bootstrap", self.kafka()]
@@ -126,6 +130,7 @@ class MqttCollector(SupervisedService):
     name = "mqtt-collector"
     module = "collectors.mqtt"
     port_names = ("mqtt_collector",)
+    kafka_user = "sluice-mqtt-collector"
     #: A persistent session: after a crash the broker redelivers what was not acknowledged.
     client_id = "sluice-platform-collector"
 
@@ -139,6 +144,7 @@ class StreamLoader(SupervisedService):
     name = "stream-loader"
     module = "collectors.stream"
     port_names = ("stream_loader",)
+    kafka_user = "sluice-stream-loader"
 
     def args(self) -> list[str]:
         return ["--kafka-bootstrap", self.kafka(), "--kafka-group", STREAM_GROUP,
