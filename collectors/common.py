@@ -114,7 +114,6 @@ class CommonConfig(KafkaClientOptions):
         require(self.spool_max_bytes >= 0, "spool_max_bytes", "must be >= 0 bytes (0: no cap)")
         require(self.heartbeat_interval >= 0, "heartbeat_interval", "must be >= 0 seconds (0: no heartbeat)")
         require(self.health_idle_after > 0, "health_idle_after", "must be > 0 seconds")
-        self.validate_kafka()
         try:
             self.state_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

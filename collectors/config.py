@@ -186,7 +186,7 @@ class KafkaClientOptions:
 
     The password is a secret option (``SLUICE_KAFKA_PASSWORD_FILE`` /
     ``--kafka-password-file``), never a flag. A subclass that has a
-    ``kafka_bootstrap`` option calls :meth:`validate_kafka` from its ``validate``.
+    ``kafka_bootstrap`` option calls :meth:`validate_kafka` at the end of its ``validate``.
     """
 
     kafka_security_protocol: str = option(DEFAULT_PROTOCOL, "Kafka security protocol.", choices=SECURITY_PROTOCOLS)

@@ -65,6 +65,7 @@ class HostConfig(CommonConfig, CliOptions):
         except ValueError as exc:
             raise ConfigError(f"--host / SLUICE_HOST: {exc}") from None
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
+        self.validate_kafka()  # last: the other options' errors come first
 
 
 def sample_row(host: str, second: int) -> list[str]:

@@ -138,6 +138,7 @@ class MqttConfig(CommonConfig, CliOptions):
         require(self.kafka_retry_interval > 0, "kafka_retry_interval", "must be > 0 seconds")
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
         require(self.kafka_backlog_max_bytes >= 0, "kafka_backlog_max_bytes", "must be >= 0 bytes (0: no cap)")
+        self.validate_kafka()  # last: the other options' errors come first
 
     @property
     def subscriptions(self) -> tuple[str, ...]:

@@ -416,6 +416,15 @@ HEADER_SOURCE_PARTITION: Final = "source_partition"
 HEADER_SOURCE_OFFSET: Final = "source_offset"
 #: Longest reason text kept in a header or record (characters).
 REASON_MAX: Final = 1000
+
+# --- How far the stream loader trusts a record's received_at header (issue 15) ------------------
+#: Any producer may set the ``received_at`` header; the record's Kafka timestamp (set when it
+#: was produced) bounds it. The header may be at most this many seconds *after* the timestamp:
+#: the collector stamps receive time before it produces, so only clock skew explains more.
+RECEIVED_AT_MAX_AHEAD_S: Final = 300.0
+#: ... and at most this many seconds *before* it: the MQTT collector's Kafka backlog produces
+#: late what it received during an outage, with its receive time; a day covers a long outage.
+RECEIVED_AT_MAX_BEHIND_S: Final = 86400.0
 #: The reason code of an unexpected exception at a boundary: the reason reads ``internal: <what>``.
 INTERNAL: Final = "internal"
 

@@ -42,6 +42,8 @@ class Batch:
     per_topic: Tally = field(default_factory=Tally)
     rejected_readings: Tally = field(default_factory=Tally)
     internal: list[DeadLetter] = field(default_factory=list)
+    #: Records whose received_at header gave way to their Kafka timestamp, by why (decode.RECEIVED_AT_*).
+    untrusted_received_at: Tally = field(default_factory=Tally)
 
     @classmethod
     def of(cls, messages: Sequence, rules: DecodeRules, *, started: float = 0.0) -> Batch:
@@ -58,6 +60,8 @@ class Batch:
                     batch.internal.append(dl)
                 continue
             batch.rejected_readings.update(result.rejected)
+            if result.untrusted_received_at:
+                batch.untrusted_received_at[result.untrusted_received_at] += 1
             out = batch.docs.get(result.source)
             if out is None:
                 out = batch.docs[result.source] = FileDocuments(result.source)

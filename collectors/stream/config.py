@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from collectors.config import CliOptions, KafkaClientOptions, option, require
 from collectors.stream.decode import DecodeRules
 from include import kafka as topics
-from include.contract import ES_INDEX_PREFIX, ContractError, check_index_prefix
+from include.contract import (
+    ES_INDEX_PREFIX,
+    RECEIVED_AT_MAX_AHEAD_S,
+    RECEIVED_AT_MAX_BEHIND_S,
+    ContractError,
+    check_index_prefix,
+)
 from include.sinks import DEFAULT_SINKS, KNOWN_SINKS
 from include.sensors import Limits
 
@@ -64,6 +70,11 @@ class StreamConfig(KafkaClientOptions, CliOptions):
     max_readings: int = option(1000, "Payloads with more readings are dead-lettered.")
     max_timestamp_age: float = option(7 * 86400.0, "Readings older than this many seconds before their receive time are rejected.")
     max_timestamp_future: float = option(300.0, "Readings this many seconds after their receive time are rejected.")
+    received_at_max_ahead: float = option(RECEIVED_AT_MAX_AHEAD_S, "Seconds a received_at header may be after the "
+                                          "record's Kafka timestamp; beyond, the Kafka timestamp is used (and counted).")
+    received_at_max_behind: float = option(RECEIVED_AT_MAX_BEHIND_S, "Seconds a received_at header may be before the "
+                                           "record's Kafka timestamp (a collector's backlog produces late); beyond, "
+                                           "the Kafka timestamp is used (and counted).")
     metrics_addr: str = option("127.0.0.1", "Address the /metrics and /healthz endpoint listens on.")
     metrics_port: int = option(9110, "Port of the /metrics and /healthz endpoint (0: any free port, -1: off).")
 
@@ -106,6 +117,8 @@ class StreamConfig(KafkaClientOptions, CliOptions):
         require(self.max_timestamp_age > 0 and self.max_timestamp_future >= 0, "max_timestamp_age",
                 "age must be > 0 and future >= 0 seconds")
         require(-1 <= self.metrics_port <= 65535, "metrics_port", "must be -1..65535")
+        require(self.received_at_max_ahead >= 0 and self.received_at_max_behind >= 0, "received_at_max_ahead",
+                "the received_at bounds must be >= 0 seconds")
         self.validate_kafka()
 
     @property
@@ -119,7 +132,9 @@ class StreamConfig(KafkaClientOptions, CliOptions):
 
     @property
     def rules(self) -> DecodeRules:
-        return DecodeRules(sensor_topic=self.sensor_topic, host_topic=self.host_topic, limits=self.limits)
+        return DecodeRules(sensor_topic=self.sensor_topic, host_topic=self.host_topic, limits=self.limits,
+                           received_at_max_ahead=self.received_at_max_ahead,
+                           received_at_max_behind=self.received_at_max_behind)
 
     @property
     def topics(self) -> list[str]:

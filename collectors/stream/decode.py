@@ -25,7 +25,15 @@ from dataclasses import dataclass, field
 import orjson
 
 from include import kafka as topics
-from include.contract import INTERNAL, ContractError, check_device, internal_reason, parse_timestamp
+from include.contract import (
+    INTERNAL,
+    RECEIVED_AT_MAX_AHEAD_S,
+    RECEIVED_AT_MAX_BEHIND_S,
+    ContractError,
+    check_device,
+    internal_reason,
+    parse_timestamp,
+)
 from include.schemas import HOST, HOST_SCHEMA, REQUIRED, SENSOR, SENSOR_SCHEMA
 from include.sensors import Limits, csv_row, parse_payload
 from include.transform import document_id, host_document, sensor_document
@@ -45,11 +53,20 @@ class Undecodable(ValueError):
 
 @dataclass(frozen=True)
 class DecodeRules:
-    """Which topic carries which source, and the payload limits the MQTT collector applies too."""
+    """Which topic carries which source, the payload limits the MQTT collector applies too, and how far
+    a ``received_at`` header may be from the record's Kafka timestamp (:func:`received_time`)."""
 
     sensor_topic: str
     host_topic: str
     limits: Limits = Limits()
+    received_at_max_ahead: float = RECEIVED_AT_MAX_AHEAD_S
+    received_at_max_behind: float = RECEIVED_AT_MAX_BEHIND_S
+
+
+#: Why a ``received_at`` header was set aside for the Kafka timestamp (counted by the loader's metrics).
+RECEIVED_AT_INVALID = "invalid"
+RECEIVED_AT_AHEAD = "ahead_of_kafka_timestamp"
+RECEIVED_AT_BEHIND = "behind_kafka_timestamp"
 
 
 @dataclass
@@ -59,6 +76,8 @@ class Decoded:
     source: str
     docs: list[tuple[str, dict]]
     rejected: Tally = field(default_factory=Tally)
+    #: Why the record's received_at header was not trusted (RECEIVED_AT_*), None when it was or there was none.
+    untrusted_received_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,9 +93,9 @@ def decode_record(rules: DecodeRules, topic: str, key: bytes | None, value: byte
     """Documents of one Kafka record, or why there are none. Never raises."""
     try:
         if topic == rules.sensor_topic:
-            received = received_time(headers, kafka_timestamp_ms)
+            received, untrusted = received_time(headers, kafka_timestamp_ms, rules)
             docs, rejects = sensor_documents(key, value, received, rules.limits)
-            return Decoded(SENSOR, [(document_id(SENSOR, d), d) for d in docs], rejects)
+            return Decoded(SENSOR, [(document_id(SENSOR, d), d) for d in docs], rejects, untrusted)
         if topic == rules.host_topic:
             docs = host_documents(value, rules.limits)
             return Decoded(HOST, [(document_id(HOST, d), d) for d in docs])
@@ -87,21 +106,40 @@ def decode_record(rules: DecodeRules, topic: str, key: bytes | None, value: byte
         return Rejected(INTERNAL, internal_reason(exc))
 
 
-def received_time(headers: Sequence[tuple[str, bytes | None]] | None, kafka_timestamp_ms: int | None) -> float:
-    """Receive time (epoch seconds) of a forwarded MQTT payload.
+def received_time(headers: Sequence[tuple[str, bytes | None]] | None, kafka_timestamp_ms: int | None,
+                  rules: DecodeRules | None = None) -> tuple[float, str | None]:
+    """Receive time (epoch seconds) of a forwarded MQTT payload, and why the header was set aside (or None).
 
     The ``received_at`` header the MQTT collector set (ISO-8601 UTC, whole
-    milliseconds), else the record's Kafka timestamp: both are fixed per
-    record, so a replay decodes to the same readings.
+    milliseconds), as long as it is within ``rules``' bounds of the record's
+    Kafka timestamp: at most ``received_at_max_ahead`` seconds after it and
+    ``received_at_max_behind`` before it. Any producer can write that header;
+    the timestamp is the one the record was produced with, so a header outside
+    the bounds, or not a timestamp at all, gives way to the Kafka timestamp and
+    a reason code (``RECEIVED_AT_*``) the loader counts. No header: the Kafka
+    timestamp. Both are fixed per record, so a replay decodes to the same readings.
     """
+    rules = rules or DecodeRules("", "")
+    kafka = kafka_timestamp_ms / 1000.0 if kafka_timestamp_ms is not None and kafka_timestamp_ms > 0 else None
+    untrusted = None
     for name, value in headers or ():
         if name == topics.HEADER_RECEIVED_AT and value:
             try:
-                return parse_timestamp(value.decode()).timestamp()
+                header = parse_timestamp(value.decode()).timestamp()
             except (UnicodeDecodeError, ContractError):
+                untrusted = RECEIVED_AT_INVALID
                 break
-    if kafka_timestamp_ms is not None and kafka_timestamp_ms > 0:
-        return kafka_timestamp_ms / 1000.0
+            if kafka is None:
+                return header, None  # nothing to check it against (a broker without timestamps)
+            if header - kafka > rules.received_at_max_ahead:
+                untrusted = RECEIVED_AT_AHEAD
+            elif kafka - header > rules.received_at_max_behind:
+                untrusted = RECEIVED_AT_BEHIND
+            else:
+                return header, None
+            break
+    if kafka is not None:
+        return kafka, untrusted
     raise Undecodable("no_receive_time", "record has neither a valid received_at header nor a Kafka timestamp")
 
 

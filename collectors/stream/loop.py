@@ -299,7 +299,8 @@ class StreamLoader:
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed (%s); the batch may be loaded again", problem)
         elif offsets:
-            self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started)
+            self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started,
+                                   rules=self.rules)
             self.committed_batches += 1
 
     # -- pausing ---------------------------------------------------------------------------

@@ -68,6 +68,9 @@ class StreamMetrics(MetricsEndpoint):
                                          "valid ones (the MQTT collector dead-letters them), by code.", ["code"], registry=r)
         self.deadletters = Counter(p + "deadletters", "Records sent to the dead-letter topic, by stage and code.",
                                    ["stage", "code"], registry=r)
+        self.untrusted_received_at = Counter(
+            p + "received_at_untrusted", "Sensor records whose received_at header was invalid or too far from their "
+            "Kafka timestamp, so the Kafka timestamp was used, by why.", ["why"], registry=r)
         self.internal_errors = Counter(p + "internal_errors", "Records whose decoding failed unexpectedly "
                                        "(dead-lettered with reason internal: ...).", registry=r)
         self.sink_failures = Counter(p + "sink_failures", "Failed attempts to load a batch, by sink.", ["sink"], registry=r)
@@ -84,8 +87,8 @@ class StreamMetrics(MetricsEndpoint):
         self.last_commit = Gauge(p + "last_commit_timestamp_seconds", "Wall-clock time of the last offset commit.", registry=r)
         self.batch_seconds = Histogram(p + "batch_seconds", "Seconds from a batch's first record to its commit.",
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
-        self.delay = Histogram(p + "delay_seconds", "Seconds from a record's receive time (received_at, else its "
-                               "Kafka timestamp) to its batch's commit.",
+        self.delay = Histogram(p + "delay_seconds", "Seconds from a record's receive time (received_at within its "
+                               "bounds, else its Kafka timestamp) to its batch's commit.",
                                buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300), registry=r)
 
     def decoded(self, batch) -> None:
@@ -96,12 +99,14 @@ class StreamMetrics(MetricsEndpoint):
             self.documents.labels(source).inc(docs.rows_read)
         for code, n in batch.rejected_readings.items():
             self.rejected_readings.labels(code).inc(n)
+        for why, n in batch.untrusted_received_at.items():
+            self.untrusted_received_at.labels(why).inc(n)
         for dl in batch.internal:
             self.internal_errors.inc()
             log.error("decoding %s[%d]@%d failed unexpectedly; dead-lettered: %s", dl.message.topic(),
                       dl.message.partition(), dl.message.offset(), dl.reason)
 
-    def committed(self, batch, *, now: float, elapsed: float) -> None:
+    def committed(self, batch, *, now: float, elapsed: float, rules=None) -> None:
         """Count a committed batch (``now`` wall-clock, ``elapsed`` seconds since its first record)."""
         from collectors.stream.decode import Undecodable, received_time
 
@@ -112,7 +117,7 @@ class StreamMetrics(MetricsEndpoint):
         for msg in batch.messages:
             ts_type, ts = msg.timestamp()
             try:
-                received = received_time(msg.headers(), ts if ts_type else None)
+                received, _ = received_time(msg.headers(), ts if ts_type else None, rules)
             except Undecodable:
                 continue
             self.delay.observe(max(0.0, now - received))

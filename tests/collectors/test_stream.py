@@ -24,7 +24,17 @@ from stream_helpers import (
 
 from collectors.config import ConfigError
 from collectors.stream import StreamConfig
-from collectors.stream.decode import Undecodable, host_documents, received_time, sensor_documents
+from collectors.stream.decode import (
+    RECEIVED_AT_AHEAD,
+    RECEIVED_AT_BEHIND,
+    RECEIVED_AT_INVALID,
+    DecodeRules,
+    Undecodable,
+    host_documents,
+    received_time,
+    sensor_documents,
+)
+from include.contract import RECEIVED_AT_MAX_AHEAD_S, RECEIVED_AT_MAX_BEHIND_S
 from include import elasticsearch as es
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT
 from include.opentsdb import OpenTSDBClient
@@ -52,7 +62,7 @@ def test_stream_documents_equal_the_batch_path(payload):
     parsed = parse_payload(payload, received)
     data = (",".join(SENSOR_SCHEMA.names) + "\n" + "".join(csv_line("dev-1", r) for r in parsed.readings)).encode()
     batch = transform_file(SENSOR, data)
-    docs, rejects = sensor_documents(b"dev-1", payload, received_time([(HEADER_RECEIVED_AT, header)], None), Limits())
+    docs, rejects = sensor_documents(b"dev-1", payload, received_time([(HEADER_RECEIVED_AT, header)], None)[0], Limits())
     assert [orjson.loads(d) for d in batch.documents] == docs
     from include.transform import document_id
 
@@ -88,16 +98,94 @@ def test_undecodable_host_records():
             host_documents(value)
 
 
-def test_receive_time_from_header_else_kafka_timestamp():
-    assert received_time([(HEADER_RECEIVED_AT, b"2026-01-01T00:00:00.250Z")], 5) == 1767225600.25
-    assert received_time([(HEADER_RECEIVED_AT, b"garbage")], 1767225600250) == 1767225600.25
+KAFKA_MS = 1767225600250  # 2026-01-01T00:00:00.250Z, the record's own Kafka timestamp
+
+
+@pytest.mark.parametrize("header,expected,why", [
+    pytest.param(None, 1767225600.25, None, id="header-absent: Kafka timestamp"),
+    pytest.param(b"2026-01-01T00:00:00.000Z", 1767225600.0, None, id="within-bound: the header"),
+    pytest.param(b"2026-01-01T00:05:00.250Z", 1767225900.25, None, id="ahead-by-exactly-the-bound: the header"),
+    pytest.param(b"2026-01-01T00:05:00.251Z", 1767225600.25, RECEIVED_AT_AHEAD, id="future: Kafka timestamp, counted"),
+    pytest.param(b"2025-12-31T00:00:00.250Z", 1767139200.25, None, id="behind-by-exactly-the-bound: the header"),
+    pytest.param(b"2025-12-31T00:00:00.249Z", 1767225600.25, RECEIVED_AT_BEHIND, id="far-past: Kafka timestamp, counted"),
+    pytest.param(b"garbage", 1767225600.25, RECEIVED_AT_INVALID, id="garbage: Kafka timestamp, counted"),
+    pytest.param(b"\xff\xfe", 1767225600.25, RECEIVED_AT_INVALID, id="not-utf8: Kafka timestamp, counted"),
+])
+def test_received_at_is_trusted_only_within_its_bounds_of_the_kafka_timestamp(header, expected, why):
+    headers = [(HEADER_RECEIVED_AT, header)] if header is not None else [("mqtt_topic", b"x")]
+    rules = DecodeRules("t.raw", "t.host", received_at_max_ahead=300.0, received_at_max_behind=86400.0)
+    assert received_time(headers, KAFKA_MS, rules) == (expected, why)
+
+
+def test_received_at_bounds_default_to_the_contract_and_a_record_without_any_time_is_undecodable():
+    assert DecodeRules("a", "b").received_at_max_ahead == RECEIVED_AT_MAX_AHEAD_S
+    assert StreamConfig().rules.received_at_max_behind == RECEIVED_AT_MAX_BEHIND_S
+    # No Kafka timestamp (a broker without them): the header is all there is.
+    assert received_time([(HEADER_RECEIVED_AT, b"2026-01-01T00:00:00.250Z")], None) == (1767225600.25, None)
     with pytest.raises(Undecodable):
         received_time(None, -1)
+    with pytest.raises(Undecodable):
+        received_time([(HEADER_RECEIVED_AT, b"garbage")], None)
+
+
+def test_a_distrusted_received_at_moves_a_timestamp_less_reading_to_the_kafka_time_and_is_counted():
+    from collectors.stream.batch import Batch
+    from collectors.stream.metrics import StreamMetrics
+
+    class Msg:
+        def __init__(self, offset, header):
+            self._o, self._h = offset, [(HEADER_RECEIVED_AT, header)]
+        def topic(self): return "t.raw"
+        def partition(self): return 0
+        def offset(self): return self._o
+        def key(self): return b"dev-1"
+        def value(self): return b'{"temperature": 21.5}'
+        def headers(self): return self._h
+        def timestamp(self): return (1, KAFKA_MS)
+
+    rules = DecodeRules("t.raw", "t.host")
+    batch = Batch.of([Msg(0, b"2026-01-01T00:00:00.250Z"), Msg(1, b"2030-01-01T00:00:00Z"), Msg(2, b"1999-01-01T00:00:00Z"),
+                      Msg(3, b"yesterday")], rules)
+    assert dict(batch.untrusted_received_at) == {RECEIVED_AT_AHEAD: 1, RECEIVED_AT_BEHIND: 1, RECEIVED_AT_INVALID: 1}
+    # Every reading lands at the record's Kafka time: the same document, stored once.
+    assert batch.documents == 1 and batch.docs["sensor"].timestamps == ["2026-01-01T00:00:00.250Z"]
+    metrics = StreamMetrics()
+    metrics.decoded(batch)
+    assert metrics.registry.get_sample_value("sluice_stream_received_at_untrusted_total", {"why": RECEIVED_AT_AHEAD}) == 1
+
+
+def test_kafka_login_is_required_by_default_and_its_password_stays_out_of_argv_and_repr(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match="--kafka-username / SLUICE_KAFKA_USERNAME: SASL_SSL needs a Kafka user"):
+        StreamConfig.from_args([], {})
+    with pytest.raises(ConfigError, match="--kafka-password / SLUICE_KAFKA_PASSWORD: .*SLUICE_KAFKA_PASSWORD_FILE"):
+        StreamConfig.from_args(["--kafka-username", "loader"], {})
+    # There is no --kafka-password flag (`ps` would show it): argparse takes it for --kafka-password-file.
+    with pytest.raises(ConfigError, match="--kafka-password-file / SLUICE_KAFKA_PASSWORD_FILE: cannot read"):
+        StreamConfig.from_args(["--kafka-username", "loader", "--kafka-password", "pw"], {})
+    secret = tmp_path / "kafka.password"
+    secret.write_text("s3cret-value\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem")
+    cfg = StreamConfig.from_args(["--kafka-username", "loader", "--kafka-ca-file", str(ca)],
+                                 {"SLUICE_KAFKA_PASSWORD_FILE": str(secret)})
+    assert cfg.kafka_settings() == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                    "sasl.username": "loader", "sasl.password": "s3cret-value", "ssl.ca.location": str(ca)}
+    assert "s3cret" not in repr(cfg) and "loader" in repr(cfg)
+    with pytest.raises(ConfigError, match="--kafka-ca-file .*does not exist"):
+        StreamConfig.from_args(["--kafka-username", "loader", "--kafka-ca-file", str(tmp_path / "nope.crt")],
+                               {"SLUICE_KAFKA_PASSWORD": "pw"})
+    with pytest.raises(ConfigError, match="--kafka-security-protocol"):
+        StreamConfig.from_args(["--kafka-security-protocol", "TLS"], {})
+    # A broker without security, said so explicitly: no login needed.
+    assert StreamConfig.from_args(["--kafka-security-protocol", "PLAINTEXT"], {}).kafka_settings() == {
+        "security.protocol": "PLAINTEXT"}
 
 
 def test_config_names_the_bad_option(monkeypatch):
     monkeypatch.setenv("SLUICE_SINKS", "elasticsearch,opentsdb")
     monkeypatch.setenv("SLUICE_ES_INDEX_PREFIX", "mine")
+    monkeypatch.setenv("SLUICE_KAFKA_USERNAME", "loader")
+    monkeypatch.setenv("SLUICE_KAFKA_PASSWORD", "pw")
     cfg = StreamConfig.from_args(["--kafka-group", "g1", "--batch-wait", "0.5"])
     assert (cfg.sinks, cfg.es_index_prefix, cfg.kafka_group, cfg.batch_wait) == (("elasticsearch", "opentsdb"), "mine", "g1", 0.5)
     assert cfg.sensor_topic == "sluice.sensors.raw" and StreamConfig().kafka_group == "sluice-stream-loader"
