@@ -62,11 +62,17 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 
 def spawn(module: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``python -m module args`` in its own session, output to ``log``."""
+    """Start ``python -m module args`` in its own session, output to ``log``.
+
+    The process logs in to Kafka as the stack's admin (``SLUICE_KAFKA_*``, password by file) unless
+    ``env`` says otherwise: test topics and groups have names of their own.
+    """
+    from kafka_login import env as kafka_env
+
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})}, start_new_session=True,
+        env={**os.environ, **kafka_env(), **(env or {})}, start_new_session=True,
     )
 
 

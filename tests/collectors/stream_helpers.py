@@ -11,6 +11,8 @@ import time
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
+from kafka_login import options as kafka_options
+from kafka_login import security, settings
 
 from collectors.stream import StreamConfig, StreamLoader
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
@@ -60,13 +62,13 @@ class Topics:
         if max_message_bytes:
             from confluent_kafka.admin import AdminClient, NewTopic
 
-            admin = AdminClient({"bootstrap.servers": bootstrap})
+            admin = AdminClient(settings(bootstrap))
             topic = NewTopic(self.raw, num_partitions=partitions, replication_factor=1,
                              config={"max.message.bytes": str(max_message_bytes)})
             admin.create_topics([topic])[self.raw].result(30)
             extra["message.max.bytes"] = max_message_bytes
-        ensure_topics(bootstrap, [self.raw, self.host, self.dl], partitions=partitions)
-        self.producer = Producer(producer_config(bootstrap, client_id=f"test-{run}", **extra))
+        ensure_topics(bootstrap, [self.raw, self.host, self.dl], partitions=partitions, settings=security())
+        self.producer = Producer(producer_config(bootstrap, client_id=f"test-{run}", **extra, **security()))
 
     def produce(self, topic: str, key: bytes | None, value: bytes, headers=None) -> None:
         self.producer.produce(topic, key=key, value=value, headers=headers)
@@ -90,6 +92,7 @@ class Topics:
 
 def config(run: str, t: Topics, **kw) -> StreamConfig:
     kw.setdefault("sinks", ("elasticsearch", "opentsdb"))
+    kw = {**kafka_options(), **kw}  # the test's own topics and group: as the admin
     cfg = StreamConfig(kafka_bootstrap=t.bootstrap, kafka_group=f"g-{run}", sensor_topic=t.raw, host_topic=t.host,
                        deadletter_topic=t.dl, es_index_prefix=f"t{run}", metrics_port=0, retry_initial=0.2,
                        retry_max=1.0, **kw)
@@ -98,7 +101,11 @@ def config(run: str, t: Topics, **kw) -> StreamConfig:
 
 
 def cli_args(cfg: StreamConfig, *, instance_id: str | None = "", metrics_port: int = -1) -> list[str]:
-    """Flags of a loader process running ``cfg``; ``instance_id`` None leaves the default (<host>-<pid>)."""
+    """Flags of a loader process running ``cfg``; ``instance_id`` None leaves the default (<host>-<pid>).
+
+    The Kafka login is not among them (no password on a command line): run the process with
+    ``kafka_login.env()`` in its environment.
+    """
     args = ["--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-group", cfg.kafka_group,
             "--kafka-session-timeout", str(cfg.kafka_session_timeout), "--sensor-topic", cfg.sensor_topic,
             "--host-topic", cfg.host_topic, "--deadletter-topic", cfg.deadletter_topic,
@@ -113,7 +120,7 @@ def cli_args(cfg: StreamConfig, *, instance_id: str | None = "", metrics_port: i
 
 def lag(bootstrap: str, group: str, topics: list[str]) -> int:
     """Records of ``topics`` not yet committed by ``group`` (end offset - committed, all partitions)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**settings(bootstrap), "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(t, p) for t in topics for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
         committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(parts, timeout=10)}
@@ -186,7 +193,7 @@ def counter(metric, **labels) -> float:
 
 def read_deadletters(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list:
     """The first ``count`` records of the dead-letter topic (fewer at the time-out), then checks none follows."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}-{time.monotonic_ns()}",
+    consumer = Consumer({**settings(bootstrap), "group.id": f"read-{topic}-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     got: list = []

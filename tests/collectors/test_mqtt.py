@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from collector_helpers import new_run_id, private_service, spawn, terminate, wait_for
 from confluent_kafka import Consumer
+from kafka_login import options as kafka_options
+from kafka_login import settings as kafka_settings
 
 from collectors.mqtt import MqttCollector, MqttConfig
 from collectors.simulate_sensors import Simulator, SimulatorConfig
@@ -25,7 +27,7 @@ from include.contract import PAYLOAD, deadletter_prefix
 from include.landing import S3Landing, open_landing
 from include.schemas import SENSOR_SCHEMA
 from include.spool import parse_csv
-from stack.config import LANDING_BUCKET
+from stack.config import LANDING_BUCKET, StackConfig
 from stack.services.kafka import Kafka
 from stack.services.mosquitto import Mosquitto
 
@@ -82,8 +84,9 @@ def deadletters(landing) -> list[dict]:
             for line in landing.get(info.key).splitlines()]
 
 
-def kafka_count(bootstrap: str, topics: list[str], expect: int, timeout: float = 20) -> dict[str, list[bytes]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{new_run_id()}",
+def kafka_count(bootstrap: str, topics: list[str], expect: int, timeout: float = 20,
+                kafka_config: StackConfig | None = None) -> dict[str, list[bytes]]:
+    consumer = Consumer({**kafka_settings(bootstrap, config=kafka_config), "group.id": f"test-{new_run_id()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe(topics)
     got: dict[str, list[bytes]] = {t: [] for t in topics}
@@ -108,7 +111,7 @@ def kafka_count(bootstrap: str, topics: list[str], expect: int, timeout: float =
 
 def kafka_unique(bootstrap: str, topic: str, expected: set[bytes], timeout: float) -> set[bytes]:
     """Distinct values of ``topic``, read until they include ``expected`` or ``timeout`` seconds pass."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{new_run_id()}",
+    consumer = Consumer({**kafka_settings(bootstrap), "group.id": f"test-{new_run_id()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got: set[bytes] = set()
@@ -123,8 +126,11 @@ def kafka_unique(bootstrap: str, topic: str, expected: set[bytes], timeout: floa
     return got
 
 
-def mqtt_config(tmp_path: Path, run: str, mqtt_port: int, kafka_bootstrap: str, **kw) -> MqttConfig:
+def mqtt_config(tmp_path: Path, run: str, mqtt_port: int, kafka_bootstrap: str, *,
+                kafka_config: StackConfig | None = None, **kw) -> MqttConfig:
+    """The collector on the run's own topics, logging in to Kafka as the admin of ``kafka_config``'s stack."""
     kw.setdefault("landing_url", (tmp_path / "landing").as_uri())
+    kw = {**kafka_options(config=kafka_config), **kw}
     cfg = MqttConfig(
         state_dir=str(tmp_path / "state"), mqtt_port=mqtt_port, mqtt_client_id=f"col-{run}",
         mqtt_topics=(f"t{run}/sensors/+",), kafka_bootstrap=kafka_bootstrap,
@@ -309,7 +315,8 @@ def test_kafka_down_files_still_land_and_bridge_catches_up(tmp_path, stack_confi
     run = new_run_id()
     with private_service(Kafka, stack_config, tmp_path / "kafka") as broker:
         bootstrap = f"{broker.config.host}:{broker.port}"
-        cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, kafka_message_timeout=5.0, kafka_retry_interval=0.5)
+        cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, kafka_message_timeout=5.0, kafka_retry_interval=0.5,
+                          kafka_config=broker.config)
         landing = open_landing((tmp_path / "landing").as_uri())
         with Running(cfg) as collector:
             publish(mosquitto.port, f"t{run}/sensors", 100)
@@ -326,5 +333,5 @@ def test_kafka_down_files_still_land_and_bridge_catches_up(tmp_path, stack_confi
                 broker.start()
             wait_for(lambda: not collector.bridge.down, 60, "the backlog drained")
         assert len(sensor_rows(landing)) == 600
-        got = kafka_count(bootstrap, [cfg.kafka_topic], 200, timeout=30)
+        got = kafka_count(bootstrap, [cfg.kafka_topic], 200, timeout=30, kafka_config=broker.config)
         assert len(set(got[cfg.kafka_topic])) == 200

@@ -21,6 +21,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from collector_helpers import free_port, new_run_id, wait_for
 from confluent_kafka import Producer
+from kafka_login import options as kafka_options
+from kafka_login import security
 from test_mqtt import Running, deadletters, kafka_count, mqtt_config, publish, seed_payload, sensor_rows
 
 from collectors.common import ScaledClock
@@ -206,9 +208,9 @@ def test_kafka_refusing_a_record_quarantines_it_and_the_thread_lives(tmp_path, k
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
     topic = f"t.{run}.raw"
-    ensure_topics(bootstrap, [topic])
+    ensure_topics(bootstrap, [topic], settings=security())
     done: list = []
-    producer = Producer(producer_config(bootstrap, client_id=f"bridge-{run}", message_timeout_s=10))
+    producer = Producer(producer_config(bootstrap, client_id=f"bridge-{run}", message_timeout_s=10, **security()))
     bridge = KafkaBridge(producer, tmp_path / "backlog", lambda token, seq: done.append(token),
                          monotonic=time.monotonic, fsync_interval=0)
     bridge.forward(topic, b"dev", b"x" * 2_000_000, [], "too-big")  # over librdkafka's message.max.bytes
@@ -224,7 +226,7 @@ def test_a_backlog_record_kafka_never_takes_is_quarantined_not_replayed_forever(
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
     topic = f"t.{run}.raw"
-    ensure_topics(bootstrap, [topic])
+    ensure_topics(bootstrap, [topic], settings=security())
     backlog = tmp_path / "backlog"
     backlog.mkdir()
     # A previous run parked a good record, a 2 MB one and another good one; a second file is corrupt.
@@ -233,7 +235,7 @@ def test_a_backlog_record_kafka_never_takes_is_quarantined_not_replayed_forever(
         + encode_record(topic, b"d", b"two", []))
     (backlog / "000000000001.kbl").write_bytes(b"\x00\x00\x00\x05{bad}" + b"\x00" * 8)
     for attempt in range(2):  # the second start finds nothing left to replay
-        producer = Producer(producer_config(bootstrap, client_id=f"bridge-{run}", message_timeout_s=10))
+        producer = Producer(producer_config(bootstrap, client_id=f"bridge-{run}", message_timeout_s=10, **security()))
         bridge = KafkaBridge(producer, backlog, lambda token, seq: None, monotonic=time.monotonic,
                              retry_interval=0.1, fsync_interval=0)
         wait_for(lambda b=bridge: (b.poll(0.05) or not b.down), 30, "the backlog drained")
@@ -250,7 +252,7 @@ def test_host_sampler_starts_samples_and_lands_while_kafka_is_down(tmp_path):
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there: Kafka is down for the whole run
     landing = open_landing((tmp_path / "landing").as_uri())
     cfg = HostConfig(landing_url=landing.url, state_dir=str(tmp_path / "state"), host="box1", metrics_port=0,
-                     kafka_bootstrap=dead, shutdown_timeout=1.0, heartbeat_interval=5.0)
+                     kafka_bootstrap=dead, shutdown_timeout=1.0, heartbeat_interval=5.0, **kafka_options())
     cfg.validate()
     clock = ScaledClock(20, start=(time.time() // 60 * 60) + 30)
     sampler = HostSampler(cfg, clock=clock)

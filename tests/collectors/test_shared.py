@@ -73,7 +73,9 @@ def publish_steadily(port: int, prefix: str, metric: str, ts0: int, count: int, 
 
 def kafka_records(bootstrap: str, topic: str, want: set[bytes], timeout: float) -> list[tuple[bytes, float]]:
     """(value, received_at epoch) of every record of ``topic``, read until ``want`` is covered and 2 s are quiet."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{new_run_id()}",
+    from kafka_login import settings
+
+    consumer = Consumer({**settings(bootstrap), "group.id": f"test-{new_run_id()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got: list[tuple[bytes, float]] = []

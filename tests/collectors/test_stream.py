@@ -17,6 +17,7 @@ import orjson
 import pytest
 from collector_helpers import new_run_id, private_service, spawn, terminate, wait_for
 from confluent_kafka import Consumer
+from kafka_login import settings
 from stream_helpers import (
     Running, Topics, cli_args, config, counter, es_count, es_docs, expected_ids, host_record, lag, seed_payload,
     tsdb_points,
@@ -268,7 +269,7 @@ def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch)
             assert 'sluice_stream_deadletters_total{code="not_json",stage="decode"} 2.0' in metrics
             assert counter(loader.metrics.loaded, sink="elasticsearch") == 30
         assert set(es_docs(es_client, cfg.es_index_prefix, SENSOR)) == expected_ids(metric, ts0, 10, devices=1)
-        consumer = Consumer({"bootstrap.servers": t.bootstrap, "group.id": f"read-{run}", "auto.offset.reset": "earliest"})
+        consumer = Consumer({**settings(t.bootstrap), "group.id": f"read-{run}", "auto.offset.reset": "earliest"})
         consumer.subscribe([t.dl])
         got = []
         deadline = time.monotonic() + 20

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_login import settings
 
 from include.kafka_lag import GroupNotFound, LagState, Status, TopicNotFound, active_members, fetch_offsets
 
@@ -16,7 +17,7 @@ WINDOW = 4
 
 @pytest.fixture
 def topic(kafka):
-    admin = AdminClient({"bootstrap.servers": f"{kafka.config.host}:{kafka.port}"})
+    admin = AdminClient(settings(f"{kafka.config.host}:{kafka.port}"))
     name = f"lag-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])[name].result(timeout=30)
     yield name
@@ -25,11 +26,11 @@ def topic(kafka):
 
 @pytest.fixture
 def admin(kafka):
-    return AdminClient({"bootstrap.servers": f"{kafka.config.host}:{kafka.port}"})
+    return AdminClient(settings(f"{kafka.config.host}:{kafka.port}"))
 
 
 def produce(kafka, topic: str, counts: dict[int, int]) -> None:
-    producer = Producer({"bootstrap.servers": f"{kafka.config.host}:{kafka.port}"})
+    producer = Producer(settings(f"{kafka.config.host}:{kafka.port}"))
     for partition, n in counts.items():
         for i in range(n):
             producer.produce(topic, value=b"x%d" % i, partition=partition)
@@ -38,7 +39,7 @@ def produce(kafka, topic: str, counts: dict[int, int]) -> None:
 
 def consumer(kafka, group: str) -> Consumer:
     return Consumer({
-        "bootstrap.servers": f"{kafka.config.host}:{kafka.port}",
+        **settings(f"{kafka.config.host}:{kafka.port}"),
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",

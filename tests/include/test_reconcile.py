@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
+from kafka_login import security, settings
 
 from include import elasticsearch as es_mod
 from include import pipeline, reconcile
@@ -51,17 +52,17 @@ def topic(kafka):
 
     name = f"sluice.test.reconcile.{uuid.uuid4().hex[:8]}"
     bootstrap = kafka.config.kafka_bootstrap
-    ensure_topics(bootstrap, [name], partitions=3)
+    ensure_topics(bootstrap, [name], partitions=3, settings=security())
     yield bootstrap, name
     from confluent_kafka.admin import AdminClient
 
-    AdminClient({"bootstrap.servers": bootstrap}).delete_topics([name])
+    AdminClient(settings(bootstrap)).delete_topics([name])
 
 
 def consumer_factory(bootstrap: str):
     from confluent_kafka import Consumer
 
-    return lambda: Consumer({"bootstrap.servers": bootstrap, "group.id": "sluice-reconcile-test",
+    return lambda: Consumer({**settings(bootstrap), "group.id": "sluice-reconcile-test",
                              "enable.auto.commit": False, "log_level": 3})
 
 
@@ -74,7 +75,7 @@ class Collector:
         from include.kafka import producer_config
 
         self.writer, self.landing, self.topic = writer, landing, topic
-        self.producer = Producer(producer_config(bootstrap))
+        self.producer = Producer(producer_config(bootstrap, **security()))
 
     def publish(self, device: str, minute: datetime, seconds: range, *, kinds=TYPES) -> list[str]:
         """Payloads received at ``minute + s`` go to Kafka; returns their CSV lines (what the file holds)."""

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from collectors.kafka_bridge import KafkaBridge
@@ -32,6 +32,7 @@ from include.landing import FileLanding
 from stack import api
 from stack.config import DEFAULT_PORTS
 from tests.collectors.collector_helpers import free_port, new_run_id, wait_for
+from tests.kafka_login import security, settings
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,14 @@ def _fully_replicated(admin, topic) -> bool:
 class Producing:
     """The bridge producing numbered readings from a thread until stopped."""
 
-    def __init__(self, bootstrap: str, topic: str, backlog, rate_per_s: float = 400) -> None:
+    def __init__(self, bootstrap: str, topic: str, backlog, login: dict, rate_per_s: float = 400) -> None:
         self.topic = topic
         self.delivered: set[int] = set()
         self.parked: set[int] = set()
         self.delivery_times: list[float] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        producer = Producer(producer_config(bootstrap, client_id="replication-test", message_timeout_s=60))
+        producer = Producer(producer_config(bootstrap, client_id="replication-test", message_timeout_s=60, **login))
         self.bridge = KafkaBridge(producer, backlog, self._done, monotonic=time.monotonic)
         self._interval = 1 / rate_per_s
         self.sent = 0
@@ -124,11 +125,11 @@ class Producing:
 class Consuming:
     """A consumer group reading the topic and committing, as the stream loader does."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, login: dict) -> None:
         self.seen: list[int] = []
         self._stop = threading.Event()
         self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+            **login, "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
             "enable.auto.commit": False, "log_level": 3,
         })
         self._consumer.subscribe([topic])
@@ -159,24 +160,32 @@ class Consuming:
 def test_cluster_topics_are_replicated_three_times_with_two_in_sync(cluster):
     bootstrap = cluster.kafka_bootstrap
     topic = f"t.{new_run_id()}.raw"
-    assert ensure_topics(bootstrap, [topic]) == [topic]
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    assert ensure_topics(bootstrap, [topic], settings=security(config=cluster)) == [topic]
+    admin = AdminClient({**settings(config=cluster), "log_level": 3})
     assert {len(p.replicas) for p in _partition_meta(admin, topic).values()} == {3}
     (configs,) = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
     assert configs.result()["min.insync.replicas"].value == "2"
+    # Every node of the cluster is secured: without a login no node answers.
+    for node in range(1, 4):
+        port = cluster.ports[cluster.kafka_port_names(node)[0]]
+        anonymous = AdminClient({"bootstrap.servers": f"{cluster.host}:{port}", "security.protocol": "SSL",
+                                 "ssl.ca.location": settings(config=cluster)["ssl.ca.location"], "log_level": 0})
+        with pytest.raises(KafkaException):
+            anonymous.list_topics(timeout=5)
 
 
 def test_leader_killed_five_times_loses_no_delivered_reading_and_raises_no_false_stop(cluster, tmp_path):
     bootstrap = cluster.kafka_bootstrap
     run = new_run_id()
     topic, group = f"t.{run}.raw", f"g-{run}"
-    ensure_topics(bootstrap, [topic])
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    login = security(config=cluster)  # the brokers talk SASL_SSL among themselves too
+    ensure_topics(bootstrap, [topic], settings=login)
+    admin = AdminClient({**settings(config=cluster), "log_level": 3})
     nodes = {svc.node_id: svc for svc in api.services(cluster, ["kafka"])}
     landing = FileLanding(tmp_path / "landing")
 
-    producing = Producing(bootstrap, topic, tmp_path / "backlog")
-    consuming = Consuming(bootstrap, topic, group)
+    producing = Producing(bootstrap, topic, tmp_path / "backlog", login)
+    consuming = Consuming(bootstrap, topic, group, login)
     statuses: list[Status] = []
     gaps: list[float] = []
     checking = threading.Event()

@@ -7,24 +7,25 @@ import uuid
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka import ConsumerGroupTopicPartitions
+from kafka_login import settings
 
 
 def test_produce_consume_commit_and_describe_offsets(kafka):
-    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    bootstrap = f"{kafka.config.host}:{kafka.port}"  # node 1 alone, over SASL_SSL as the admin
     topic = f"smoke-{uuid.uuid4().hex[:8]}"
     group = f"smoke-group-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(settings(bootstrap))
     admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(timeout=30)
 
     produced = {0: 10, 1: 7, 2: 0}
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer = Producer({**settings(bootstrap), "enable.idempotence": True})
     for partition, count in produced.items():
         for i in range(count):
             producer.produce(topic, value=f"{partition}-{i}".encode(), partition=partition)
     assert producer.flush(30) == 0
 
     consumer = Consumer({
-        "bootstrap.servers": bootstrap,
+        **settings(bootstrap),
         "group.id": group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
