@@ -16,7 +16,9 @@
    1 s refresh); p50, p95 and max are printed, with the count found.
 
 Every run uses its own topics, consumer group, index prefix and metric names
-and removes its indices at the end. Needs the local stack (``python -m stack up``).
+and removes its indices at the end. Needs the local stack (``python -m stack up``); every Kafka
+client logs in as the stack's admin over SASL_SSL (the loader and collector through
+``SLUICE_KAFKA_*``, password by file). ``stream_security_bench.py`` compares SASL_SSL with PLAINTEXT.
 Run: ``.venv/bin/python tests/benchmarks/stream_bench.py [--messages 20000] [--rate 1000] [--seconds 30]``
 """
 
@@ -36,10 +38,34 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
 import orjson
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """Where the loader and collector processes connect and how they log in, and the benchmark's own login."""
+
+    #: Bootstrap servers of the loader and collector processes.
+    bootstrap: str
+    #: Their ``SLUICE_KAFKA_*`` environment (login, password by file).
+    env: dict
+    #: librdkafka settings (bootstrap included) of the benchmark's own clients: topics, producer, lag.
+    admin: dict = field(default_factory=dict)
+
+    def admin_security(self) -> dict:
+        return {k: v for k, v in self.admin.items() if k != "bootstrap.servers"}
+
+
+def stack_target(cfg) -> KafkaTarget:
+    """The local stack's Kafka, as its admin (the benchmark's topics and group are its own)."""
+    from stack.services.kafka import ADMIN_USER, client_env, client_settings
+
+    return KafkaTarget(cfg.kafka_bootstrap, client_env(cfg, ADMIN_USER), client_settings(cfg, ADMIN_USER))
 
 KINDS = ("temperature", "humidity", "dust")
 
@@ -55,9 +81,9 @@ def payload(metric: str, device: str, ts_ms: int, n: int) -> bytes:
                           "tags": {"type": k, "loc": device}} for k in KINDS])
 
 
-def spawn(module: str, args: list[str], log: Path) -> subprocess.Popen:
+def spawn(module: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -79,10 +105,11 @@ def scrape(port: int, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
-def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+def group_lag(admin: dict, group: str, topics: list[str]) -> int:
+    """Records of ``topics`` ``group`` has not committed; ``admin`` is the librdkafka settings (bootstrap, login)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**admin, "group.id": group, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(t, p) for t in topics for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
         total = 0
@@ -101,33 +128,30 @@ def loader_args(bootstrap: str, run: str, raw: str, es_url: str, tsdb_url: str, 
             "--es-index-prefix", f"bench{run}", "--metrics-port", str(port), *extra]
 
 
-def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
-    from confluent_kafka import Producer
+def bench_topics(run: str) -> list[str]:
+    """The run's sensor, host and dead-letter topics."""
+    return [f"bench.{run}.raw", f"bench.{run}.host", f"bench.{run}.dl"]
 
-    from include.kafka import ensure_topics, producer_config
-    from include.contract import timestamp_text as iso_utc
 
+def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: KafkaTarget | None = None,
+                     prepared=None) -> dict:
+    """``messages`` payloads put in the run's own topics, then loaded by a loader process: its readings/s.
+
+    ``target`` is the Kafka the loader reads (default: the stack's, as its
+    admin); the topics are filled by :func:`fill` before the clock starts, then
+    ``prepared(run, group)`` is called (e.g. to grant the loader's user its rights).
+    """
+    target = target or stack_target(cfg)
+    bootstrap = target.bootstrap
     run = uuid.uuid4().hex[:8]
-    bootstrap = cfg.kafka_bootstrap
     raw = f"bench.{run}.raw"
-    ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
-    producer = Producer(producer_config(bootstrap, client_id="bench"))
-    metric = f"bench.{run}.m"
-    ts0 = int(time.time() * 1000) - 3_600_000
-    received = iso_utc(round(time.time(), 3)).encode()
-    for i in range(messages):
-        device = f"dev{i % 20}"
-        while True:
-            try:
-                producer.produce(raw, key=device.encode(), value=payload(metric, device, ts0 + i, i),
-                                 headers=[("received_at", received)])
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(60) == 0
+    group = f"bench-{run}"
+    fill(target, run, messages)
+    if prepared is not None:
+        prepared(run, group)
     port = free_port()
     proc = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
-                                                  port, extra), tmp / f"loader-{run}.log")
+                                                  port, extra), tmp / f"loader-{run}.log", target.env)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -140,7 +164,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
                 raise RuntimeError(f"loader did not start; see {tmp}")
             time.sleep(0.02)
         t0 = time.monotonic()
-        while group_lag(bootstrap, f"bench-{run}", [raw]) > 0:
+        while group_lag(target.admin, group, [raw]) > 0:
             if time.monotonic() - t0 > 600:
                 raise RuntimeError("loader did not finish within 600 s")
             time.sleep(0.1)
@@ -161,6 +185,32 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str]) -> dict:
         "documents_loaded": loaded,
         "run": run,
     }
+
+
+def fill(target: KafkaTarget, run: str, messages: int) -> None:
+    """Make the run's topics and put ``messages`` seed payloads (three readings each) in its sensor topic."""
+    from confluent_kafka import Producer
+
+    from include.contract import timestamp_text as iso_utc
+    from include.kafka import ensure_topics, producer_config
+
+    bootstrap = target.admin["bootstrap.servers"]
+    raw = f"bench.{run}.raw"
+    ensure_topics(bootstrap, bench_topics(run), settings=target.admin_security())
+    producer = Producer(producer_config(bootstrap, client_id="bench", **target.admin_security()))
+    metric = f"bench.{run}.m"
+    ts0 = int(time.time() * 1000) - 3_600_000
+    received = iso_utc(round(time.time(), 3)).encode()
+    for i in range(messages):
+        device = f"dev{i % 20}"
+        while True:
+            try:
+                producer.produce(raw, key=device.encode(), value=payload(metric, device, ts0 + i, i),
+                                 headers=[("received_at", received)])
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
 
 
 def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
@@ -211,9 +261,10 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
     from include.contract import timestamp_text as iso_utc
 
     run = uuid.uuid4().hex[:8]
+    target = stack_target(cfg)
     bootstrap = cfg.kafka_bootstrap
     raw = f"bench.{run}.raw"
-    ensure_topics(bootstrap, [raw, f"bench.{run}.host", f"bench.{run}.dl"])
+    ensure_topics(bootstrap, bench_topics(run), settings=target.admin_security())
     prefix = f"bench{run}"
     metric = f"bench.{run}.lat"
     mqtt_port = cfg.ports["mosquitto"]
@@ -221,10 +272,10 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
         "--landing-url", (tmp / f"landing-{run}").as_uri(), "--state-dir", str(tmp / f"state-{run}"),
         "--mqtt-port", str(mqtt_port), "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"bench{run}/sensors/+",
         "--kafka-bootstrap", bootstrap, "--kafka-topic", raw, "--kafka-deadletter-topic", f"bench.{run}.dl",
-        "--metrics-port", "-1"], tmp / f"collector-{run}.log")
+        "--metrics-port", "-1"], tmp / f"collector-{run}.log", target.env)
     port = free_port()
     loader = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
-                                                    port, extra), tmp / f"loader-{run}.log")
+                                                    port, extra), tmp / f"loader-{run}.log", target.env)
     client = es.connect(cfg.url("elasticsearch"))
     published: dict[str, float] = {}
     seen: dict[str, float] = {}
