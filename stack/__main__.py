@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|demo``."""
+"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|kafka-user|demo``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("service")
     p.add_argument("-n", "--lines", type=int, default=50)
     sub.add_parser("env", help="print shell exports for Airflow (AIRFLOW_HOME, AIRFLOW_CONN_*)")
+    # Kafka's users (issue 15): the passwords live in runtime/kafka/users.json (0600).
+    p = sub.add_parser("kafka-user", help="list Kafka's users and their rights, or rotate one's password")
+    p.add_argument("action", choices=("list", "rotate"))
+    p.add_argument("user", nargs="?", help="the user to rotate (see `kafka-user list`)")
     p = sub.add_parser("demo", help="check the running platform: wait for scheduled minutes, print landed vs loaded")
     p.add_argument("--minutes", type=int, default=3, help="scheduled minutes to wait for (default 3)")
     args = parser.parse_args(argv)
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {svc.log_file}")
             print(tail(svc.log_file, args.lines))
             return 0
+        if args.cmd == "kafka-user":
+            return _kafka_user(config, args.action, args.user)
         if args.cmd == "demo":
             from stack import demo
 
@@ -95,6 +101,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _kafka_user(config: StackConfig, action: str, user: str | None) -> int:
+    from include.kafka import ADMIN_USER, ROLES
+    from stack.services.kafka import USED_BY, password_file, rotate_password
+
+    if action == "list":
+        print(f"{ADMIN_USER:<24} super user: the brokers and the stack's administration")
+        for name, grants in ROLES.items():
+            rights = "; ".join(f"{'/'.join(g.operations)} {g.resource} {g.name}" for g in grants)
+            print(f"{name:<24} {rights}\n{'':<24} password file {password_file(config, name)}; used by {USED_BY.get(name, '?')}")
+        return 0
+    if not user:
+        raise ValueError("kafka-user rotate needs the user's name (see `python -m stack kafka-user list`)")
+    try:
+        used_by = rotate_password(config, user)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    except RuntimeError as exc:
+        raise StackError("kafka", str(exc)) from None
+    print(f"{user}: new password set on the cluster and in {password_file(config, user)}")
+    if user == ADMIN_USER:
+        names = [s.name for s in api.services(config, ["kafka"])]
+        api.down(config, names)
+        api.ensure(config, names)
+        print("restarted " + ", ".join(names) + " with it")
+    else:
+        print(f"restart what logs in as {user} to use it: {used_by}")
+    return 0
 
 
 def _print_status(config: StackConfig, names) -> int:

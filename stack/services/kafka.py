@@ -100,6 +100,44 @@ def client_env(config: StackConfig, user: str) -> dict[str, str]:
     }
 
 
+#: Which programs log in as which user: they read the password at start, so they restart after a rotation.
+USED_BY = {
+    ADMIN_USER: "the Kafka nodes themselves (restarted here) and `python -m stack`",
+    "sluice-mqtt-collector": "mqtt-collector",
+    "sluice-host-collector": "host-collector",
+    "sluice-stream-loader": "stream-loader",
+    "sluice-lag": "Airflow (connection kafka_lag) and `python -m stack status`",
+    "sluice-airflow": "Airflow (connection kafka_default)",
+}
+
+
+def rotate_password(config: StackConfig, user: str) -> str:
+    """Give ``user`` a new generated password: on the running cluster first, then in users.json and its file.
+
+    The cluster is told with the admin's current login, so a rotation of the
+    admin itself works too (its nodes must then restart: their JAAS lines hold
+    the old one). Returns who uses the login and must restart. Raises KeyError
+    for an unknown user, RuntimeError when the cluster refuses.
+    """
+    import json
+
+    passwords = kafka_passwords(config)
+    if user not in passwords:
+        raise KeyError(f"no Kafka user {user!r} (users: {', '.join(passwords)})")
+    new = new_password()
+    from confluent_kafka.admin import AdminClient
+
+    if port_open(config.host, config.ports["kafka"]):
+        admin = AdminClient({**client_settings(config, ADMIN_USER), "log_level": 0})
+        upsert_users(admin, {user: new})
+    # Not running: the next start sets it (users at every start; the admin's own needs a running cluster).
+    elif user == ADMIN_USER:
+        raise RuntimeError("the admin's password is stored in the cluster: start Kafka (`python -m stack up kafka`) first")
+    write_private(users_file(config), json.dumps({**passwords, user: new}) + "\n", replace=True)
+    password_file(config, user)
+    return USED_BY.get(user, "its programs")
+
+
 def _jaas(module: str, user: str, password: str, **users: str) -> str:
     extra = "".join(f' user_{name}="{pw}"' for name, pw in users.items())
     return f'org.apache.kafka.common.security.{module} required username="{user}" password="{password}"{extra};'

@@ -192,3 +192,18 @@ def test_passwords_live_in_0600_files_and_never_on_a_command_line(kafka):
     text = "".join(p.read_text(errors="replace") for p in kafka.dir.glob("*") if p.is_file() and p != users_file(kafka.config))
     assert not [u for u, pw in passwords.items() if u != ADMIN_USER and pw in text]
     assert json.loads(users_file(kafka.config).read_text()) == passwords
+
+
+def test_rotating_a_users_password_refuses_the_old_one_at_once(kafka):
+    from stack.services.kafka import password_file, rotate_password
+
+    user = "sluice-host-collector"
+    old = settings(user=user)
+    assert "host-collector" in rotate_password(kafka.config, user)
+    new = settings(user=user)
+    assert new["sasl.password"] != old["sasl.password"]
+    assert password_file(kafka.config, user).read_text() == new["sasl.password"]
+    assert [e.name() for e in errors_of(old)][:1] == ["_AUTHENTICATION"]
+    assert HOST_METRICS in AdminClient({**new, "log_level": 0}).list_topics(timeout=10).topics
+    with pytest.raises(KeyError, match="no Kafka user 'nobody'"):
+        rotate_password(kafka.config, "nobody")
