@@ -147,7 +147,8 @@ class Kafka(Service):
     name = "kafka"
     node_id = 1
     port_names = ("kafka", "kafka_controller")
-    start_timeout = 90.0
+    # TLS and SCRAM add to a JVM start that takes a minute on a busy machine.
+    start_timeout = 180.0
     _starting = False
 
     @classmethod

@@ -241,7 +241,10 @@ def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mosquitto, 
     for batch in range(2):
         proc = spawn("collectors.mqtt", args, tmp_path / "collector.log")
         try:
-            time.sleep(1.5 if batch == 0 else 1.0)
+            # Subscribed before the first publish (its session does not exist yet): the collector
+            # first logs in to Kafka (TLS, SCRAM) to ensure its topics, which takes a moment.
+            wait_for(lambda b=batch: (tmp_path / "collector.log").read_text().count("subscribed to") > b, 30,
+                     "the collector subscribed")
             publish(mosquitto.port, f"t{run}/sensors", 30, start=batch * 30, ts0=ts0)
             wait_for(lambda: journalled_rows(tmp_path / "state") >= 90, 15, "readings journalled")
         finally:
