@@ -26,6 +26,16 @@ from collectors.stream.metrics import StreamMetrics
 from include.contract import INTERNAL, internal_reason
 
 log = logging.getLogger(__name__)
+
+#: librdkafka error names that mean Kafka refused the login or the rights (not an outage).
+_REFUSAL_NAMES = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "GROUP_AUTHORIZATION_FAILED",
+                  "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED")
+
+
+def _refusal_codes() -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    return frozenset(getattr(KafkaError, name) for name in _REFUSAL_NAMES)
 #: Name of the dead-letter topic in the outage tracker (it blocks commits like a sink).
 DEADLETTER_SINK = "deadletter-topic"
 
@@ -50,6 +60,8 @@ class StreamLoader:
         self.committed_batches = 0
         #: Why the loader stopped on its own (a fatal Kafka error such as a duplicate instance id), else None.
         self.fatal: str | None = None
+        #: What Kafka last refused this loader's login or rights for (None once records come again).
+        self.refused: str | None = None
         self.owned: set[Partition] = set()
         self._carry: list = []  # fetched while a batch waited for its sinks, in order
         self._gathering: list = []  # records of the batch being gathered
@@ -90,7 +102,8 @@ class StreamLoader:
         self._deadletters = DeadLetterWriter(self.producer, c.deadletter_topic, max_value_bytes=c.max_payload_bytes,
                                              timeout_s=c.sink_timeout)
         if self.consumer is None:
-            self.consumer = Consumer(consumer_config(c))
+            # error_cb: a refused login arrives there, not with the records (librdkafka logs the others).
+            self.consumer = Consumer({**consumer_config(c), "error_cb": self._client_error})
         self.consumer.subscribe(c.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("stream loader %s: group %s (%s) on %s -> %s (dead letters: %s)", c.instance_id, c.kafka_group,
                  c.kafka_assignor, ", ".join(c.topics), ", ".join(s.name for s in self.sinks), c.deadletter_topic)
@@ -139,10 +152,26 @@ class StreamLoader:
         log.info("revoked %s (%d uncommitted record(s) dropped; their new owner reads them again)",
                  ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing", dropped)
 
+    def _client_error(self, err) -> None:
+        """librdkafka's error_cb (called inside poll): only refusals matter here, outages it logs itself."""
+        if err.code() in _refusal_codes():
+            self._consumer_error(err)
+
     def _consumer_error(self, err) -> None:
         from confluent_kafka import KafkaError
 
         if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.code() in _refusal_codes():
+            # A wrong password, or a user without the rights on a topic or the group: say so on /healthz
+            # (the loader keeps trying; it heals when the login or the ACLs are fixed).
+            if self.refused is None:
+                self.metrics.health.add_check("kafka_login", lambda: self.refused)
+            refused = (f"Kafka refused user {self.config.kafka_username or '(none)'}: {err.str()}; "
+                       "check --kafka-username, the password file and the user's ACLs")
+            if refused != self.refused:  # librdkafka repeats it at every retry: log it once
+                log.error("%s", refused)
+            self.refused = refused
             return
         if err.fatal():
             # e.g. another loader runs with the same --kafka-instance-id: this one is fenced out for good.
@@ -159,6 +188,7 @@ class StreamLoader:
             else:
                 into.append(msg)
                 self.metrics.health.traffic()
+                self.refused = None
 
     # -- gathering -------------------------------------------------------------------------
     def _collect(self, stop: threading.Event) -> Batch:

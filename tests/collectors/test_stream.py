@@ -17,6 +17,7 @@ import orjson
 import pytest
 from collector_helpers import new_run_id, private_service, spawn, terminate, wait_for
 from confluent_kafka import Consumer
+from kafka_login import options as kafka_options
 from kafka_login import settings
 from stream_helpers import (
     Running, Topics, cli_args, config, counter, es_count, es_docs, expected_ids, host_record, lag, seed_payload,
@@ -242,6 +243,35 @@ def test_kill_9_mid_batch_and_restart_loads_every_reading_once(tmp_path, kafka, 
         assert len(cpu) == hosts
     finally:
         es.drop_prefix(es_client, cfg.es_index_prefix)
+
+
+def test_a_refused_kafka_login_or_right_is_named_on_healthz(kafka):
+    """A wrong password, or a user without rights on the group, keeps the loader up and says so."""
+    import threading
+
+    from collectors.stream import StreamLoader
+
+    run = new_run_id()
+    t = Topics(f"{kafka.config.host}:{kafka.port}", run)
+    for kw, needle in (({"kafka_password": "wrong"}, "invalid credentials"),
+                       # The lag check's user may not join a group: the broker refuses the group.
+                       ({"kafka_username": "sluice-lag", **{k: v for k, v in kafka_options(user="sluice-lag").items()
+                                                            if k != "kafka_username"}}, "authorization failed")):
+        cfg = config(run, t, sinks=("elasticsearch",), **kw)
+        loader = StreamLoader(cfg, sinks=[])
+        stop = threading.Event()
+        thread = threading.Thread(target=loader.run, args=(stop,))
+        thread.start()
+        try:
+            verdict = wait_for(lambda: (lambda v: v if not v.healthy else None)(loader.metrics.health.check()), 60,
+                               "an unhealthy verdict")
+            assert any("kafka_login: Kafka refused user" in r and needle in r for r in verdict.reasons), verdict.reasons
+            assert thread.is_alive() and loader.fatal is None  # it keeps trying
+        finally:
+            stop.set()
+            thread.join(60)
+        assert not thread.is_alive()
+        assert "wrong" not in repr(cfg)
 
 
 def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch):
