@@ -212,7 +212,7 @@ def ensure_topics(
     return created
 
 
-def _acl_bindings(roles: Mapping[str, Iterable[Grant]]) -> set:
+def _acl_bindings(roles: Mapping[str, Iterable[Grant]]) -> set[Any]:
     from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not in its __all__
         AclBinding,
         AclOperation,
@@ -245,7 +245,8 @@ def apply_acls(admin: Any, roles: Mapping[str, Iterable[Grant]] = ROLES, *, time
     )
 
     wanted = _acl_bindings(roles)
-    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+    # None matches any name, principal and host (the stubs say str).
+    everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,  # type: ignore[arg-type]
                                   AclOperation.ANY, AclPermissionType.ANY)
     have = set(admin.describe_acls(everything, request_timeout=timeout_s).result(timeout=timeout_s))
     ours = {f"User:{u}" for u in roles}

@@ -263,8 +263,11 @@ def test_a_refused_kafka_login_or_right_is_named_on_healthz(kafka):
         thread = threading.Thread(target=loader.run, args=(stop,))
         thread.start()
         try:
-            verdict = wait_for(lambda: (lambda v: v if not v.healthy else None)(loader.metrics.health.check()), 60,
-                               "an unhealthy verdict")
+            def unhealthy(health=loader.metrics.health):
+                verdict = health.check()
+                return None if verdict.healthy else verdict
+
+            verdict = wait_for(unhealthy, 60, "an unhealthy verdict")
             assert any("kafka_login: Kafka refused user" in r and needle in r for r in verdict.reasons), verdict.reasons
             assert thread.is_alive() and loader.fatal is None  # it keeps trying
         finally:
