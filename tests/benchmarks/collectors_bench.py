@@ -59,6 +59,13 @@ MINIMAL_LOOP = textwrap.dedent("""
 """)
 
 
+
+def kafka_env(cfg) -> dict[str, str]:
+    """``SLUICE_KAFKA_*`` of a collector logging in as the stack's admin (its topics are the benchmark's own)."""
+    from stack.services.kafka import ADMIN_USER, client_env
+
+    return client_env(cfg, ADMIN_USER)
+
 def peak_rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
@@ -212,7 +219,8 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
            "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
            "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
            "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
-    collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+    collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT,
+                                 env={**os.environ, **kafka_env(cfg)})
     spy = None
     if profile is not None:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
@@ -277,7 +285,7 @@ def bench_mqtt(seconds: float, devices: int, rate: float, publishers: int) -> di
          "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"b{run}/sensors/+",
          "--kafka-bootstrap", f"127.0.0.1:{cfg.ports['kafka']}", "--kafka-topic", f"bench.{run}.raw",
          "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
-        cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **kafka_env(cfg)})
     time.sleep(4)
     sims = [subprocess.Popen(
         [sys.executable, "-m", "collectors.simulate_sensors", "--mqtt-port", str(cfg.ports["mosquitto"]),
@@ -305,7 +313,10 @@ def bench_mqtt(seconds: float, devices: int, rate: float, publishers: int) -> di
     rows = sum(max(0, sum(1 for _ in p.open()) - 1) for p in (tmp / "landing").rglob("*.csv"))
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{cfg.ports['kafka']}", "group.id": f"bench-{run}"})
+    from stack.services.kafka import client_settings
+
+    consumer = Consumer({**client_settings(cfg), "bootstrap.servers": f"127.0.0.1:{cfg.ports['kafka']}",
+                         "group.id": f"bench-{run}"})
     in_kafka = 0
     for p in range(3):
         lo, hi = consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)

@@ -62,12 +62,16 @@ def bench_host(seconds: float, *, kafka: bool = True, s3: bool = True, warmup: f
                       "--state-dir", str(tmp / f"state-{len(runs)}"), "--metrics-port", "0", *extra]
 
     sampler("collectors.host file://", (tmp / "landing").as_uri())
+    kafka_login: dict[str, str] = {}
     if kafka or s3:
         from stack.config import LANDING_BUCKET, StackConfig
 
         cfg = StackConfig.from_env()
     if kafka:
+        from stack.services.kafka import ADMIN_USER, client_env
+
         sampler("collectors.host file:// + Kafka", (tmp / "landing-k").as_uri(), "--kafka-bootstrap", cfg.kafka_bootstrap)
+        kafka_login = client_env(cfg, ADMIN_USER)  # SASL_SSL as the admin; the password by file
     if s3:
         from stack.services.minio import MinIO
 
@@ -79,7 +83,8 @@ def bench_host(seconds: float, *, kafka: bool = True, s3: bool = True, warmup: f
                 "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
                 "--s3-secret-key-file", str(tmp / "sk"))
     log = (tmp / "log").open("ab")
-    procs = {name: subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    procs = {name: subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_login}, stdout=log,
+                                    stderr=subprocess.STDOUT)
              for name, cmd in runs.items()}
     try:
         figures = measure(procs, seconds, warmup=warmup)

@@ -71,13 +71,17 @@ def main() -> None:
     es = es_mod.connect(config.url("elasticsearch"), request_timeout=60)
     prefix = f"sluicebench-{run}"
     topic = f"sluice.bench.reconcile.{run}"
+    from stack.services.kafka import client_settings
+
     bootstrap = config.kafka_bootstrap
-    ensure_topics(bootstrap, [topic])
+    login = client_settings(config)  # SASL_SSL as the stack's admin (bootstrap included)
+    security = {k: v for k, v in login.items() if k != "bootstrap.servers"}
+    ensure_topics(bootstrap, [topic], settings=security)
     tsdb = OpenTSDBClient(config.url("opentsdb"))
     minute = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=10)
     try:
         print(f"making minute {minute:%H:%M}: {args.devices} sensor devices, {args.hosts} hosts ...", flush=True)
-        producer = Producer(producer_config(bootstrap))
+        producer = Producer(producer_config(bootstrap, **security))
         lines, rows = [], {}
         for d in range(args.devices):
             device = f"bench-{run}-{d}"
@@ -110,7 +114,7 @@ def main() -> None:
         es.indices.refresh(index=f"{prefix}-*")
 
         def consumer():
-            return Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{run}", "enable.auto.commit": False,
+            return Consumer({**login, "group.id": f"bench-{run}", "enable.auto.commit": False,
                              "log_level": 3})
 
         def reconcile_once():
@@ -130,7 +134,7 @@ def main() -> None:
             landing.delete(info.key)
         es_mod.drop_prefix(es, prefix)
         es_mod.delete_indices(es, f"{prefix}-*")
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic])
+        AdminClient(login).delete_topics([topic])
         tsdb.close()
         es.close()
 

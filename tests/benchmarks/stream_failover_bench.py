@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_bench import free_port, loader_args, payload, scrape, spawn, stop  # noqa: E402
+from stream_bench import free_port, loader_args, payload, scrape, spawn, stack_target, stop  # noqa: E402
 
 
 def offsets(consumer, parts) -> dict:
@@ -78,8 +78,9 @@ def main() -> int:
     run = uuid.uuid4().hex[:8]
     bootstrap = cfg.kafka_bootstrap
     raw, host = f"bench.{run}.raw", f"bench.{run}.host"
-    ensure_topics(bootstrap, [raw, host, f"bench.{run}.dl"], partitions=6)
-    producer = Producer(producer_config(bootstrap, client_id="bench-failover"))
+    target = stack_target(cfg)  # SASL_SSL as the stack's admin
+    ensure_topics(bootstrap, [raw, host, f"bench.{run}.dl"], partitions=6, settings=target.admin_security())
+    producer = Producer(producer_config(bootstrap, client_id="bench-failover", **target.admin_security()))
     metric = f"bench.{run}.m"
     ts0 = int(time.time() * 1000) - 3_600_000
     ports = [free_port() for _ in range(4)]
@@ -87,7 +88,7 @@ def main() -> int:
     def loader(i: int):
         return spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
                                                       ports[i], ["--batch-messages", "200", *args.loader_arg]),
-                     tmp / f"loader{i}.log")
+                     tmp / f"loader{i}.log", target.env)
 
     print(f"starting 3 loaders (logs in {tmp})", flush=True)
     procs = [loader(i) for i in range(3)]
@@ -97,7 +98,7 @@ def main() -> int:
             and sum(scrape(p, "sluice_stream_partitions_assigned") for p in ports[:3]) == 12):
         time.sleep(0.2)
     print("group settled: 3 loaders own 12 partitions", flush=True)
-    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{run}", "enable.auto.commit": False})
+    watcher = Consumer({**target.admin, "group.id": f"bench-{run}", "enable.auto.commit": False})
     parts = [TopicPartition(raw, p) for p in range(6)]
     samples: list = []
     done = threading.Event()
