@@ -16,7 +16,10 @@ payloads (three readings each) put in topics of the measurement's own, then a
 consumed record to its group's lag at zero. The modes alternate for
 ``--rounds`` rounds (PLAINTEXT first in odd rounds, SASL_SSL first in even
 ones) so warm-up and drift fall on both; the medians are printed side by side
-with their ratio. Asserts nothing.
+with their ratio. The sinks take most of a loader's time, so a second figure
+isolates Kafka: the loader's own consumer settings (``collectors.stream.clients.consumer_config``)
+reading every record of the run's topics back, no sinks, records/s over each
+listener, alternating the same way. Asserts nothing.
 
 Needs the stack's Elasticsearch and OpenTSDB (``python -m stack up elasticsearch opentsdb``), or
 only the sinks named by ``--sinks``.
@@ -82,6 +85,30 @@ def grant(admin_settings: dict, principal: str, run: str, group: str) -> None:
         future.result(15)
 
 
+def consume_rate(bootstrap: str, env: dict, topic: str, count: int) -> float:
+    """Records/s of the loader's consumer (its settings, login from ``env``) reading ``count`` records of ``topic``."""
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from collectors.stream.clients import consumer_config
+    from collectors.stream.config import StreamConfig
+
+    config = StreamConfig.from_args(["--kafka-bootstrap", bootstrap, "--kafka-instance-id", "bench"], env)
+    consumer = Consumer(consumer_config(config))
+    try:
+        parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        got, t0 = 0, time.monotonic()
+        while got < count:
+            got += sum(1 for m in consumer.consume(min(1000, count - got), timeout=1.0) if not m.error())
+            if time.monotonic() - t0 > 300:
+                raise RuntimeError(f"only {got} of {count} records of {topic} in 300 s")
+        return got / (time.monotonic() - t0)
+    finally:
+        consumer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20000, help="payloads per measurement (3 readings each)")
@@ -130,6 +157,17 @@ def main() -> int:
                     prepared=lambda run, group, m=mode: grant(admin, principals[m], run, group))
                 results[mode].append(got)
                 print(json.dumps({mode: got}), flush=True)
+        # Kafka alone: every measurement's records read back over each listener, alternating.
+        consumed: dict[str, list[float]] = {PLAINTEXT: [], SASL_SSL: []}
+        runs = [r["run"] for mode in (PLAINTEXT, SASL_SSL) for r in results[mode]]
+        for i, run in enumerate(runs):
+            for mode in ((PLAINTEXT, SASL_SSL) if i % 2 == 0 else (SASL_SSL, PLAINTEXT)):
+                target = targets[mode]
+                grant(admin, principals[mode], run, "bench")  # assign only; the group id needs a right all the same
+                rate = consume_rate(target.bootstrap, {**target.env, "SLUICE_KAFKA_GROUP": "bench"},
+                                    f"bench.{run}.raw", args.messages)
+                consumed[mode].append(rate)
+                print(json.dumps({"consume_only": mode, "run": run, "records_per_s": round(rate)}), flush=True)
     finally:
         broker.stop()
     plain = statistics.median(r["readings_per_s_into_both_sinks"] for r in results[PLAINTEXT])
@@ -140,8 +178,16 @@ def main() -> int:
     print(f"  {'PLAINTEXT (no TLS, no login)':<44}{plain:>10,.0f} readings/s")
     print(f"  {'SASL_SSL (TLS 1.3, SCRAM-SHA-512, ACLs)':<44}{secure:>10,.0f} readings/s")
     print(f"  {'ratio SASL_SSL / PLAINTEXT':<44}{secure / plain:>10.3f}  ({(1 - secure / plain) * 100:+.1f} % cost)")
+    c_plain, c_secure = statistics.median(consumed[PLAINTEXT]), statistics.median(consumed[SASL_SSL])
+    print(f"Kafka alone: the loader's consumer reading {args.messages} records back, no sinks, median of "
+          f"{len(consumed[PLAINTEXT])}:")
+    print(f"  {'PLAINTEXT':<44}{c_plain:>10,.0f} records/s")
+    print(f"  {'SASL_SSL':<44}{c_secure:>10,.0f} records/s")
+    print(f"  {'ratio SASL_SSL / PLAINTEXT':<44}{c_secure / c_plain:>10.3f}  ({(1 - c_secure / c_plain) * 100:+.1f} % cost)")
     print(json.dumps({"plaintext": results[PLAINTEXT], "sasl_ssl": results[SASL_SSL], "median_plaintext": plain,
-                      "median_sasl_ssl": secure, "ratio": round(secure / plain, 3), "logs": str(tmp)}, indent=2))
+                      "median_sasl_ssl": secure, "ratio": round(secure / plain, 3),
+                      "consume_only_records_per_s": consumed, "consume_only_ratio": round(c_secure / c_plain, 3),
+                      "logs": str(tmp)}, indent=2))
     return 0
 
 
