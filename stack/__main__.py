@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="check the running platform: wait for scheduled minutes, print landed vs loaded")
     p.add_argument("--minutes", type=int, default=3, help="scheduled minutes to wait for (default 3)")
     # docker-compose.yaml's secrets (stack/compose.py): not the local stack, which makes its own under runtime/.
-    sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
+    p = sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
+    p.add_argument("--dir", help="default: ./secrets of the repository (what docker-compose.yaml reads)")
     args = parser.parse_args(argv)
     if args.cmd == "compose-secrets":
         from stack import compose
 
-        return compose.main(["secrets"])
+        return compose.main(["secrets", *(["--dir", args.dir] if args.dir else [])])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     try:
