@@ -52,11 +52,15 @@ def _fernet_key() -> str:
 
 
 def _fernet_problem(value: str) -> str | None:
-    try:
-        ok = len(base64.urlsafe_b64decode(value.encode())) == 32
-    except (binascii.Error, ValueError):
-        ok = False
-    return None if ok else "is not a Fernet key (32 bytes, URL-safe base64)"
+    """None for a Fernet key, or for ``new,old`` keys while ``airflow rotate-fernet-key`` runs."""
+    for key in value.split(","):
+        try:
+            ok = len(base64.urlsafe_b64decode(key.strip().encode())) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            return "is not a Fernet key (32 bytes, URL-safe base64; during a rotation: new,old)"
+    return None
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,16 @@ def test_the_check_refuses_each_bad_secret_naming_it_and_the_fix(tmp_path, name,
         assert value not in result.stderr + result.stdout, "the check must not print the value"
 
 
+def test_the_check_takes_two_fernet_keys_while_they_are_rotated(tmp_path):
+    generate(tmp_path)
+    path = tmp_path / "airflow_fernet_key"
+    path.chmod(0o600)
+    path.write_text(base64.urlsafe_b64encode(b"n" * 32).decode() + "," + base64.urlsafe_b64encode(b"o" * 32).decode())
+    assert problems(tmp_path, GOOD_ENV) == []
+    path.write_text(base64.urlsafe_b64encode(b"n" * 32).decode() + ",not-a-key")
+    assert "not a Fernet key" in problems(tmp_path, GOOD_ENV)[0]
+
+
 def test_the_check_names_every_missing_secret_at_once(tmp_path):
     generate(tmp_path)
     for name in ("postgres_password", "grafana_admin_password"):
