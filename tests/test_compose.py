@@ -245,7 +245,10 @@ def celery_config(tmp_path_factory) -> dict:
 
 def test_the_compose_secrets_are_the_generators_files(config):
     declared = config["secrets"]
-    assert set(declared) == {s.name for s in SECRETS}
+    known = {s.name for s in SECRETS}
+    assert not set(declared) - known, (f"{sorted(set(declared) - known)}: add each to stack/compose.py SECRETS "
+                                       "(the generator makes it and secrets-check checks it)")
+    assert not known - set(declared), f"{sorted(known - set(declared))}: declare it under the file's secrets:"
     for name, spec in declared.items():
         assert Path(spec["file"]) == REPO / "secrets" / name, name
     ignored = subprocess.run(["git", "check-ignore", "-q", "secrets/postgres_password"], cwd=REPO, timeout=30)

@@ -25,6 +25,7 @@ PARTNERS = {
     "s3_secret_key": {"SLUICE_S3_ACCESS_KEY": "AKIDPLAIN"},
     "elasticsearch_password": {"SLUICE_ELASTICSEARCH_USERNAME": "loader"},
     "opentsdb_password": {"SLUICE_OPENTSDB_USERNAME": "loader"},
+    "kafka_password": {"SLUICE_KAFKA_USERNAME": "loader"},
 }
 
 
