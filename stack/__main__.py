@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|kafka-user|demo``."""
+"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|kafka-user|demo|compose-secrets``."""
 
 from __future__ import annotations
 
@@ -38,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("user", nargs="?", help="the user to rotate (see `kafka-user list`)")
     p = sub.add_parser("demo", help="check the running platform: wait for scheduled minutes, print landed vs loaded")
     p.add_argument("--minutes", type=int, default=3, help="scheduled minutes to wait for (default 3)")
+    # docker-compose.yaml's secrets (stack/compose.py): not the local stack, which makes its own under runtime/.
+    p = sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
+    p.add_argument("--dir", help="default: ./secrets of the repository (what docker-compose.yaml reads)")
     args = parser.parse_args(argv)
+    if args.cmd == "compose-secrets":
+        from stack import compose
+
+        return compose.main(["secrets", *(["--dir", args.dir] if args.dir else [])])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     try:
