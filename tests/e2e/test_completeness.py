@@ -12,12 +12,18 @@ their manifests and heartbeats, the simulator publishes. On top of that:
    device of the previous minute: 65-67 s after the minute instead of 10-15 s).
    The evidence is what the sensor decided (its XCom ``readiness``), never a
    wall-clock bound; the seconds after the minute's close are printed.
-2. The host collector is stopped mid-minute X (SIGTERM under its supervisor:
+2. The host collector is stopped 20 s into X = M+2 (SIGTERM under its supervisor:
    it lands its partial minute and that minute's manifest, and heartbeats no
    more). ``sluice_reconcile``'s ``check_collectors`` opens an incident naming
    the writer, and the host run of X goes on at the grace (no live writer says
    the minute is whole) naming the writer as stopped, loading exactly the rows
    it did land. The collector is started again at the end.
+
+Room first: the running platform does not catch up, so a scheduler with four
+runs in flight when a minute ends skips that minute (always, on a loaded
+machine). The test pauses the minute DAGs until their runs in flight finish
+and the scheduled DAGs it does not need for its duration, and fails saying so
+if the scheduler still skipped one of its minutes.
 
 The grace is the platform's ``SLUICE_GRACE_SECONDS`` (default 45 s, read by
 the minute DAGs from the scheduler's environment); the test reads the grace
@@ -123,22 +129,29 @@ def quiet(platform):
         platform.unpause(dag)
 
 
-def _caught_up(client, timeout: float = 1200) -> None:
-    """Until each minute DAG has at most two runs in flight.
+def _room_for_minutes(client, timeout: float = 1500) -> None:
+    """Pause the minute DAGs until no run of theirs is in flight, then unpause them.
 
     With ``SLUICE_CATCHUP=false`` (the running platform) a scheduler that has
     ``max_active_runs`` (4) runs in flight when a minute ends skips that
-    minute: a test that waits for two given minutes needs room for them first.
+    minute, and on a loaded machine it always has: the minutes this test waits
+    for need room. (Minutes not run meanwhile are the late-file sweep's.)
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        active = {dag: sum(len(client.dag_runs(dag, state=state, limit=20)) for state in ("queued", "running"))
-                  for dag in MINUTE_DAGS}
-        if all(n <= 2 for n in active.values()):
-            return
-        assert time.monotonic() < deadline, f"the minute DAGs did not catch up within {timeout:.0f} s: {active} runs in flight"
-        print(f"  waiting for the minute DAGs to catch up: {active} runs in flight")
-        time.sleep(15)
+    for dag in MINUTE_DAGS:
+        client.pause(dag)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            active = {dag: sum(len(client.dag_runs(dag, state=state, limit=20)) for state in ("queued", "running"))
+                      for dag in MINUTE_DAGS}
+            if not any(active.values()):
+                return
+            assert time.monotonic() < deadline, f"minute DAG runs still in flight after {timeout:.0f} s: {active}"
+            print(f"  the minute DAGs are paused until their runs in flight finish: {active}")
+            time.sleep(15)
+    finally:
+        for dag in MINUTE_DAGS:
+            client.unpause(dag)
 
 
 def _finished(client, minutes: list[datetime], timeout: float) -> dict:
@@ -184,52 +197,30 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
     platform, quiet, stack_config, landing
 ):
     client = platform
-    _caught_up(client)
     host_writer, sensor_writer = default_host(), MqttCollector.client_id
     _wait_live(landing, HOST, host_writer)
     _wait_live(landing, SENSOR, sensor_writer)
+    _room_for_minutes(client)
 
-    # --- 1. A device that publishes in minute M only -------------------------------------------
+    # Minute M: a device of its own publishes once. M+1: it is silent. X = M+2: the host
+    # collector stops 20 s into it (its last beat is then >= 40 s old when X ends, and 3
+    # missed 10 s beats make a writer stopped). At most M-1, M, M+1 and X are in flight, so
+    # the scheduler (4 runs at most) skips none of them.
     prefix = f"intermittent-{uuid.uuid4().hex[:6]}"
     device = f"{prefix}-0000"  # the simulator names its devices <prefix>-<n:04d>
     minute = _minute_after(datetime.now(timezone.utc), at_least=5)
-    following = minute + timedelta(minutes=1)
+    following, stopped_minute = minute + timedelta(minutes=1), minute + timedelta(minutes=2)
     _sleep_until(minute + timedelta(seconds=15))
     _publish_once(stack_config, prefix)
     print(f"\n{device} published once in {minute:%H:%M}")
-    runs = _finished(client, [minute, following], timeout=(following - datetime.now(timezone.utc)).total_seconds() + 1200)
 
-    # The premise: the device is in M's manifest and landed file, and absent from M+1.
-    manifests = {m.writer: m for m in read_manifests(landing, SENSOR, minute)[0]}
-    assert manifests[sensor_writer].rows.get(device) == 3, manifests[sensor_writer].rows
-    nxt = {m.writer: m for m in read_manifests(landing, SENSOR, following)[0]}
-    assert sensor_writer in nxt and device not in nxt[sensor_writer].rows, nxt
-
-    for dag, m in sorted(runs, key=lambda k: (k[1], k[0])):
-        run = runs[(dag, m)]
-        assert run["run_type"] == "scheduled" and run["state"] == "success", (dag, m, run)
-        note = "the minute the device published" if m == minute else "the minute after the intermittent device"
-        readiness = _report(client, run, m, note)
-        # Both runs went on because every live collector's manifest was there, not at the grace.
-        assert readiness["reason"] == READY_MANIFESTS, (dag, m, readiness)
-        writer = sensor_writer if dag == SENSOR_DAG else host_writer
-        assert writer in readiness["live"] and readiness["missing"] == [], (dag, m, readiness)
-        source = SENSOR if dag == SENSOR_DAG else HOST
-        loaded, landed = _loaded_and_landed(landing, source, m)
-        assert loaded == landed > 0, f"{dag} {m:%H:%M}: loaded {loaded} of {landed} landed rows"
-
-    # --- 2. A collector that stops heartbeating --------------------------------------------------
     host = HostCollector(stack_config)
-    _caught_up(client)
-    client.unpause("sluice_reconcile")  # its check_collectors is what reports the stopped collector
-    # Stopped 20 s into minute X (the first X whose second 20 is 5 s away or more): its last beat
-    # is >= 40 s old when X ends, and 3 missed 10 s beats make a writer stopped.
-    stopped_minute = _minute_after(datetime.now(timezone.utc), at_least=5 - 20)
     _sleep_until(stopped_minute + timedelta(seconds=20))
     stopped_at = datetime.now(timezone.utc)
     try:
         assert host.stop(), "the host collector was not running"
         print(f"host collector {host_writer} stopped at {stopped_at:%H:%M:%S} (minute {stopped_minute:%H:%M})")
+        client.unpause("sluice_reconcile")  # its check_collectors is what reports a stopped collector
         # It landed its partial minute and that minute's manifest before it exited.
         partial = {m.writer: m for m in read_manifests(landing, HOST, stopped_minute)[0]}
         assert host_writer in partial and 0 < partial[host_writer].total_rows, partial
@@ -237,7 +228,7 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
         # Reported: the reconcile DAG's check_collectors opens one incident for the writer.
         book = IncidentBook(landing, HEARTBEAT_BOOK)
         key = f"heartbeat:{HOST}:{host_writer}"
-        deadline = time.monotonic() + 900  # the reconcile DAG runs every minute; a loaded machine delays it
+        deadline = time.monotonic() + 1200  # the reconcile DAG runs every minute; a loaded machine delays it
         while True:
             incident = book.load()[0].get(key)
             if incident is not None and demo.parse_time(incident.opened_at) >= stopped_at.replace(microsecond=0):
@@ -247,22 +238,45 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
         print(f"reported at {incident.opened_at}: {incident.title}: {incident.text}")
         assert incident.hop == "collector" and incident.source == HOST
 
-        # Loaded after the grace, with the rows it did land.
-        runs = _finished(client, [stopped_minute], timeout=1200)
-        host_run, sensor_run = runs[(HOST_DAG, stopped_minute)], runs[(SENSOR_DAG, stopped_minute)]
-        assert host_run["state"] == "success", host_run
-        readiness = _report(client, host_run, stopped_minute, "its collector stopped 20 s into it")
-        assert readiness["reason"] == READY_GRACE, readiness
-        assert (readiness["live"], readiness["missing"]) == ([], []), readiness
-        assert host_writer in readiness["stopped"], readiness
-        loaded, landed = _loaded_and_landed(landing, HOST, stopped_minute)
-        assert loaded == landed == partial[host_writer].total_rows, (loaded, landed, partial[host_writer].rows)
-        print(f"{HOST_DAG} {stopped_minute:%H:%M} loaded the {loaded} rows the stopped collector landed")
-        # The other source's collector still beats: its run of the same minute went on on the manifests.
-        assert sensor_run["state"] == "success", sensor_run
-        other = _report(client, sensor_run, stopped_minute, "a normal minute of a collector that kept beating")
-        assert other["reason"] == READY_MANIFESTS, other
+        # The host collector stays stopped until the runs of X decided (a new heartbeat would make
+        # it a writer started after X, no longer named).
+        runs = _finished(client, [minute, following, stopped_minute], timeout=1800)
     finally:
         # The rest of the session has its host collector again (a new heartbeat clears the incident).
         api.ensure(stack_config, [host.name])
+
+    # --- 1. The device that published in minute M only held back nothing -------------------------
+    # The premise: the device is in M's manifest, and absent from M+1's.
+    manifests = {m.writer: m for m in read_manifests(landing, SENSOR, minute)[0]}
+    assert manifests[sensor_writer].rows.get(device) == 3, manifests[sensor_writer].rows
+    nxt = {m.writer: m for m in read_manifests(landing, SENSOR, following)[0]}
+    assert sensor_writer in nxt and device not in nxt[sensor_writer].rows, nxt
+    for m in (minute, following):
+        for dag in (SENSOR_DAG, HOST_DAG):
+            run = runs[(dag, m)]
+            assert run["run_type"] == "scheduled" and run["state"] == "success", (dag, m, run)
+            note = "the minute the device published" if m == minute else "the minute after the intermittent device"
+            readiness = _report(client, run, m, note)
+            # Both runs went on because every live collector's manifest was there, not at the grace.
+            assert readiness["reason"] == READY_MANIFESTS, (dag, m, readiness)
+            writer = sensor_writer if dag == SENSOR_DAG else host_writer
+            assert writer in readiness["live"] and readiness["missing"] == [], (dag, m, readiness)
+            source = SENSOR if dag == SENSOR_DAG else HOST
+            loaded, landed = _loaded_and_landed(landing, source, m)
+            assert loaded == landed > 0, f"{dag} {m:%H:%M}: loaded {loaded} of {landed} landed rows"
+
+    # --- 2. The stopped collector's minute went on after the grace, with the rows it landed -------
+    host_run, sensor_run = runs[(HOST_DAG, stopped_minute)], runs[(SENSOR_DAG, stopped_minute)]
+    assert host_run["state"] == "success", host_run
+    readiness = _report(client, host_run, stopped_minute, "its collector stopped 20 s into it")
+    assert readiness["reason"] == READY_GRACE, readiness
+    assert (readiness["live"], readiness["missing"]) == ([], []), readiness
+    assert host_writer in readiness["stopped"], readiness
+    loaded, landed = _loaded_and_landed(landing, HOST, stopped_minute)
+    assert loaded == landed == partial[host_writer].total_rows, (loaded, landed, partial[host_writer].rows)
+    print(f"{HOST_DAG} {stopped_minute:%H:%M} loaded the {loaded} rows the stopped collector landed")
+    # The sensor collector kept beating: its run of the same minute went on on its manifest.
+    assert sensor_run["state"] == "success", sensor_run
+    other = _report(client, sensor_run, stopped_minute, "the same minute, its collector beating")
+    assert other["reason"] == READY_MANIFESTS, other
     _wait_live(landing, HOST, host_writer)
