@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -129,50 +130,24 @@ def quiet(platform):
         platform.unpause(dag)
 
 
-def _room_for_minutes(client, timeout: float = 1500) -> None:
-    """Pause the minute DAGs until no run of theirs is in flight, then unpause them.
+def _first_run_after(client, dag: str, after: datetime, timeout: float) -> tuple[datetime, dict]:
+    """(minute, run): the earliest scheduled run of ``dag`` over a minute later than ``after``, once finished.
 
-    With ``SLUICE_CATCHUP=false`` (the running platform) a scheduler that has
-    ``max_active_runs`` (4) runs in flight when a minute ends skips that
-    minute, and on a loaded machine it always has: the minutes this test waits
-    for need room. (Minutes not run meanwhile are the late-file sweep's.)
-    """
-    for dag in MINUTE_DAGS:
-        client.pause(dag)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            active = {dag: sum(len(client.dag_runs(dag, state=state, limit=20)) for state in ("queued", "running"))
-                      for dag in MINUTE_DAGS}
-            if not any(active.values()):
-                return
-            assert time.monotonic() < deadline, f"minute DAG runs still in flight after {timeout:.0f} s: {active}"
-            print(f"  the minute DAGs are paused until their runs in flight finish: {active}")
-            time.sleep(15)
-    finally:
-        for dag in MINUTE_DAGS:
-            client.unpause(dag)
-
-
-def _finished(client, minutes: list[datetime], timeout: float) -> dict:
-    """(dag_id, minute) -> the scheduled run, once every minute DAG's run of ``minutes`` finished.
-
-    Fails at once, saying so, when the scheduler skipped one of the minutes (a
-    later scheduled run exists and this one does not): the machine was too
-    loaded for the platform to keep up.
+    The earliest the scheduler made, not a given minute: the running platform
+    does not catch up, so a scheduler with four runs in flight when a minute
+    ends skips that minute (on a loaded machine, often).
     """
     deadline = time.monotonic() + timeout
     while True:
-        runs = {(dag, m): r for dag in MINUTE_DAGS for m, r in demo.minute_runs(client, dag, minutes).items()}
-        if len(runs) == len(MINUTE_DAGS) * len(minutes) and all(r["state"] in demo.FINISHED for r in runs.values()):
-            return runs
-        for dag in MINUTE_DAGS:
-            newest = client.dag_runs(dag, run_type="scheduled", limit=1)
-            latest = demo.parse_time(newest[0]["data_interval_start"]) if newest else None
-            skipped = [m for m in minutes if (dag, m) not in runs and latest is not None and latest > m]
-            assert not skipped, (f"the scheduler skipped {dag} {', '.join(f'{m:%H:%M}' for m in skipped)} "
-                                 f"(catchup off, runs in flight): the platform could not keep up on this machine")
-        assert time.monotonic() < deadline, f"runs of {[f'{m:%H:%M}' for m in minutes]} not finished: {runs}"
+        runs = sorted(
+            ((demo.parse_time(r["data_interval_start"]), r)
+             for r in client.dag_runs(dag, since=after - timedelta(minutes=2), run_type="scheduled", limit=200)
+             if demo.parse_time(r["data_interval_start"]) > after),
+            key=lambda pair: pair[0],
+        )
+        if runs and runs[0][1]["state"] in demo.FINISHED:
+            return runs[0]
+        assert time.monotonic() < deadline, f"no finished scheduled run of {dag} after {after:%H:%M} in {timeout:.0f} s"
         time.sleep(5)
 
 
@@ -193,6 +168,24 @@ def _wait_live(landing, source: str, writer: str, timeout: float = 180) -> None:
         time.sleep(2)
 
 
+def _intermittent_devices(stack_config, prefix: str, first: datetime, stop: threading.Event,
+                          published: dict[datetime, str]) -> None:
+    """From minute ``first`` on, each minute a new device publishes once (15 s in), until ``stop``.
+
+    So every minute after ``first`` follows a minute with a device that published
+    in it only, whichever minutes the scheduler runs.
+    """
+    at = first
+    while not stop.is_set():
+        _sleep_until(at + timedelta(seconds=15))
+        if stop.is_set():
+            return
+        device_prefix = f"{prefix}-{at:%H%M}"
+        _publish_once(stack_config, device_prefix)
+        published[at] = f"{device_prefix}-0000"  # the simulator names its devices <prefix>-<n:04d>
+        at += timedelta(minutes=1)
+
+
 def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_reported_and_loaded_after_the_grace(
     platform, quiet, stack_config, landing
 ):
@@ -200,21 +193,42 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
     host_writer, sensor_writer = default_host(), MqttCollector.client_id
     _wait_live(landing, HOST, host_writer)
     _wait_live(landing, SENSOR, sensor_writer)
-    _room_for_minutes(client)
 
-    # Minute M: a device of its own publishes once. M+1: it is silent. X = M+2: the host
-    # collector stops 20 s into it (its last beat is then >= 40 s old when X ends, and 3
-    # missed 10 s beats make a writer stopped). At most M-1, M, M+1 and X are in flight, so
-    # the scheduler (4 runs at most) skips none of them.
-    prefix = f"intermittent-{uuid.uuid4().hex[:6]}"
-    device = f"{prefix}-0000"  # the simulator names its devices <prefix>-<n:04d>
-    minute = _minute_after(datetime.now(timezone.utc), at_least=5)
-    following, stopped_minute = minute + timedelta(minutes=1), minute + timedelta(minutes=2)
-    _sleep_until(minute + timedelta(seconds=15))
-    _publish_once(stack_config, prefix)
-    print(f"\n{device} published once in {minute:%H:%M}")
+    # --- 1. A device that publishes in one minute only holds back nothing ------------------------
+    first = _minute_after(datetime.now(timezone.utc), at_least=5)
+    published: dict[datetime, str] = {}
+    stop = threading.Event()
+    publisher = threading.Thread(target=_intermittent_devices, daemon=True,
+                                 args=(stack_config, f"intermittent-{uuid.uuid4().hex[:6]}", first, stop, published))
+    publisher.start()
+    try:
+        nexts = {dag: _first_run_after(client, dag, first, timeout=1800) for dag in (SENSOR_DAG, HOST_DAG)}
+    finally:
+        stop.set()
+    publisher.join(150)
+    for dag, (minute, run) in nexts.items():
+        before = minute - timedelta(minutes=1)
+        device = published[before]
+        # The premise: the device is in the previous minute's manifest, and absent from this one's.
+        prev = {m.writer: m for m in read_manifests(landing, SENSOR, before)[0]}
+        assert prev[sensor_writer].rows.get(device) == 3, (device, prev[sensor_writer].rows)
+        this = {m.writer: m for m in read_manifests(landing, SENSOR, minute)[0]}
+        assert sensor_writer in this and device not in this[sensor_writer].rows, (device, this)
+        assert run["state"] == "success", (dag, minute, run)
+        readiness = _report(client, run, minute, f"the minute after {device} published once")
+        # It went on because every live collector's manifest was there, not at the grace.
+        assert readiness["reason"] == READY_MANIFESTS, (dag, minute, readiness)
+        writer = sensor_writer if dag == SENSOR_DAG else host_writer
+        assert writer in readiness["live"] and readiness["missing"] == [], (dag, minute, readiness)
+        source = SENSOR if dag == SENSOR_DAG else HOST
+        loaded, landed = _loaded_and_landed(landing, source, minute)
+        assert loaded == landed > 0, f"{dag} {minute:%H:%M}: loaded {loaded} of {landed} landed rows"
 
+    # --- 2. A collector that stops heartbeating --------------------------------------------------
+    # Stopped 20 s into minute X: its last beat is then >= 40 s old when X ends, and 3 missed
+    # 10 s beats make a writer stopped.
     host = HostCollector(stack_config)
+    stopped_minute = _minute_after(datetime.now(timezone.utc), at_least=5 - 20)
     _sleep_until(stopped_minute + timedelta(seconds=20))
     stopped_at = datetime.now(timezone.utc)
     try:
@@ -238,45 +252,22 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
         print(f"reported at {incident.opened_at}: {incident.title}: {incident.text}")
         assert incident.hop == "collector" and incident.source == HOST
 
-        # The host collector stays stopped until the runs of X decided (a new heartbeat would make
-        # it a writer started after X, no longer named).
-        runs = _finished(client, [minute, following, stopped_minute], timeout=1800)
+        # Stopped until the first host run from X on decided (a new heartbeat would make the
+        # collector a writer started after that minute, no longer named).
+        minute, run = _first_run_after(client, HOST_DAG, stopped_minute - timedelta(minutes=1), timeout=1800)
     finally:
         # The rest of the session has its host collector again (a new heartbeat clears the incident).
         api.ensure(stack_config, [host.name])
 
-    # --- 1. The device that published in minute M only held back nothing -------------------------
-    # The premise: the device is in M's manifest, and absent from M+1's.
-    manifests = {m.writer: m for m in read_manifests(landing, SENSOR, minute)[0]}
-    assert manifests[sensor_writer].rows.get(device) == 3, manifests[sensor_writer].rows
-    nxt = {m.writer: m for m in read_manifests(landing, SENSOR, following)[0]}
-    assert sensor_writer in nxt and device not in nxt[sensor_writer].rows, nxt
-    for m in (minute, following):
-        for dag in (SENSOR_DAG, HOST_DAG):
-            run = runs[(dag, m)]
-            assert run["run_type"] == "scheduled" and run["state"] == "success", (dag, m, run)
-            note = "the minute the device published" if m == minute else "the minute after the intermittent device"
-            readiness = _report(client, run, m, note)
-            # Both runs went on because every live collector's manifest was there, not at the grace.
-            assert readiness["reason"] == READY_MANIFESTS, (dag, m, readiness)
-            writer = sensor_writer if dag == SENSOR_DAG else host_writer
-            assert writer in readiness["live"] and readiness["missing"] == [], (dag, m, readiness)
-            source = SENSOR if dag == SENSOR_DAG else HOST
-            loaded, landed = _loaded_and_landed(landing, source, m)
-            assert loaded == landed > 0, f"{dag} {m:%H:%M}: loaded {loaded} of {landed} landed rows"
-
-    # --- 2. The stopped collector's minute went on after the grace, with the rows it landed -------
-    host_run, sensor_run = runs[(HOST_DAG, stopped_minute)], runs[(SENSOR_DAG, stopped_minute)]
-    assert host_run["state"] == "success", host_run
-    readiness = _report(client, host_run, stopped_minute, "its collector stopped 20 s into it")
+    # --- 3. ... and its minutes went on after the grace, with the rows it landed ------------------
+    assert run["state"] == "success", run
+    readiness = _report(client, run, minute, f"its collector stopped at {stopped_at:%H:%M:%S}")
     assert readiness["reason"] == READY_GRACE, readiness
     assert (readiness["live"], readiness["missing"]) == ([], []), readiness
     assert host_writer in readiness["stopped"], readiness
-    loaded, landed = _loaded_and_landed(landing, HOST, stopped_minute)
-    assert loaded == landed == partial[host_writer].total_rows, (loaded, landed, partial[host_writer].rows)
-    print(f"{HOST_DAG} {stopped_minute:%H:%M} loaded the {loaded} rows the stopped collector landed")
-    # The sensor collector kept beating: its run of the same minute went on on its manifest.
-    assert sensor_run["state"] == "success", sensor_run
-    other = _report(client, sensor_run, stopped_minute, "the same minute, its collector beating")
-    assert other["reason"] == READY_MANIFESTS, other
+    loaded, landed = _loaded_and_landed(landing, HOST, minute)
+    # In X, the partial minute it landed when stopped; after X (when the scheduler skipped X), nothing.
+    expected = partial[host_writer].total_rows if minute == stopped_minute else 0
+    assert loaded == landed == expected, (minute, loaded, landed, expected)
+    print(f"{HOST_DAG} {minute:%H:%M} loaded the {loaded} rows the stopped collector landed")
     _wait_live(landing, HOST, host_writer)
