@@ -5,30 +5,31 @@ scheduler, dag-processor and api-server run the minute DAGs every minute, the
 supervised host sampler and MQTT collector land the minute files and write
 their manifests and heartbeats, the simulator publishes. On top of that:
 
-1. A device that publishes in minute M only (one message from the real
-   simulator, a device of its own) lands in M through the platform's MQTT
-   collector. The runs of M+1 of both minute DAGs must go on on the
-   collectors' manifests, not on the grace (the old sensor waited for every
-   device of the previous minute: 65-67 s after the minute instead of 10-15 s).
-   The evidence is what the sensor decided (its XCom ``readiness``), never a
-   wall-clock bound; the seconds after the minute's close are printed.
-2. The host collector is stopped 20 s into X = M+2 (SIGTERM under its supervisor:
-   it lands its partial minute and that minute's manifest, and heartbeats no
-   more). ``sluice_reconcile``'s ``check_collectors`` opens an incident naming
-   the writer, and the host run of X goes on at the grace (no live writer says
-   the minute is whole) naming the writer as stopped, loading exactly the rows
-   it did land. The collector is started again at the end.
+1. From minute M on, each minute a new device publishes one message (the real
+   simulator, through the platform's MQTT collector) and never again, so every
+   minute after M follows a minute with a device that published in it only.
+   The first run the scheduler made after M, of each minute DAG, must go on on
+   the collectors' manifests, not on the grace (the old sensor waited for
+   every device of the previous minute: 65-67 s after the minute instead of
+   10-15 s). The evidence is what the sensor decided (its XCom ``readiness``),
+   never a wall-clock bound; the seconds after the minute's close are printed.
+   (The first run *made*, not minute M+1: the running platform does not catch
+   up, and a scheduler with four runs in flight when a minute ends skips it,
+   which on a loaded machine happens.)
+2. The host collector is stopped 20 s into a minute X (SIGTERM under its
+   supervisor: it lands its partial minute and that minute's manifest, and
+   heartbeats no more). ``sluice_reconcile``'s ``check_collectors`` opens an
+   incident naming the writer, and the first host run from X on goes on at the
+   grace (no live writer says the minute is whole), naming the writer as
+   stopped and loading exactly the rows it landed. The collector is started
+   again at the end.
 
-Room first: the running platform does not catch up, so a scheduler with four
-runs in flight when a minute ends skips that minute (always, on a loaded
-machine). The test pauses the minute DAGs until their runs in flight finish
-and the scheduled DAGs it does not need for its duration, and fails saying so
-if the scheduler still skipped one of its minutes.
-
+The scheduled DAGs the test does not need are paused while it runs (every task
+is a process that parses its DAG file; a shared 2-core machine falls behind).
 The grace is the platform's ``SLUICE_GRACE_SECONDS`` (default 45 s, read by
 the minute DAGs from the scheduler's environment); the test reads the grace
 each run used from its readiness, so it holds for any grace that is longer
-than a minute's normal close (~10 s). About 5 minutes once the platform runs.
+than a minute's normal close (~10 s). About 5 minutes on an idle machine.
 """
 
 from __future__ import annotations
