@@ -209,6 +209,7 @@ def test_an_intermittent_device_holds_back_nothing_and_a_stopped_collector_is_re
     publisher.join(150)
     for dag, (minute, run) in nexts.items():
         before = minute - timedelta(minutes=1)
+        assert before in published, f"no device published in {before:%H:%M} (the publisher's error is above): {published}"
         device = published[before]
         # The premise: the device is in the previous minute's manifest, and absent from this one's.
         prev = {m.writer: m for m in read_manifests(landing, SENSOR, before)[0]}
