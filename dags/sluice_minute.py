@@ -8,8 +8,9 @@ the data interval is the minute. For that minute they
    between pokes): done as soon as every live collector (heartbeat under
    `heartbeats/`) has written its manifest of the minute under `manifests/`,
    else after the grace period (`SLUICE_GRACE_SECONDS`, default
-   45 s after the minute ends) with what is there. Stragglers are loaded by
-   `sluice_sweep_late_files`.
+   45 s after the minute ends) with what is there. Why it went on (`manifests`
+   or `grace`, the live and stopped writers, seconds after the minute) is kept
+   as its XCom `readiness`. Stragglers are loaded by `sluice_sweep_late_files`.
 2. **csv_to_json** — typed JSON documents, one per CSV row, staged as NDJSON
    under `staged/` in the landing zone; a bad file is quarantined with its
    reason, a bad row rejected with its reason, the rest goes on.
@@ -61,12 +62,15 @@ def minute_dag(source: str):
     )
     def pipeline():
         @task.sensor(task_id="wait_for_minute_files", mode="reschedule", poke_interval=10, timeout=15 * 60)
-        def wait_for_minute_files(data_interval_start=None) -> PokeReturnValue:
+        def wait_for_minute_files(data_interval_start=None, ti=None) -> PokeReturnValue:
             from include.pipeline import file_ref, minute_files_ready
 
             ready = minute_files_ready(
                 landing_zone(), source, data_interval_start, now=datetime.now(timezone.utc), grace_seconds=GRACE_SECONDS
             )
+            if ready.done:
+                # Why the run went on (manifests or grace, which writers): for the Sluice page and the tests.
+                ti.xcom_push(key="readiness", value=ready.evidence(data_interval_start))
             return PokeReturnValue(is_done=ready.done, xcom_value=[file_ref(f) for f in ready.files])
 
         @task

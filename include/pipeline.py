@@ -64,6 +64,10 @@ def minute_files(landing: LandingZone, source: str, minute: datetime) -> list[Ob
     return [f for f in landing.list(minute_prefix(source, minute)) if f.key.endswith(".csv")]
 
 
+#: Why a minute's sensor was done (:attr:`Readiness.reason`).
+READY_MANIFESTS, READY_GRACE = "manifests", "grace"
+
+
 @dataclass
 class Readiness:
     done: bool
@@ -72,6 +76,26 @@ class Readiness:
     missing: list[str]
     #: Writers whose heartbeat stopped: they no longer hold the minute.
     stopped: list[str] = field(default_factory=list)
+    #: Writers that were live (beating, started before the minute ended) when this was decided.
+    live: list[str] = field(default_factory=list)
+    #: :data:`READY_MANIFESTS` (every live writer's manifest is there), :data:`READY_GRACE`
+    #: (the grace ended first), "" while not done.
+    reason: str = ""
+    #: When this was decided, and when the grace ends.
+    now: datetime | None = None
+    deadline: datetime | None = None
+
+    def evidence(self, minute: datetime) -> dict[str, Any]:
+        """What the sensor decided, JSON-able (the minute DAG keeps it as the XCom ``readiness``):
+        the reason, the writers, and the seconds after the minute's end it was decided and the grace ends."""
+        end = minute + timedelta(minutes=1)
+        return {
+            "done": self.done, "reason": self.reason, "live": self.live, "missing": self.missing,
+            "stopped": self.stopped, "files": len(self.files),
+            "decided_at": self.now.isoformat() if self.now else None,
+            "decided_after_minute_s": round((self.now - end).total_seconds(), 1) if self.now else None,
+            "grace_after_minute_s": round((self.deadline - end).total_seconds(), 1) if self.deadline else None,
+        }
 
 
 def minute_files_ready(
@@ -101,17 +125,23 @@ def minute_files_ready(
     stopped = sorted({hb.writer for hb in writers} - live)
     missing = sorted(live - {m.writer for m in manifests})
     deadline = end + timedelta(seconds=grace_seconds)
-    done = now >= deadline or (bool(live) and not missing)
+    # The manifests first: a minute whose live writers all reported is done for that reason even
+    # when the poke that sees it comes after the grace.
+    reason = READY_MANIFESTS if live and not missing else READY_GRACE if now >= deadline else ""
+    done = bool(reason)
     if stopped:
         log.warning("%s %s: writer(s) %s stopped heartbeating; not waiting for them", source, minute.isoformat(),
                     ", ".join(stopped))
-    if done and missing:
+    if reason == READY_MANIFESTS:
+        log.info("%s %s: complete: every live writer's manifest is there (%s), %.1f s after the minute",
+                 source, minute.isoformat(), ", ".join(sorted(live)), (now - end).total_seconds())
+    elif done and missing:
         log.warning("%s %s: going on without the manifests of %s (%ss after the minute)", source, minute.isoformat(),
                     ", ".join(missing), grace_seconds)
     elif not done:
         log.info("%s %s: waiting for the manifests of %s until %s", source, minute.isoformat(),
                  ", ".join(missing) or "a live writer", deadline.isoformat())
-    return Readiness(done, files, missing, stopped)
+    return Readiness(done, files, missing, stopped, sorted(live), reason, now, deadline)
 
 
 class FileRef(TypedDict):

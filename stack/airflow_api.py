@@ -92,6 +92,13 @@ class AirflowClient:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """The value a task instance pushed as XCom ``key`` (AirflowApiError with HTTP 404 when there is none)."""
+        from urllib.parse import quote
+
+        return self.request("GET", f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+                                   f"/xcomEntries/{quote(key, safe='')}")["value"]
+
     def trigger(self, dag_id: str, conf: dict[str, Any], *, run_id: str,
                 logical_date: datetime | None = None) -> dict:
         """``POST /dags/{dag_id}/dagRuns``: a manual run ``run_id`` with ``conf`` (the DAG must be unpaused to run).

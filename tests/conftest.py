@@ -91,7 +91,9 @@ def airflow_api(local_stack, minio, kafka, elasticsearch, opentsdb):
     from stack.services import AIRFLOW
 
     for cls in AIRFLOW:
-        local_stack.ensure(cls.name)
+        # Redis and the Celery workers run only with SLUICE_EXECUTOR=celery.
+        if cls.enabled(local_stack.config):
+            local_stack.ensure(cls.name)
     client = AirflowClient(local_stack.config)
     client.login()
     return client

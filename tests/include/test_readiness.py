@@ -37,8 +37,11 @@ def test_a_device_that_published_in_one_minute_only_does_not_hold_back_the_next(
     close_minute(landing, "collector-a", MINUTE - timedelta(minutes=1), {"web-1": 60, "web-once": 1})
     close_minute(landing, "collector-a", MINUTE, {"web-1": 60})
     ready = pipeline.minute_files_ready(landing, "host", MINUTE, now=now, grace_seconds=45)
-    assert (ready.done, ready.missing, ready.stopped) == (True, [], [])
+    assert (ready.done, ready.reason, ready.missing, ready.stopped) == (True, "manifests", [], [])
     assert [f.key.rsplit("/", 1)[1] for f in ready.files] == ["web-1.csv"]
+    evidence = ready.evidence(MINUTE)
+    assert (evidence["live"], evidence["decided_after_minute_s"], evidence["grace_after_minute_s"]) == (
+        ["collector-a"], 3.0, 45.0)
 
 
 def test_the_minute_waits_for_every_live_writer_then_goes_on_after_the_grace(landing):
@@ -47,15 +50,15 @@ def test_the_minute_waits_for_every_live_writer_then_goes_on_after_the_grace(lan
         beat(landing, writer, now)
     close_minute(landing, "collector-a", MINUTE, {"web-1": 60})
     early = pipeline.minute_files_ready(landing, "host", MINUTE, now=now, grace_seconds=45)
-    assert (early.done, early.missing) == (False, ["collector-b"])
+    assert (early.done, early.reason, early.missing) == (False, "", ["collector-b"])
     later = END + timedelta(seconds=45)
     for writer in ("collector-a", "collector-b"):
         beat(landing, writer, later)  # still alive, still without its manifest
     late = pipeline.minute_files_ready(landing, "host", MINUTE, now=later, grace_seconds=45)
-    assert (late.done, late.missing) == (True, ["collector-b"])
+    assert (late.done, late.reason, late.missing) == (True, "grace", ["collector-b"])
     close_minute(landing, "collector-b", MINUTE, {"web-2": 60})
     whole = pipeline.minute_files_ready(landing, "host", MINUTE, now=later, grace_seconds=3600)
-    assert (whole.done, whole.missing, len(whole.files)) == (True, [], 2)
+    assert (whole.done, whole.reason, whole.missing, len(whole.files)) == (True, "manifests", [], 2)
 
 
 def test_a_writer_that_stopped_heartbeating_is_reported_and_holds_nothing(landing):
@@ -64,7 +67,19 @@ def test_a_writer_that_stopped_heartbeating_is_reported_and_holds_nothing(landin
     beat(landing, "collector-gone", now - timedelta(seconds=16))  # 3 missed 5 s beats
     close_minute(landing, "collector-a", MINUTE, {"web-1": 60})
     ready = pipeline.minute_files_ready(landing, "host", MINUTE, now=now, grace_seconds=45)
-    assert (ready.done, ready.missing, ready.stopped) == (True, [], ["collector-gone"])
+    assert (ready.done, ready.reason, ready.missing, ready.stopped) == (True, "manifests", [], ["collector-gone"])
+    assert ready.live == ["collector-a"]
+
+
+def test_a_stopped_writer_that_was_the_only_one_holds_the_minute_until_the_grace(landing):
+    # Its manifest of the partial minute is there (a collector flushes it when stopped), but
+    # with no live writer nothing says the minute is whole.
+    close_minute(landing, "collector-gone", MINUTE, {"web-1": 30})
+    beat(landing, "collector-gone", MINUTE + timedelta(seconds=30))
+    early = pipeline.minute_files_ready(landing, "host", MINUTE, now=END + timedelta(seconds=5), grace_seconds=45)
+    late = pipeline.minute_files_ready(landing, "host", MINUTE, now=END + timedelta(seconds=45), grace_seconds=45)
+    assert (early.done, early.stopped, early.live) == (False, ["collector-gone"], [])
+    assert (late.done, late.reason, late.stopped, len(late.files)) == (True, "grace", ["collector-gone"], 1)
 
 
 def test_a_writer_started_after_the_minute_is_not_waited_for(landing):
@@ -79,7 +94,7 @@ def test_no_heartbeat_at_all_waits_for_the_grace(landing):
     landing.put(minute_key("host", MINUTE, "web-1"), host_csv("web-1", MINUTE, range(1)))
     early = pipeline.minute_files_ready(landing, "host", MINUTE, now=END + timedelta(seconds=5), grace_seconds=45)
     late = pipeline.minute_files_ready(landing, "host", MINUTE, now=END + timedelta(seconds=45), grace_seconds=45)
-    assert (early.done, late.done, len(late.files)) == (False, True, 1)
+    assert (early.done, late.done, late.reason, len(late.files)) == (False, True, "grace", 1)
 
 
 def test_an_unreadable_manifest_or_heartbeat_is_logged_and_counts_as_absent(landing, caplog):
