@@ -18,14 +18,16 @@ from stack.spark import spark_env
 
 def airflow_connections(config: StackConfig) -> dict[str, dict]:
     """Connection id -> Airflow's JSON connection form."""
-    creds = MinIO(config).credentials()
+    # MinIO: Airflow's own least-privilege user (stack/minio_users.py), TLS verified against the stack's CA.
+    minio = MinIO(config)
+    creds = minio.credentials("airflow")
     host = config.host
     return {
         "aws_default": {
             "conn_type": "aws",
             "login": creds["access_key"],
             "password": creds["secret_key"],
-            "extra": {"endpoint_url": config.url("minio"), "region_name": "us-east-1"},
+            "extra": {"endpoint_url": minio.endpoint_url, "region_name": "us-east-1", "verify": str(minio.ca_file)},
         },
         "kafka_default": {
             "conn_type": "kafka",

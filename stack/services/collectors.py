@@ -46,15 +46,20 @@ class SupervisedService(Service):
     def args(self) -> list[str]:
         return []
 
+    #: Whether the program lands files in MinIO (and so gets the collector user's keys).
+    lands = False
+
     def env(self) -> dict[str, str]:
-        creds = MinIO(self.config).credentials()
-        return {
-            **os.environ,
-            **airflow_env(self.config),
-            "SLUICE_S3_ACCESS_KEY": creds["access_key"],
-            "SLUICE_S3_SECRET_KEY": creds["secret_key"],
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = {**os.environ, **airflow_env(self.config), "PYTHONUNBUFFERED": "1"}
+        # MinIO: only the landing programs get keys, the collector user's (write-only, stack/minio_users.py);
+        # never Airflow's, which airflow_env carries in its aws_default connection.
+        env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+        if self.lands:
+            minio = MinIO(self.config)
+            creds = minio.credentials("collector")
+            env.update(SLUICE_S3_ACCESS_KEY=creds["access_key"], SLUICE_S3_SECRET_KEY=creds["secret_key"],
+                       SLUICE_S3_CA_BUNDLE=str(minio.ca_file))
+        return env
 
     def prepare(self) -> None:
         self.state_file.unlink(missing_ok=True)
@@ -106,7 +111,7 @@ class SupervisedService(Service):
         return int(self.supervisor_state().get("restarts", 0))
 
     def landing_args(self) -> list[str]:
-        return ["--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", self.config.url("minio"),
+        return ["--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", MinIO(self.config).endpoint_url,
                 "--state-dir", str(self.dir / "state"), "--metrics-port", str(self.port)]
 
     def kafka(self) -> str:
@@ -117,6 +122,7 @@ class HostCollector(SupervisedService):
     name = "host-collector"
     module = "collectors.host"
     port_names = ("host_collector",)
+    lands = True
 
     def args(self) -> list[str]:
         return [*self.landing_args(), "--kafka-bootstrap", self.kafka()]
@@ -126,6 +132,7 @@ class MqttCollector(SupervisedService):
     name = "mqtt-collector"
     module = "collectors.mqtt"
     port_names = ("mqtt_collector",)
+    lands = True
     #: A persistent session: after a crash the broker redelivers what was not acknowledged.
     client_id = "sluice-platform-collector"
 
