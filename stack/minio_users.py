@@ -37,7 +37,6 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +108,6 @@ def policies(bucket: str) -> dict[str, dict[str, Any]]:
     return {KEEP_RAW: keep_raw_policy(bucket), **{policy_name(u): user_policy(u, bucket) for u in WRITES}}
 
 
-@dataclass(frozen=True)
-class UserSecret:
-    """A user's MinIO access key and secret (the secret stays out of the repr)."""
-
-    access_key: str
-    secret_key: str = field(repr=False)
-
-
 def provision(admin: Any, bucket: str, secrets: Mapping[str, str]) -> list[str]:
     """Create or update the policies and the users (``user -> secret key``) with ``admin``, a MinioAdmin.
 
@@ -186,21 +177,26 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     """Apply the users and policies from files: what docker-compose's ``minio-init`` runs.
 
     Every secret comes from a file (Docker secrets), never from the command line
-    or the environment itself: ``MINIO_ROOT_USER_FILE``, ``MINIO_ROOT_PASSWORD_FILE``,
+    or the environment itself: ``MINIO_ROOT_PASSWORD_FILE``,
     ``SLUICE_MINIO_COLLECTOR_SECRET_FILE``, ``SLUICE_MINIO_AIRFLOW_SECRET_FILE``.
+    The root user's name (not a secret) is ``MINIO_ROOT_USER`` or the file
+    ``MINIO_ROOT_USER_FILE`` names. Exits non-zero naming what is missing.
     """
     env = os.environ if environ is None else environ
-    p = argparse.ArgumentParser(prog="python -m stack.minio_users", description=main.__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m stack.minio_users", description=(main.__doc__ or "").split("\n\n")[0])
     p.add_argument("--endpoint", required=True, help="MinIO's S3 API, e.g. https://minio:9000")
     p.add_argument("--bucket", required=True, help="the landing bucket, created when missing")
     p.add_argument("--ca-file", default="", help="CA certificate (PEM) the endpoint's certificate is signed by")
     args = p.parse_args(argv)
-    names = {"root user": "MINIO_ROOT_USER_FILE", "root password": "MINIO_ROOT_PASSWORD_FILE",
+    files = {"root password": "MINIO_ROOT_PASSWORD_FILE",
              **{user: f"SLUICE_MINIO_{user.upper()}_SECRET_FILE" for user in WRITES}}
-    unset = [var for var in names.values() if not env.get(var)]
+    if not env.get("MINIO_ROOT_USER"):
+        files["root user"] = "MINIO_ROOT_USER_FILE"
+    unset = [var for var in files.values() if not env.get(var)]
     if unset:
         raise SystemExit(f"minio-users: set {', '.join(unset)} (files holding the secrets, e.g. /run/secrets/...)")
-    values = {what: _read(env[var], what) for what, var in names.items()}
+    values = {what: _read(env[var], what) for what, var in files.items()}
+    values.setdefault("root user", env.get("MINIO_ROOT_USER", ""))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     admin = admin_client(args.endpoint, values["root user"], values["root password"], ca_file=args.ca_file or None)
     ensure_bucket(s3_client(args.endpoint, values["root user"], values["root password"], ca_file=args.ca_file or None),
