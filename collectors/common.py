@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from collectors.config import ConfigError, default_state_dir, describe, option, require
-from include.landing import LandingZone, open_landing
+from include.landing import S3_REQUEST_CHECKSUMS, LandingZone, open_landing
 from include.spool import LanderMetrics, SpoolEntry
 
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ def open_store(config: CommonConfig) -> LandingZone:
         aws_access_key_id=config.s3_access_key or None,
         aws_secret_access_key=config.s3_secret_key or None,
         verify=config.s3_ca_bundle or None,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=10),
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=10,
+                      request_checksum_calculation=S3_REQUEST_CHECKSUMS),
     )
     return open_landing(config.landing_url, s3_client=client)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from include.landing import S3_REQUEST_CHECKSUMS
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.minio import MinIO
 from stack.spark import spark_env
@@ -27,7 +28,8 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
             "conn_type": "aws",
             "login": creds["access_key"],
             "password": creds["secret_key"],
-            "extra": {"endpoint_url": minio.endpoint_url, "region_name": "us-east-1", "verify": str(minio.ca_file)},
+            "extra": {"endpoint_url": minio.endpoint_url, "region_name": "us-east-1", "verify": str(minio.ca_file),
+                      "config_kwargs": {"request_checksum_calculation": S3_REQUEST_CHECKSUMS}},
         },
         "kafka_default": {
             "conn_type": "kafka",

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from include.anomaly.job import RESULTS
+from include.landing import S3_REQUEST_CHECKSUMS
 from include.contract import (
     DEADLETTERS, FILE, HEARTBEATS, LOADED, MANIFESTS, PAYLOAD, RAW, STAGED, STATE, deadletter_prefix,
 )
@@ -153,7 +154,8 @@ def s3_client(endpoint: str, access: str, secret: str, *, ca_file: str | None = 
     return boto3.client(
         "s3", endpoint_url=endpoint, aws_access_key_id=access, aws_secret_access_key=secret,
         region_name="us-east-1", verify=ca_file if ca_file else True,
-        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10),
+        config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=10,
+                      request_checksum_calculation=S3_REQUEST_CHECKSUMS),
     )
 
 

@@ -38,6 +38,9 @@ class PlainMinIO(MinIO):
         return self.config.url("minio", "http")
 
     def prepare(self) -> None:
+        from stack.tls import ensure_ca
+
+        ensure_ca(self.config)  # clients are built the same way (trusting a CA), only unused here
         self.certs_dir.mkdir(parents=True, exist_ok=True)
 
 

@@ -21,7 +21,6 @@ from include.contract import (
 )
 from stack.config import LANDING_BUCKET
 from stack.minio_users import KEEP_RAW, READS, WRITES, access_key, provision
-from stack.services.minio import MinIO
 
 BODY = b"timestamp,host\n2026-01-01T00:00:00Z,h1\n"
 
@@ -64,7 +63,7 @@ def test_each_user_writes_its_areas_and_nothing_else(minio, area, user):
                    STATE, "anomaly/", "elsewhere/"):
         key = f"{area}{prefix}sensor/x.csv"
         expected = "ok" if prefix in WRITES[user] else "AccessDenied"
-        assert _code(lambda: s3.put_object(Bucket=LANDING_BUCKET, Key=key, Body=BODY)) == expected, (user, prefix)
+        assert _code(lambda k=key: s3.put_object(Bucket=LANDING_BUCKET, Key=k, Body=BODY)) == expected, (user, prefix)
     # The same rights at the bucket's root, where the platform's own landing URL writes.
     root_key = f"{WRITES[user][0]}test-security/{uuid.uuid4().hex}.csv"
     assert _code(lambda: s3.put_object(Bucket=LANDING_BUCKET, Key=root_key, Body=BODY)) == "ok"
@@ -228,3 +227,30 @@ def test_compose_minio_init_applies_the_same_users_from_secret_files(minio, tmp_
     env["SLUICE_MINIO_AIRFLOW_SECRET_FILE"] = str(tmp_path / "nowhere")
     refused = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and f"cannot read airflow from {tmp_path / 'nowhere'}" in refused.stderr
+
+
+def test_puts_over_tls_keep_one_connection(minio, area, caplog, tmp_path):
+    """botocore's default streaming checksum makes MinIO close the connection after each PUT (a TLS
+    handshake per file); the landing clients turn it off (include.landing.S3_REQUEST_CHECKSUMS)."""
+    import logging
+
+    from collectors.common import open_store
+    from collectors.host import HostConfig
+
+    creds = minio.credentials("collector")
+    config = HostConfig(landing_url=f"s3://{LANDING_BUCKET}/{area.rstrip('/')}", s3_endpoint_url=minio.endpoint_url,
+                        s3_access_key=creds["access_key"], s3_secret_key=creds["secret_key"],
+                        s3_ca_bundle=str(minio.ca_file), state_dir=str(tmp_path))
+    for name, zone in (("collector", open_store(config)), ("stack", None)):
+        s3 = minio.client("collector") if zone is None else None
+        with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+            caplog.clear()
+            for i in range(10):
+                key = f"{RAW}host/keepalive-{name}-{i}.csv"
+                if zone is not None:
+                    zone.put(key, BODY * 100)
+                else:
+                    s3.put_object(Bucket=LANDING_BUCKET, Key=area + key, Body=BODY * 100)
+        opened = [r for r in caplog.records if "Starting new HTTPS connection" in r.getMessage()
+                  or "Resetting dropped connection" in r.getMessage()]
+        assert len(opened) <= 1, (name, [r.getMessage() for r in opened])
