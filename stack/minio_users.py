@@ -6,8 +6,8 @@ and the tests' clean-up). Every client of the landing zone has its own user:
 ========== ============================================================ =====================================
 user       writes (PutObject, multipart)                                reads
 ========== ============================================================ =====================================
-collector  ``raw/``, ``deadletter/payload/``, ``manifests/``,           nothing (no GetObject, no ListBucket)
-           ``heartbeats/``
+collector  ``raw/``, ``deadletter/payload/``, ``manifests/``,           what it writes, to merge into it (no
+           ``heartbeats/``                                              ListBucket: it cannot list anything)
 airflow    ``loaded/``, ``staged/``, ``deadletter/file/``, ``state/``,  every area above (and lists the bucket)
            ``anomaly/``
 ========== ============================================================ =====================================
@@ -56,9 +56,11 @@ WRITES: dict[str, tuple[str, ...]] = {
     COLLECTOR: (RAW, deadletter_prefix(PAYLOAD), MANIFESTS, HEARTBEATS),
     AIRFLOW: (LOADED, STAGED, deadletter_prefix(FILE), STATE, RESULTS),
 }
-#: Areas each user reads (GetObject, HeadObject). Airflow reads everything the pipeline writes.
+#: Areas each user reads (GetObject, HeadObject). Airflow reads everything the pipeline writes. A
+#: collector reads back only what it writes: its lander merges a minute file, dead letters and the
+#: manifest into what already landed (a restart, a second writer of the minute), never overwrites.
 READS: dict[str, tuple[str, ...]] = {
-    COLLECTOR: (),
+    COLLECTOR: WRITES[COLLECTOR],
     AIRFLOW: (RAW, MANIFESTS, HEARTBEATS, LOADED, STAGED, DEADLETTERS, STATE, RESULTS),
 }
 #: Users that may list the bucket (ListObjectsV2 with any prefix).

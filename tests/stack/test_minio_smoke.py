@@ -70,13 +70,18 @@ def test_each_user_writes_its_areas_and_nothing_else(minio, area, user):
     minio.admin_client().delete_object(Bucket=LANDING_BUCKET, Key=root_key)
 
 
-def test_the_collector_cannot_read_list_or_delete(minio, area):
+def test_the_collector_cannot_read_loaded_list_or_delete(minio, area):
     root, collector = minio.admin_client(), minio.client("collector")
     raw_key, loaded_key = f"{area}{RAW}host/a.csv", f"{area}{LOADED}host/a.csv@etag.json"
     root.put_object(Bucket=LANDING_BUCKET, Key=raw_key, Body=BODY)
     root.put_object(Bucket=LANDING_BUCKET, Key=loaded_key, Body=b"{}")
     assert _code(lambda: collector.get_object(Bucket=LANDING_BUCKET, Key=loaded_key)) == "AccessDenied"
-    assert _code(lambda: collector.get_object(Bucket=LANDING_BUCKET, Key=raw_key)) == "AccessDenied"
+    assert _code(lambda: collector.head_object(Bucket=LANDING_BUCKET, Key=loaded_key)) == "403"
+    # It reads back what it writes (its lander merges into a landed minute file), and a missing key
+    # is "not there", not a refusal (the lander then writes the file new).
+    assert collector.get_object(Bucket=LANDING_BUCKET, Key=raw_key)["Body"].read() == BODY
+    assert _code(lambda: collector.get_object(Bucket=LANDING_BUCKET, Key=raw_key + ".none")) == "NoSuchKey"
+    assert set(READS["collector"]) == set(WRITES["collector"])
     assert _code(lambda: collector.delete_object(Bucket=LANDING_BUCKET, Key=loaded_key)) == "AccessDenied"
     assert _code(lambda: collector.delete_object(Bucket=LANDING_BUCKET, Key=raw_key)) == "AccessDenied"
     assert _code(lambda: collector.list_objects_v2(Bucket=LANDING_BUCKET, Prefix=area)) == "AccessDenied"
