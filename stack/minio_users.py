@@ -15,7 +15,7 @@ airflow    ``loaded/``, ``staged/``, ``deadletter/file/``, ``state/``,  every ar
 Nobody deletes: neither policy allows ``DeleteObject``, and ``sluice-keep-raw``,
 attached to every user, denies deleting anything under ``raw/`` explicitly (an
 explicit Deny wins over any Allow a later policy might add). The prefixes are
-those of :mod:`include.contract` (and the anomaly job's results prefix): a new
+those of :mod:`include.contract`: a new
 area of the landing zone needs a line here, or its writer is refused.
 
 Each area is granted at the bucket's root (``raw/…``) and below one landing
@@ -40,10 +40,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from include.anomaly.job import RESULTS
 from include.landing import S3_REQUEST_CHECKSUMS
 from include.contract import (
-    DEADLETTERS, FILE, HEARTBEATS, LOADED, MANIFESTS, PAYLOAD, RAW, STAGED, STATE, deadletter_prefix,
+    ANOMALY_RESULTS, DEADLETTERS, FILE, HEARTBEATS, LOADED, MANIFESTS, PAYLOAD, RAW, STAGED, STATE, deadletter_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -54,14 +53,14 @@ AIRFLOW = "airflow"
 #: Areas each user writes (PutObject and the multipart calls that go with it).
 WRITES: dict[str, tuple[str, ...]] = {
     COLLECTOR: (RAW, deadletter_prefix(PAYLOAD), MANIFESTS, HEARTBEATS),
-    AIRFLOW: (LOADED, STAGED, deadletter_prefix(FILE), STATE, RESULTS),
+    AIRFLOW: (LOADED, STAGED, deadletter_prefix(FILE), STATE, ANOMALY_RESULTS),
 }
 #: Areas each user reads (GetObject, HeadObject). Airflow reads everything the pipeline writes. A
 #: collector reads back only what it writes: its lander merges a minute file, dead letters and the
 #: manifest into what already landed (a restart, a second writer of the minute), never overwrites.
 READS: dict[str, tuple[str, ...]] = {
     COLLECTOR: WRITES[COLLECTOR],
-    AIRFLOW: (RAW, MANIFESTS, HEARTBEATS, LOADED, STAGED, DEADLETTERS, STATE, RESULTS),
+    AIRFLOW: (RAW, MANIFESTS, HEARTBEATS, LOADED, STAGED, DEADLETTERS, STATE, ANOMALY_RESULTS),
 }
 #: Users that may list the bucket (ListObjectsV2 with any prefix).
 LISTS: frozenset[str] = frozenset({AIRFLOW})
