@@ -73,7 +73,7 @@ class CommonConfig:
 
     landing_url: str = option(DEFAULT_LANDING, "Landing zone: s3://bucket[/prefix] or file:///absolute/path.")
     state_dir: str = option("", "Folder for the journal and the spool (default: ~/.local/state/sluice/<collector>).")
-    s3_endpoint_url: str = option("", "S3 endpoint for s3:// landing URLs, e.g. http://127.0.0.1:9000 for MinIO (empty: AWS).")
+    s3_endpoint_url: str = option("", "S3 endpoint for s3:// landing URLs, e.g. https://127.0.0.1:9000 for the local stack's MinIO (with --s3-ca-bundle; empty: AWS).")
     s3_region: str = option("us-east-1", "S3 region.")
     s3_access_key: str = option("", "S3 access key id (else the AWS_* environment/boto3 chain).", secret=True)
     s3_secret_key: str = option("", "S3 secret access key (else the AWS_* environment/boto3 chain).", secret=True)
