@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from collectors.config import ConfigError, KafkaClientOptions, default_state_dir, describe, option, require
-from include.landing import LandingZone, open_landing
+from include.landing import S3_REQUEST_CHECKSUMS, LandingZone, open_landing
 from include.spool import LanderMetrics, SpoolEntry
 
 if TYPE_CHECKING:
@@ -73,10 +73,11 @@ class CommonConfig(KafkaClientOptions):
 
     landing_url: str = option(DEFAULT_LANDING, "Landing zone: s3://bucket[/prefix] or file:///absolute/path.")
     state_dir: str = option("", "Folder for the journal and the spool (default: ~/.local/state/sluice/<collector>).")
-    s3_endpoint_url: str = option("", "S3 endpoint for s3:// landing URLs, e.g. http://127.0.0.1:9000 for MinIO (empty: AWS).")
+    s3_endpoint_url: str = option("", "S3 endpoint for s3:// landing URLs, e.g. https://127.0.0.1:9000 for the local stack's MinIO (with --s3-ca-bundle; empty: AWS).")
     s3_region: str = option("us-east-1", "S3 region.")
     s3_access_key: str = option("", "S3 access key id (else the AWS_* environment/boto3 chain).", secret=True)
     s3_secret_key: str = option("", "S3 secret access key (else the AWS_* environment/boto3 chain).", secret=True)
+    s3_ca_bundle: str = option("", "CA certificate (PEM) the S3 endpoint's TLS certificate is verified with, e.g. the local stack's runtime/tls/ca.crt (empty: the system's trust store).")
     kafka_message_timeout: float = option(30.0, "Seconds librdkafka tries to deliver a record before reporting failure.")
     metrics_addr: str = option("127.0.0.1", "Address the Prometheus /metrics endpoint listens on.")
     retry_initial: float = option(1.0, "Seconds before the first retry of a failed upload; doubles per failure.")
@@ -103,6 +104,8 @@ class CommonConfig(KafkaClientOptions):
             require(len(self.landing_url) > len("s3://"), "landing_url", "names no bucket; use s3://bucket[/prefix]")
         if self.s3_endpoint_url:
             require(self.s3_endpoint_url.startswith(("http://", "https://")), "s3_endpoint_url", "must be an http(s):// URL")
+        if self.s3_ca_bundle:
+            require(Path(self.s3_ca_bundle).is_file(), "s3_ca_bundle", f"{self.s3_ca_bundle} is not a readable file")
         require(bool(self.s3_access_key) == bool(self.s3_secret_key), "s3_access_key",
                 "give both the access key and the secret key, or neither")
         require(self.kafka_message_timeout > 0, "kafka_message_timeout", "must be > 0 seconds")
@@ -137,7 +140,9 @@ def open_store(config: CommonConfig) -> LandingZone:
         region_name=config.s3_region,
         aws_access_key_id=config.s3_access_key or None,
         aws_secret_access_key=config.s3_secret_key or None,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=10),
+        verify=config.s3_ca_bundle or None,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=10,
+                      request_checksum_calculation=S3_REQUEST_CHECKSUMS),
     )
     return open_landing(config.landing_url, s3_client=client)
 

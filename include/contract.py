@@ -311,6 +311,7 @@ def row_identity(source: str, row: Sequence[str]) -> RowIdentity:
 #   manifests/{source}/date=D/hour=H/minute=M/{writer}.json                what a writer wrote that minute
 #   heartbeats/{source}/{writer}.json                                      that a writer is alive
 #   state/{name}.json                                                      checkpoints of the DAGs
+#   anomaly/{source}/{start}_{end}.json                                    the Spark anomaly job's results
 
 RAW: Final = "raw/"
 LOADED: Final = "loaded/"
@@ -319,6 +320,7 @@ DEADLETTERS: Final = "deadletter/"
 MANIFESTS: Final = "manifests/"
 HEARTBEATS: Final = "heartbeats/"
 STATE: Final = "state/"
+ANOMALY_RESULTS: Final = "anomaly/"
 CSV_SUFFIX: Final = ".csv"
 
 _RAW_KEY: Final = re.compile(

@@ -29,6 +29,13 @@ from urllib.parse import urlparse
 
 from include.contract import SIDECAR_SUFFIX
 
+#: botocore's ``request_checksum_calculation`` for every landing-zone client. Its default
+#: (``when_supported``) sends each PUT over https as an ``aws-chunked`` body with a trailing
+#: CRC32, after which MinIO closes the connection, so every PUT paid a new TLS handshake
+#: (tests/benchmarks/minio_tls_bench.py measures it). TLS protects the body in transit, and
+#: the request stays signed.
+S3_REQUEST_CHECKSUMS = "when_required"
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -191,7 +198,9 @@ def open_landing(url: str, *, s3_client: Any = None) -> LandingZone:
             raise ValueError(f"landing URL {url!r} names no bucket; use s3://bucket[/prefix]")
         if s3_client is None:
             import boto3
+            from botocore.config import Config
 
-            s3_client = boto3.client("s3", endpoint_url=os.environ.get("SLUICE_S3_ENDPOINT_URL") or None)
+            s3_client = boto3.client("s3", endpoint_url=os.environ.get("SLUICE_S3_ENDPOINT_URL") or None,
+                                     config=Config(request_checksum_calculation=S3_REQUEST_CHECKSUMS))
         return S3Landing(s3_client, parsed.netloc, parsed.path)
     raise ValueError(f"landing URL {url!r}: the scheme must be s3:// or file://")

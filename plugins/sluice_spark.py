@@ -10,7 +10,9 @@ master on a cluster). At ``execute`` time, never at parse time, it adds:
   fails the task with one line naming it);
 * the landing zone's S3 endpoint and credentials from the ``aws_default``
   Connection, as environment variables of spark-submit (not arguments, which
-  ``ps`` and the task log would show).
+  ``ps`` and the task log would show), and the CA its ``verify`` names as
+  ``AWS_CA_BUNDLE`` (boto3 in the job reads it; the JVM gets a trust store made
+  from it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sluice_airflow import AWS_CONN_ID
 
 
 def landing_env(aws_conn_id: str = AWS_CONN_ID) -> dict[str, str]:
-    """``SLUICE_S3_ENDPOINT_URL`` and ``AWS_*`` of the landing zone for the job, when it is ``s3://``."""
+    """``SLUICE_S3_ENDPOINT_URL``, ``AWS_*`` and the CA (``AWS_CA_BUNDLE``) of the landing zone for the job, when it is ``s3://``."""
     if not os.environ.get("SLUICE_LANDING_URL", "").startswith("s3://"):
         return {}
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -41,6 +43,8 @@ def landing_env(aws_conn_id: str = AWS_CONN_ID) -> dict[str, str]:
     region = hook.conn_config.region_name
     if region:
         env["AWS_DEFAULT_REGION"] = region
+    if isinstance(hook.conn_config.verify, str) and hook.conn_config.verify:
+        env["AWS_CA_BUNDLE"] = hook.conn_config.verify  # a private CA (the local stack's MinIO)
     return env
 
 
@@ -50,12 +54,13 @@ class AnomalySparkSubmitOperator(SparkSubmitOperator):
     def execute(self, context: Any) -> Any:
         from include.anomaly.spark_env import submit_settings
 
-        settings = submit_settings(os.environ)
+        landing = landing_env()
+        settings = submit_settings({**os.environ, **landing})
         self.conf = {**settings.conf, **(self.conf or {})}
         self.jars = self.jars or settings.jars or None
         self._driver_memory = self._driver_memory or settings.driver_memory
         self._executor_memory = self._executor_memory or settings.executor_memory
-        self.env_vars = {**settings.env, **landing_env(), **(self.env_vars or {})}
+        self.env_vars = {**settings.env, **landing, **(self.env_vars or {})}
         self.log.info("spark-submit with Java %s, driver memory %s, %d jar(s)", settings.java_home,
                       self._driver_memory, len(self.jars.split(",")) if self.jars else 0)
         # The provider runs `spark-submit` by name; pyspark installs it beside this interpreter,

@@ -94,6 +94,8 @@ SECRETS: tuple[ComposeSecret, ...] = (
     ComposeSecret("airflow_jwt_secret", "Airflow's JWT signing secret (api-server and task tokens)"),
     ComposeSecret("airflow_api_secret_key", "Airflow's api secret_key (session signing)"),
     ComposeSecret("minio_root_password", "MinIO's root user (MINIO_ROOT_USER in .env)"),
+    ComposeSecret("minio_collector_secret", "MinIO's user sluice-collector (writes raw/; stack/minio_users.py)"),
+    ComposeSecret("minio_airflow_secret", "MinIO's user sluice-airflow (reads raw/, writes loaded/; stack/minio_users.py)"),
     ComposeSecret("mqtt_password", "Mosquitto's user MQTT_USERNAME (the collector and simulator)"),
     ComposeSecret("elastic_password", "Elasticsearch's superuser elastic"),
     ComposeSecret("kibana_system_password", "Kibana's own user kibana_system"),

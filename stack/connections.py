@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from include.landing import S3_REQUEST_CHECKSUMS
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.kafka import client_settings as kafka_client_settings
 from stack.services.minio import MinIO
@@ -19,14 +20,17 @@ from stack.spark import spark_env
 
 def airflow_connections(config: StackConfig) -> dict[str, dict]:
     """Connection id -> Airflow's JSON connection form."""
-    creds = MinIO(config).credentials()
+    # MinIO: Airflow's own least-privilege user (stack/minio_users.py), TLS verified against the stack's CA.
+    minio = MinIO(config)
+    creds = minio.credentials("airflow")
     host = config.host
     return {
         "aws_default": {
             "conn_type": "aws",
             "login": creds["access_key"],
             "password": creds["secret_key"],
-            "extra": {"endpoint_url": config.url("minio"), "region_name": "us-east-1"},
+            "extra": {"endpoint_url": minio.endpoint_url, "region_name": "us-east-1", "verify": str(minio.ca_file),
+                      "config_kwargs": {"request_checksum_calculation": S3_REQUEST_CHECKSUMS}},
         },
         # Kafka (issue 15): each connection's extra is the confluent-kafka config of one user,
         # SASL_SSL/SCRAM-SHA-512 trusting the stack's CA. kafka_default is Airflow's own user

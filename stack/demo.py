@@ -154,7 +154,7 @@ def run(config: StackConfig, *, minutes: int = 3) -> int:
     runs = wait_for_runs(client, minute_list, timeout=(last_end - now).total_seconds() + 300,
                          out=lambda s: print(s, flush=True))
 
-    landing = open_landing(landing_url(config), s3_client=MinIO(config).client())
+    landing = open_landing(landing_url(config), s3_client=MinIO(config).client("airflow"))  # reads only
     es = es_mod.connect(config.url("elasticsearch"))
     prefix = contract.index_prefix()
     es.indices.refresh(index=",".join(contract.index_pattern(s, prefix=prefix) for s in SOURCES))
@@ -183,7 +183,7 @@ Where to look:
   Airflow UI     {config.url('airflow_api')} (admin; password in runtime/airflow/simple_auth_manager_passwords.json)
   Elasticsearch  curl -s '{es_url}/{contract.index_pattern(SENSOR, prefix=prefix)}/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
   OpenTSDB       {config.url('opentsdb')}/api/query?start=1h-ago&m=none:mqtt.home.pcroom{{type=temperature}}
-  Landing zone   MinIO {config.url('minio')} bucket {LANDING_BUCKET} (raw/, loaded/, deadletter/)
+  Landing zone   MinIO {MinIO(config).endpoint_url} bucket {LANDING_BUCKET} (raw/, loaded/, deadletter/)
   Health         python -m stack status
 """)
     print("every minute matches: landed = loaded by the scheduled DAG run = in Elasticsearch = in OpenTSDB"

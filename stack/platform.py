@@ -30,6 +30,7 @@ from stack.services.airflow import CELERY_WORKERS, AirflowScheduler, password_fi
 from stack.services import ALL
 from stack.services.redis import Redis
 from stack.services.collectors import Simulator, SupervisedService
+from stack.tls import ca_cert_path
 
 Out = Callable[[str], None]
 
@@ -106,7 +107,7 @@ Sluice is running (in the background; `make down` stops all of it).
   Airflow UI      {config.url('airflow_api')}   user admin, password in {password_file(config)}
   Elasticsearch   {config.url('elasticsearch')}
   OpenTSDB        {config.url('opentsdb')}
-  MinIO console   {config.url('minio_console')}   keys in {config.runtime / 'minio' / 'credentials.json'}, bucket {LANDING_BUCKET}
+  MinIO console   {config.url('minio_console', 'https')}   root keys in {config.runtime / 'minio' / 'credentials.json'}, bucket {LANDING_BUCKET}; CA {ca_cert_path(config)}
   Logs            {config.runtime}/<service>/<service>.log   (`python -m stack logs <service>`)
   Executor        {executor_line(config)}
   Health          python -m stack status     Check the counts: make demo

@@ -42,7 +42,8 @@ RULES: dict[str, re.Pattern[str]] = {
     "default password": re.compile(
         rf"(?i)\b(?:{_KEYS})\b[\"']?\s*[:=]\s*([\"'])(?:{_DEFAULTS})\1"
         rf"|^\s*-?\s*[\w.-]*\b(?:{_KEYS})\b[\"']?\s*[:=]\s*(?:{_DEFAULTS})\s*$"),
-    "MinIO default credentials": re.compile(r"(?i)\bminioadmin\b"),
+    # MinIO's default user and password (the word in lower case; the SDK class MinioAdmin is not it).
+    "MinIO default credentials": re.compile(r"\bminioadmin\b"),
     "change-me placeholder": re.compile(rf"(?i){_CHANGE_ME}"),
     "Elasticsearch user with a literal password": re.compile(r"\belastic:(?![$%{}\s\"'])[^\s\"'@,)]{3,}"),
     "credentials in a URL": re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@\"'<>]*:(?![$%{}<\s])[^@\s\"'/<>]+@[\w.-]+"),

@@ -46,7 +46,7 @@ from urllib.parse import urlparse
 import orjson
 
 from include.anomaly.detect import SERIES, Method, daily_aggregates, find_anomalies
-from include.contract import format_timestamp, parse_iso_utc, parse_key
+from include.contract import ANOMALY_RESULTS, format_timestamp, parse_iso_utc, parse_key
 from include.landing import LandingZone, open_landing
 from include.loads import list_landed, list_quarantined
 from include.schemas import HOST, HOST_SCHEMA, SENSOR, SENSOR_SCHEMA, SOURCES
@@ -55,9 +55,6 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("include.anomaly.job")
-
-#: Results live beside raw/, loaded/, deadletter/ and staged/ in the landing zone.
-RESULTS = "anomaly/"
 
 
 class SparkStartError(RuntimeError):
@@ -142,7 +139,7 @@ class SourceResult(TypedDict):
 
 def result_key(source: str, start: datetime, end: datetime) -> str:
     """Landing key of the result of one source and window (minutes, UTC)."""
-    return f"{RESULTS}{source}/{start:%Y-%m-%dT%H%M}_{end:%Y-%m-%dT%H%M}.json"
+    return f"{ANOMALY_RESULTS}{source}/{start:%Y-%m-%dT%H%M}_{end:%Y-%m-%dT%H%M}.json"
 
 
 def spark_path(landing_url: str, key: str) -> str:

@@ -14,7 +14,11 @@ naming the bad value and what to do:
   a valid size (executors run elsewhere on a cluster, so only its form is checked);
 * ``SLUICE_SPARK_JARS`` (comma-separated; ``python -m stack install`` fetches
   hadoop-aws and the AWS SDK bundle from Maven Central and ``python -m stack env``
-  lists them) must exist when the landing zone is ``s3://``.
+  lists them) must exist when the landing zone is ``s3://``;
+* ``AWS_CA_BUNDLE`` (the CA that signs a private S3 endpoint's certificate, e.g.
+  the local stack's MinIO; the aws connection's ``verify``) must be a PEM file:
+  the JVM trusts it through a PKCS#12 trust store made from it
+  (:func:`java_truststore`), which boto3 in the job reads as is.
 
 Defaults suit a shared 2-core machine: ``local[*]`` (the ``spark_default``
 Connection's master), 1 GiB of driver heap, 4 shuffle partitions.
@@ -22,7 +26,10 @@ Connection's master), 1 GiB of driver heap, 4 shuffle partitions.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +122,47 @@ def check_memory(text: str, *, variable: str, available: int | None) -> str:
     return text
 
 
+def java_truststore(ca_file: str, *, folder: Path | None = None) -> Path:
+    """A PKCS#12 trust store holding the certificates of ``ca_file`` (PEM), for ``-Djavax.net.ssl.trustStore``.
+
+    The JVM reads no PEM trust store, and hadoop-aws (s3a://) has no option of
+    its own for a CA: it trusts what the JVM's default trust store holds. The
+    store has no password (it holds certificates only, which are public; Java
+    reads such a store since 8u301/11.0.12). Named by a digest of the PEM, in
+    ``folder`` (default: the temporary folder), and written once: a renewed CA
+    gets a new file. SparkEnvironmentError when the file is no PEM certificate.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    try:
+        pem = Path(ca_file).read_bytes()
+        certs = x509.load_pem_x509_certificates(pem)
+    except (OSError, ValueError) as exc:
+        raise SparkEnvironmentError(
+            f"AWS_CA_BUNDLE={ca_file} is not a readable PEM certificate file ({exc}): point it at the CA "
+            "that signs the S3 endpoint's certificate (the local stack's runtime/tls/ca.crt)"
+        ) from None
+    folder = folder or Path(tempfile.gettempdir())
+    path = folder / f"sluice-truststore-{hashlib.sha256(pem).hexdigest()[:16]}.p12"
+    if not path.exists():
+        store = pkcs12.serialize_java_truststore(
+            [pkcs12.PKCS12Certificate(c, f"ca-{i}".encode()) for i, c in enumerate(certs)], serialization.NoEncryption()
+        )
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sluice-truststore-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(store)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # atomic: two tasks racing write the same bytes
+    return path
+
+
+def trust_options(store: str) -> str:
+    """JVM options that make ``store`` (a PKCS#12 file) the trust store of every TLS connection."""
+    return f"-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12"
+
+
 def submit_settings(environ: Mapping[str, str], *, available: int | None = None, meminfo: Path | None = None) -> SubmitSettings:
     """Everything spark-submit needs here, checked; see the module doc."""
     if environ.get("SLUICE_SPARK_JAVA_HOME"):
@@ -141,4 +189,11 @@ def submit_settings(environ: Mapping[str, str], *, available: int | None = None,
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}",
         "spark.ui.enabled": environ.get("SLUICE_SPARK_UI", "false"),
     }
+    if environ.get("AWS_CA_BUNDLE"):
+        # The driver (the only JVM with local[*]) reads the store where it was made; executors of a
+        # cluster get it through spark.files, which lands it in their working folder.
+        store = java_truststore(environ["AWS_CA_BUNDLE"])
+        conf["spark.driver.extraJavaOptions"] += " " + trust_options(str(store))
+        conf["spark.executor.extraJavaOptions"] = trust_options(store.name)
+        conf["spark.files"] = str(store)
     return SubmitSettings(java_home, driver, executor, ",".join(jars), conf)

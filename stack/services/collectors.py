@@ -47,17 +47,26 @@ class SupervisedService(Service):
     def args(self) -> list[str]:
         return []
 
+    #: Whether the program lands files in MinIO (and so gets the collector user's keys).
+    lands = False
+
     def env(self) -> dict[str, str]:
-        creds = MinIO(self.config).credentials()
-        return {
-            **os.environ,
-            **airflow_env(self.config),
-            "SLUICE_S3_ACCESS_KEY": creds["access_key"],
-            "SLUICE_S3_SECRET_KEY": creds["secret_key"],
-            # Kafka login (issue 15): user, CA, and the password by file (SLUICE_KAFKA_PASSWORD_FILE).
-            **(kafka_client_env(self.config, self.kafka_user) if self.kafka_user else {}),
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = {**os.environ, **airflow_env(self.config), "PYTHONUNBUFFERED": "1"}
+        # airflow_env brings PYTHONPATH and the landing URL; its Connections carry Airflow's own
+        # credentials (MinIO, Kafka, Elasticsearch), which no collector may hold: each program gets
+        # its own user below. MinIO: only the landing programs get keys, the collector user's
+        # (write-only, stack/minio_users.py).
+        for var in [v for v in env if v.startswith("AIRFLOW_CONN_")]:
+            del env[var]
+        if self.lands:
+            minio = MinIO(self.config)
+            creds = minio.credentials("collector")
+            env.update(SLUICE_S3_ACCESS_KEY=creds["access_key"], SLUICE_S3_SECRET_KEY=creds["secret_key"],
+                       SLUICE_S3_CA_BUNDLE=str(minio.ca_file))
+        # Kafka login (issue 15): user, CA, and the password by file (SLUICE_KAFKA_PASSWORD_FILE).
+        if self.kafka_user:
+            env.update(kafka_client_env(self.config, self.kafka_user))
+        return env
 
     def prepare(self) -> None:
         self.state_file.unlink(missing_ok=True)
@@ -109,7 +118,7 @@ class SupervisedService(Service):
         return int(self.supervisor_state().get("restarts", 0))
 
     def landing_args(self) -> list[str]:
-        return ["--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", self.config.url("minio"),
+        return ["--landing-url", f"s3://{LANDING_BUCKET}", "--s3-endpoint-url", MinIO(self.config).endpoint_url,
                 "--state-dir", str(self.dir / "state"), "--metrics-port", str(self.port)]
 
     def kafka(self) -> str:
@@ -121,6 +130,7 @@ class HostCollector(SupervisedService):
     module = "collectors.host"
     port_names = ("host_collector",)
     kafka_user = "sluice-host-collector"
+    lands = True
 
     def args(self) -> list[str]:
         return [*self.landing_args(), "--kafka-bootstrap", self.kafka()]
@@ -131,6 +141,7 @@ class MqttCollector(SupervisedService):
     module = "collectors.mqtt"
     port_names = ("mqtt_collector",)
     kafka_user = "sluice-mqtt-collector"
+    lands = True
     #: A persistent session: after a crash the broker redelivers what was not acknowledged.
     client_id = "sluice-platform-collector"
 

@@ -99,12 +99,13 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
                                           "--metrics-port", "0"]}
     if with_s3:
         minio = MinIO(StackConfig.from_env())
-        creds = minio.credentials()
+        creds = minio.credentials("collector")
         (tmp / "ak").write_text(creds["access_key"])
         (tmp / "sk").write_text(creds["secret_key"])
         runs["collectors.host (s3:// MinIO)"] = [
             sys.executable, "-m", "collectors.host", "--landing-url", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
-            "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
+            "--s3-endpoint-url", minio.endpoint_url, "--s3-access-key-file", str(tmp / "ak"),
+            "--s3-ca-bundle", str(minio.ca_file),
             "--s3-secret-key-file", str(tmp / "sk"), "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
     for name, cmd in runs.items():
         procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)

@@ -76,12 +76,12 @@ def bench_host(seconds: float, *, kafka: bool = True, s3: bool = True, warmup: f
         from stack.services.minio import MinIO
 
         minio = MinIO(cfg)
-        creds = minio.credentials()
+        creds = minio.credentials("collector")
         (tmp / "ak").write_text(creds["access_key"])
         (tmp / "sk").write_text(creds["secret_key"])
         sampler("collectors.host s3:// MinIO", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
-                "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
-                "--s3-secret-key-file", str(tmp / "sk"))
+                "--s3-endpoint-url", minio.endpoint_url, "--s3-access-key-file", str(tmp / "ak"),
+                "--s3-secret-key-file", str(tmp / "sk"), "--s3-ca-bundle", str(minio.ca_file))
     log = (tmp / "log").open("ab")
     procs = {name: subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_login}, stdout=log,
                                     stderr=subprocess.STDOUT)

@@ -206,7 +206,8 @@ def main() -> int:
     print(f"  {rate:,.0f} messages/s against {args.devices:,} messages/s offered "
           f"({rate / args.devices:.2f}x)", flush=True)
     minio = MinIO(StackConfig.from_env())
-    landing = S3Landing(minio.client(), LANDING_BUCKET, f"bench-landing-{uuid.uuid4().hex[:8]}")
+    # Root's client: run_load reads each minute's manifest back to time it (the collector user cannot read).
+    landing = S3Landing(minio.admin_client(), LANDING_BUCKET, f"bench-landing-{uuid.uuid4().hex[:8]}")
     print(f"landing {args.devices} devices for {args.seconds:.0f} s into {landing.url} ...", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_load(landing, Path(tmp), devices=args.devices, seconds=args.seconds, writer="bench-collector")

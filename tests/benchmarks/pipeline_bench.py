@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in airflow_env(StackConfig.from_env()).items():
             os.environ.setdefault(key, value)
         for sinks in args.sinks or ["elasticsearch"]:
-            bench_fast_backfill(MinIO(StackConfig.from_env()).client(), files, sinks=sinks)
+            bench_fast_backfill(MinIO(StackConfig.from_env()).admin_client(), files, sinks=sinks)
     return 0
 
 

@@ -67,7 +67,7 @@ def main() -> None:
     print("starting (or reusing) minio, kafka, elasticsearch, opentsdb ...", flush=True)
     api.ensure(config, ["minio", "kafka", "elasticsearch", "opentsdb"])
     run = uuid.uuid4().hex[:8]
-    landing = S3Landing(MinIO(config).client(), LANDING_BUCKET, f"bench-reconcile-{run}")
+    landing = S3Landing(MinIO(config).admin_client(), LANDING_BUCKET, f"bench-reconcile-{run}")
     es = es_mod.connect(config.url("elasticsearch"), request_timeout=60)
     prefix = f"sluicebench-{run}"
     topic = f"sluice.bench.reconcile.{run}"

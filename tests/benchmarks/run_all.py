@@ -139,7 +139,7 @@ def hop_backfill(cfg: StackConfig, quick: bool) -> list[Row]:
     for key, value in airflow_env(cfg).items():
         os.environ.setdefault(key, value)
     files, _ = _host_day_docs()
-    s3 = MinIO(cfg).client()
+    s3 = MinIO(cfg).admin_client()  # root: the bench seeds the host-day and removes it
     progress("backfill: sluice_backfill_fast of a host-day into Elasticsearch alone")
     es_only = pipeline_bench.bench_fast_backfill(s3, files, sinks="elasticsearch")
     progress("backfill: the same into Elasticsearch and OpenTSDB")

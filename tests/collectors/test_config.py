@@ -40,6 +40,8 @@ def test_help_documents_every_option(module, cls):
     pytest.param(["--mqtt-session-expiry", "0"], {}, "--mqtt-session-expiry", id="session-expiry"),
     pytest.param(["--retry-initial", "10", "--retry-max", "1"], {}, "--retry-initial", id="retry"),
     pytest.param(["--mqtt-password-file", "/nonexistent/pw"], {}, "--mqtt-password-file", id="secret-file"),
+    pytest.param(["--s3-ca-bundle", "/nonexistent/ca.crt"], {}, "--s3-ca-bundle", id="ca-bundle-missing"),
+    pytest.param([], {"SLUICE_S3_CA_BUNDLE": "/nonexistent/ca.crt"}, "--s3-ca-bundle", id="ca-bundle-env-missing"),
 ])
 def test_invalid_config_names_the_option(tmp_path, argv, environ, names):
     with pytest.raises(ConfigError, match=names):

@@ -84,7 +84,7 @@ def test_restart_in_the_same_minute_merges_and_never_shrinks(tmp_path):
 @pytest.mark.integration
 def test_minio_down_spools_and_lands_after_recovery(tmp_path, stack_config):
     with private_service(MinIO, stack_config, tmp_path / "minio") as minio:
-        landing = S3Landing(minio.client(), LANDING_BUCKET, "host-test")
+        landing = S3Landing(minio.client("collector"), LANDING_BUCKET, "host-test")
         clock = ScaledClock(60, start=T0)
         sampler = HostSampler(config(tmp_path, retry_initial=1.0, retry_max=4.0), landing=landing, clock=clock)
         stop = threading.Event()
@@ -103,7 +103,7 @@ def test_minio_down_spools_and_lands_after_recovery(tmp_path, stack_config):
             thread.join(30)
             if minio.pid() is None:
                 minio.start()
-        files = landed_rows(landing)
+        files = landed_rows(S3Landing(minio.admin_client(), LANDING_BUCKET, "host-test"))  # root reads back
         stamps = all_timestamps(files)
         assert len(stamps) == len(set(stamps)) == sampler.samples
         assert len(files) >= 4

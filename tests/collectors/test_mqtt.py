@@ -174,7 +174,9 @@ def journalled_rows(state: Path) -> int:
 def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mosquitto, kafka, minio):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
-    landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-{run}")
+    # The collector lands as MinIO's collector user (write-only); the test reads as root.
+    landing = S3Landing(minio.client("collector"), LANDING_BUCKET, f"test-{run}")
+    seen = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
     cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}")
     sim = Simulator(SimulatorConfig(mqtt_port=mosquitto.port, topic_prefix=f"t{run}/sensors", devices=4, rate=25,
                                     duration=2, malformed_rate=0.05, anomaly_rate=0.01, client_id=f"sim-{run}"))
@@ -184,10 +186,10 @@ def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mosquitto, kafka, m
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{collector.metrics_port}/metrics").read().decode()
         assert "sluice_collector_readings_received_total" in metrics
         assert "sluice_collector_spool_depth" in metrics
-    rows = sensor_rows(landing)
+    rows = sensor_rows(seen)
     assert len(rows) == len(set(rows)) == sent.readings
     assert {r[1] for r in rows} == {f"room-{i:04d}" for i in range(4)}
-    letters = deadletters(landing)
+    letters = deadletters(seen)
     assert len(letters) == sent.malformed and all(x["reason"] and "payload" in x for x in letters)
     got = kafka_count(bootstrap, [cfg.kafka_topic, cfg.kafka_deadletter_topic], sent.messages)
     assert len(got[cfg.kafka_topic]) == sent.messages - sent.malformed

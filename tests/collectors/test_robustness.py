@@ -69,7 +69,9 @@ def pills(now_ms: int) -> dict[str, tuple[str, bytes, set[str]]]:
 def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_path, mosquitto, kafka, minio):
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
-    landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-{run}")
+    # The collector lands as MinIO's collector user (write-only); the test reads as root.
+    landing = S3Landing(minio.client("collector"), LANDING_BUCKET, f"test-{run}")
+    seen = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
     cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}",
                       fsync_interval=0, heartbeat_interval=1.0)
     now_ms = int(time.time() // 60 * 60 * 1000) + 1000
@@ -113,12 +115,12 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
         status, text = healthz(collector.metrics_port)
         assert status == 200, text
         assert collector.client._thread.is_alive()  # paho's network thread survived every pill
-    rows = sensor_rows(landing)
+    rows = sensor_rows(seen)
     assert sorted(r for r in rows if r[1] == "good") == sorted(set(r for r in rows if r[1] == "good"))
     assert len([r for r in rows if r[1] == "good"]) == 3 * (len(sent) - 1)
     assert len([r for r in rows if r[1] == "odd"]) == 5
     assert not [r for r in rows if r[1] not in ("good", "odd")], "no pill became a row"
-    letters = deadletters(landing)
+    letters = deadletters(seen)
     by_topic = {x["topic"].split("/sensors/", 1)[1]: x for x in letters}
     for name, (device, payload, codes) in sent.items():
         letter = by_topic[device]
@@ -132,14 +134,14 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
     meta = [orjson.loads(v) for v in dead if v.startswith(b'{"metadata_only"')]
     assert len(meta) == 1 and meta[0]["payload_bytes"] == len(sent["oversized-2MB"][1])
     # The manifest of the minute counts the dead letters; the heartbeat is there.
-    manifests, bad = read_manifests(landing, SENSOR, time_minute(now_ms))
+    manifests, bad = read_manifests(seen, SENSOR, time_minute(now_ms))
     assert not bad and len(manifests) == 1
     assert manifests[0].rows["good"] == 3 * (len(sent) - 1)
     # Payloads count in their receive minute: the test may have crossed into the next one.
-    later, _ = read_manifests(landing, SENSOR, time_minute(now_ms + 60_000))
+    later, _ = read_manifests(seen, SENSOR, time_minute(now_ms + 60_000))
     assert sum(m.received for m in manifests + later) == total
     assert sum(sum(m.deadletters.values()) for m in manifests + later) >= len(sent)
-    beats, _ = read_heartbeats(landing, SENSOR)
+    beats, _ = read_heartbeats(seen, SENSOR)
     assert [b.writer for b in beats] == [cfg.mqtt_client_id]
 
 

@@ -33,7 +33,8 @@ DEVICES = 5000
 @pytest.mark.timeout(600)
 def test_one_collector_lands_5000_devices_every_minute_and_the_spool_stays_flat(tmp_path, minio, capsys):
     run = new_run_id()
-    landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-{run}")
+    # Root's client: run_load reads each minute's manifest back to time it (the collector user cannot read).
+    landing = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
     result = run_load(landing, tmp_path / "state", devices=DEVICES, seconds=150, writer=f"col-{run}",
                       progress=lambda line: None)
     with capsys.disabled():

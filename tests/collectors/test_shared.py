@@ -100,15 +100,16 @@ def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, k
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
     prefix, metric, group = f"t{run}/sensors", f"t.{run}.m", f"g{run}"
-    creds = minio.credentials()
+    creds = minio.credentials("collector")  # the collectors' own user; the test reads as root
     (tmp_path / "ak").write_text(creds["access_key"])
     (tmp_path / "sk").write_text(creds["secret_key"])
     landing_prefix = f"test-{run}"
-    landing = S3Landing(minio.client(), LANDING_BUCKET, landing_prefix)
+    landing = S3Landing(minio.admin_client(), LANDING_BUCKET, landing_prefix)
 
     def collector_args(name: str) -> list[str]:
-        return ["--landing-url", f"s3://{LANDING_BUCKET}/{landing_prefix}", "--s3-endpoint-url", minio.config.url("minio"),
+        return ["--landing-url", f"s3://{LANDING_BUCKET}/{landing_prefix}", "--s3-endpoint-url", minio.endpoint_url,
                 "--s3-access-key-file", str(tmp_path / "ak"), "--s3-secret-key-file", str(tmp_path / "sk"),
+                "--s3-ca-bundle", str(minio.ca_file),
                 "--state-dir", str(tmp_path / f"state-{name}"), "--mqtt-port", str(mosquitto.port),
                 "--mqtt-client-id", f"col-{run}-{name}", "--mqtt-topics", f"{prefix}/+", "--mqtt-shared-group", group,
                 "--kafka-bootstrap", t.bootstrap, "--kafka-topic", t.raw, "--kafka-deadletter-topic", t.dl,

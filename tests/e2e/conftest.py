@@ -173,7 +173,10 @@ def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Ite
 
 @pytest.fixture(scope="session")
 def landing(minio, run_prefix) -> S3Landing:
-    zone = S3Landing(minio.client(), LANDING_BUCKET, run_prefix)
+    """The run's landing prefix through MinIO's root account, on purpose: the test seeds raw files
+    (the collectors' part), reads what the DAGs wrote and removes it all afterwards, which no
+    Sluice user may (nobody deletes raw/). The DAGs themselves run as Airflow's user (aws_default)."""
+    zone = S3Landing(minio.admin_client(), LANDING_BUCKET, run_prefix)
     yield zone
     for info in list(zone.list("")):
         zone.delete(info.key)

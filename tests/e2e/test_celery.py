@@ -61,7 +61,7 @@ def celery_platform(celery_config, local_stack, minio, kafka, elasticsearch, ope
 
 @pytest.fixture(scope="module")
 def platform_landing(minio, stack_config):
-    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).client())
+    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).admin_client())  # root: the test only inspects
 
 
 def _worker_names(config) -> set[str]:

@@ -41,7 +41,7 @@ def _next_minute(after: datetime | None = None) -> datetime:
 
 @pytest.fixture(scope="module")
 def landing(minio, stack_config):
-    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).client())
+    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).admin_client())  # root: the test only inspects
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,10 @@ from stack.config import LANDING_BUCKET
 
 @pytest.fixture()
 def landing(minio):
-    zone = S3Landing(minio.client(), LANDING_BUCKET, f"test-pipeline-{uuid.uuid4().hex[:8]}")
+    """A private prefix through MinIO's root account, on purpose: the tests play every writer
+    (collector and DAG) on one zone and delete the prefix afterwards, which no Sluice user may.
+    What each user may do is tested on the real MinIO in tests/stack/test_minio_smoke.py."""
+    zone = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-pipeline-{uuid.uuid4().hex[:8]}")
     yield zone
     for info in list(zone.list("")):
         zone.delete(info.key)

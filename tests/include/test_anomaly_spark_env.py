@@ -9,6 +9,7 @@ import pytest
 from include.anomaly.spark_env import (
     DEFAULT_DRIVER_MEMORY,
     SparkEnvironmentError,
+    java_truststore,
     parse_size,
     submit_settings,
 )
@@ -86,3 +87,43 @@ def test_available_memory_comes_from_proc_meminfo(tmp_path, jdk17):
     meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:     1048576 kB\n")
     with pytest.raises(SparkEnvironmentError, match=r"=2g is more than the 1.0 GiB"):
         submit_settings({"JAVA_HOME": jdk17, "SLUICE_SPARK_DRIVER_MEMORY": "2g"}, meminfo=meminfo)
+
+
+# -- a private S3 endpoint's CA (the local stack's MinIO) ------------------------------------------
+def _ca_pem(tmp_path: Path) -> Path:
+    from stack.config import StackConfig
+    from stack.tls import ca_cert_path, ensure_ca
+
+    config = StackConfig(runtime=tmp_path / "runtime", cache=tmp_path / "cache")
+    ensure_ca(config)
+    return ca_cert_path(config)
+
+
+def test_a_ca_bundle_becomes_the_jvms_trust_store(tmp_path, jdk17):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    ca = _ca_pem(tmp_path)
+    s = submit_settings({"JAVA_HOME": jdk17, "AWS_CA_BUNDLE": str(ca)}, available=8 * GiB)
+    store = Path(s.conf["spark.files"])
+    assert f"-Djavax.net.ssl.trustStore={store} -Djavax.net.ssl.trustStoreType=PKCS12" in s.conf["spark.driver.extraJavaOptions"]
+    assert s.conf["spark.driver.extraJavaOptions"].startswith("-Dlog4j2.configurationFile=")  # kept
+    assert s.conf["spark.executor.extraJavaOptions"] == f"-Djavax.net.ssl.trustStore={store.name} -Djavax.net.ssl.trustStoreType=PKCS12"
+    held = pkcs12.load_pkcs12(store.read_bytes(), None)
+    assert held.key is None  # certificates only: nothing secret in a password-less store
+    assert [c.certificate for c in held.additional_certs] == [x509.load_pem_x509_certificate(ca.read_bytes())]
+    assert java_truststore(str(ca)) == store  # same CA, same file
+
+
+def test_no_ca_bundle_leaves_the_jvms_default_trust(jdk17):
+    conf = submit_settings({"JAVA_HOME": jdk17}, available=8 * GiB).conf
+    assert "trustStore" not in conf["spark.driver.extraJavaOptions"] and "spark.files" not in conf
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"], ids=["missing", "not-pem"])
+def test_an_unusable_ca_bundle_fails_with_its_name(tmp_path, jdk17, content):
+    path = tmp_path / "ca.crt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SparkEnvironmentError, match=f"AWS_CA_BUNDLE={path} is not a readable PEM certificate file"):
+        submit_settings({"JAVA_HOME": jdk17, "AWS_CA_BUNDLE": str(path)}, available=8 * GiB)

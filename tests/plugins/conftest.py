@@ -12,7 +12,8 @@ from stack.config import LANDING_BUCKET
 
 @pytest.fixture()
 def landing(minio):
-    zone = S3Landing(minio.client(), LANDING_BUCKET, f"test-plugins-{uuid.uuid4().hex[:8]}")
+    """Through MinIO's root account, on purpose: the tests seed files and delete the prefix afterwards."""
+    zone = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-plugins-{uuid.uuid4().hex[:8]}")
     yield zone
     for info in list(zone.list("")):
         zone.delete(info.key)

@@ -57,7 +57,7 @@ def page_data(minio, elasticsearch):
     """Six recent sensor minutes: green, red (file deleted), red (ES docs deleted), healed, green with dead letters,
     and one held back (SLA breach); plus what the freshness check stored."""
     run = uuid.uuid4().hex[:8]
-    landing = S3Landing(minio.client(), LANDING_BUCKET, f"test-ui-{run}")
+    landing = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-ui-{run}")  # root seeds and cleans up
     es = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
     prefix = f"sluicetest-ui-{run}"
     sink = sinks.ElasticsearchSink(es, prefix=prefix)
