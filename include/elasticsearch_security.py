@@ -53,6 +53,16 @@ LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS = (
     "loader", "lag", "reconcile", "anomaly", "provision", "dashboards")
 ROLES = (LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS)
 
+#: The Airflow Connection of each role (the local stack and docker-compose define them; DAG tasks pick theirs).
+CONNECTION_IDS = {
+    LOADER: "elasticsearch_default",
+    LAG_ROLE: "elasticsearch_lag",
+    RECONCILE_ROLE: "elasticsearch_reconcile",
+    ANOMALY_ROLE: "elasticsearch_anomaly",
+    PROVISION: "elasticsearch_provision",
+    DASHBOARDS: "elasticsearch_dashboards",
+}
+
 #: Index privileges of a writer: make the daily index, (re)index documents by id. ``index`` covers
 #: create and overwrite but not delete; ``create_index`` only new indices, not their deletion.
 _WRITE = ["create_index", "index"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from include.contract import index_prefix
+from include.elasticsearch_security import CONNECTION_IDS
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.minio import MinIO
 from stack.spark import spark_env
@@ -31,12 +33,8 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
             "conn_type": "kafka",
             "extra": {"bootstrap.servers": config.kafka_bootstrap},
         },
-        "elasticsearch_default": {
-            "conn_type": "elasticsearch",
-            "host": host,
-            "port": config.ports["elasticsearch"],
-            "schema": "http",
-        },
+        # elasticsearch_default (the loader) and one connection per other Elasticsearch role.
+        **elasticsearch_connections(config),
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
         "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
         # The Spark anomaly job runs in-process on this machine's cores; docker-compose points the
@@ -59,6 +57,29 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
             "extra": {"api_key": os.environ.get("SLUICE_KIBANA_API_KEY", "")},
         },
     }
+
+
+def elasticsearch_connections(config: StackConfig, prefix: str | None = None) -> dict[str, dict]:
+    """One Airflow Connection per Elasticsearch role: HTTPS, the stack's CA, that role's API key for ``prefix``.
+
+    ``prefix`` defaults to ``SLUICE_ES_INDEX_PREFIX`` (else ``sluice``). Keys are
+    read from the runtime folder, where the stack keeps them once Elasticsearch
+    started; before that (``python -m stack env`` on a new checkout) a
+    connection has no key and Elasticsearch answers 401 until ``up``.
+    """
+    from stack.services.elasticsearch import Elasticsearch  # stack.services imports this module
+
+    es = Elasticsearch(config)
+    keys = es.stored_api_keys(prefix or index_prefix())
+    out = {}
+    for role, conn_id in CONNECTION_IDS.items():
+        extra = {"ca_certs": str(es.ca_certs)}
+        if role in keys:
+            # The provider passes the extra to elasticsearch.Elasticsearch(); Airflow masks "api_key" in logs.
+            extra["api_key"] = keys[role]["encoded"]
+        out[conn_id] = {"conn_type": "elasticsearch", "host": config.host, "port": config.ports["elasticsearch"],
+                        "schema": "https", "extra": extra}
+    return out
 
 
 def airflow_parallelism(cores: int | None = None) -> int:

@@ -92,31 +92,57 @@ class Elasticsearch(Service):
     def keys_file(self, prefix: str) -> Path:
         return self.dir / f"api-keys-{check_index_prefix(prefix)}.json"
 
+    def stored_api_keys(self, prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, str]]:
+        """The keys kept for ``prefix`` (no request; ``{}`` before the stack made them)."""
+        path = self.keys_file(prefix)
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def api_keys(self, prefix: str = ES_INDEX_PREFIX, *, verify: bool = False) -> dict[str, dict[str, str]]:
-        """Role -> API key (``id``, ``name``, ``encoded``) of ``prefix``; made when missing (the node must run).
+        """Role -> API key (``id``, ``name``, ``encoded``) of every role for ``prefix``; made when missing.
 
         ``verify`` asks the cluster whether each kept key is still valid and
-        replaces those it lost.
+        replaces those it lost (a wiped data folder). The node must run.
+        """
+        from include import elasticsearch_security as sec
+
+        keys = self.stored_api_keys(prefix)
+        with self.admin() as admin:
+            lost = [r for r in sec.ROLES if r not in keys or (verify and not sec.key_is_valid(admin, keys[r]))]
+        return self._make_keys(prefix, lost) if lost else keys
+
+    def api_key(self, role: str, prefix: str = ES_INDEX_PREFIX) -> str:
+        """The encoded API key (the ``Authorization: ApiKey`` value) of ``role`` for ``prefix``; made when missing."""
+        keys = self.stored_api_keys(prefix)
+        if role not in keys:
+            keys = self._make_keys(prefix, [role])
+        return keys[role]["encoded"]
+
+    def _make_keys(self, prefix: str, roles: list[str]) -> dict[str, dict[str, str]]:
+        """New keys of ``roles`` for ``prefix``, kept with the others; the prefix's templates first when it is new.
+
+        Writers may not install templates (see :mod:`include.elasticsearch_security`),
+        so whoever makes keys for a prefix installs its templates.
         """
         from include import elasticsearch_security as sec
 
         path = self.keys_file(prefix)
-        if not path.exists() or verify:
-            with self.admin() as admin:
-                keys = secret_json(path, lambda: {r: sec.create_api_key(admin, r, prefix=prefix) for r in sec.ROLES})
-                lost = [r for r in sec.ROLES if r not in keys or not sec.key_is_valid(admin, keys[r])]
-                if lost:
-                    keys.update({r: sec.create_api_key(admin, r, prefix=prefix) for r in lost})
-                    write_private(path, json.dumps(keys) + "\n", replace=True)
-            return keys
-        return json.loads(path.read_text())
+        with self.admin() as admin:
+            if not path.exists():
+                self.install_templates(admin, prefix)
+            keys = self.stored_api_keys(prefix)
+            keys.update({r: sec.create_api_key(admin, r, prefix=prefix) for r in roles})
+        write_private(path, json.dumps(keys) + "\n", replace=True)
+        return keys
 
-    def api_key(self, role: str, prefix: str = ES_INDEX_PREFIX) -> str:
-        """The encoded API key (the ``Authorization: ApiKey`` value) of ``role`` for ``prefix``."""
-        keys = self.api_keys(prefix)
-        if role not in keys:
-            raise StackError(self.name, f"no API key of role {role!r} in {self.keys_file(prefix)}")
-        return keys[role]["encoded"]
+    @staticmethod
+    def install_templates(admin: Client, prefix: str) -> None:
+        """Every Sluice index template of ``prefix`` (sources, lag, anomaly, reconcile), written as admin when changed."""
+        from include.contract import RECONCILE, template_name
+        from include.dashboards.index_templates import apply_index_templates
+        from include.reconcile import reconcile_template
+
+        apply_index_templates(admin, prefix=prefix)
+        apply_index_templates(admin, {template_name(RECONCILE, prefix=prefix): reconcile_template(prefix)})
 
     def rotate_api_keys(self, prefix: str = ES_INDEX_PREFIX) -> list[str]:
         """New keys for every role of ``prefix``; the old ones are invalidated. Returns the roles rotated.
@@ -279,24 +305,21 @@ class Elasticsearch(Service):
         return f"cluster {health['cluster_name']} {health['status']}, Elasticsearch {VERSION}, HTTPS + API keys"
 
     def after_start(self) -> None:
-        """Install the default prefix's index templates and check (or make) its API keys."""
-        self.provision(ES_INDEX_PREFIX, verify=True)
-        for path in self.dir.glob("api-keys-*.json"):
-            prefix = path.name[len("api-keys-"):-len(".json")]
-            if prefix != ES_INDEX_PREFIX:
-                self.api_keys(prefix, verify=True)
+        """Install the default prefix's templates, check (or make) its API keys; drop other prefixes' keys.
 
-    def provision(self, prefix: str = ES_INDEX_PREFIX, *, verify: bool = False) -> dict[str, dict[str, str]]:
-        """Index templates of ``prefix`` installed as admin, and its API keys; returns the keys.
-
-        Writers may not install templates (see :mod:`include.elasticsearch_security`),
-        so whoever makes keys for a prefix installs its templates first.
+        Keys of other prefixes (tests and benchmarks make them for their own
+        prefixes) are invalidated at each start, so they do not pile up.
         """
-        from include.dashboards.index_templates import apply_index_templates
-        from include.reconcile import reconcile_template
-        from include.contract import RECONCILE, template_name
+        self.install_templates_as_admin(ES_INDEX_PREFIX)
+        self.api_keys(ES_INDEX_PREFIX, verify=True)
+        from include import elasticsearch_security as sec
 
         with self.admin() as admin:
-            apply_index_templates(admin, prefix=prefix)
-            apply_index_templates(admin, {template_name(RECONCILE, prefix=prefix): reconcile_template(prefix)})
-        return self.api_keys(prefix, verify=verify)
+            for path in self.dir.glob("api-keys-*.json"):
+                if path != self.keys_file(ES_INDEX_PREFIX):
+                    sec.invalidate_api_keys(admin, [k["id"] for k in json.loads(path.read_text()).values()])
+                    path.unlink()
+
+    def install_templates_as_admin(self, prefix: str) -> None:
+        with self.admin() as admin:
+            self.install_templates(admin, prefix)
