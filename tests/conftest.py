@@ -84,6 +84,20 @@ def elasticsearch(local_stack) -> Service:
 
 
 @pytest.fixture(scope="session")
+def es_connections(elasticsearch):
+    """``prefix -> {AIRFLOW_CONN_ELASTICSEARCH_*: ...}``: every role's connection with keys for ``prefix``, for
+    an Airflow a test runs with its own ``SLUICE_ES_INDEX_PREFIX`` (keys and templates made on first use)."""
+    from stack.connections import elasticsearch_connections
+
+    def env(prefix: str) -> dict[str, str]:
+        elasticsearch.api_keys(prefix)
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
+                for conn_id, conn in elasticsearch_connections(elasticsearch.config, prefix).items()}
+
+    return env
+
+
+@pytest.fixture(scope="session")
 def opentsdb(local_stack) -> Service:
     return local_stack.ensure("opentsdb")
 
