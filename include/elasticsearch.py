@@ -255,14 +255,15 @@ def connect(
     """
     from elasticsearch import Elasticsearch
 
+    tls: dict[str, Any] = {"ca_certs": ca_certs} if ca_certs else {}
     return Elasticsearch(
         url,
         api_key=api_key or None,
         basic_auth=basic_auth,
-        ca_certs=ca_certs or None,
         request_timeout=request_timeout,
         max_retries=max_retries,
         retry_on_timeout=True,
+        **tls,
     )
 
 
