@@ -94,7 +94,7 @@ def role_descriptors(prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, Any]]
 
 
 def key_name(role: str, prefix: str) -> str:
-    return f"sluice-{prefix}-{role}"
+    return f"{prefix}-{role}"
 
 
 def create_api_key(admin: Elasticsearch, role: str, *, prefix: str = ES_INDEX_PREFIX) -> dict[str, str]:
