@@ -20,6 +20,8 @@ anomaly    read, write and delete documents of ``{p}-anomaly-*`` and
            them (the Spark anomaly DAG).
 provision  write the ``{p}-*`` index templates (the provision_dashboards DAG).
 dashboards read ``{p}-*`` (Grafana's datasource, Kibana's viewers).
+kibana     read ``{p}-*`` and manage Kibana's saved objects (data views,
+           dashboards): provision_dashboards' Kibana API calls (compose).
 ========== ===================================================================
 
 Index templates: writers create the daily indices, and a template must be in
@@ -49,9 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS = (
-    "loader", "lag", "reconcile", "anomaly", "provision", "dashboards")
-ROLES = (LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS)
+LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS, KIBANA = (
+    "loader", "lag", "reconcile", "anomaly", "provision", "dashboards", "kibana")
+ROLES = (LOADER, LAG_ROLE, RECONCILE_ROLE, ANOMALY_ROLE, PROVISION, DASHBOARDS, KIBANA)
 
 #: The Airflow Connection of each role (the local stack and docker-compose define them; DAG tasks pick theirs).
 CONNECTION_IDS = {
@@ -90,7 +92,28 @@ def role_descriptors(prefix: str = ES_INDEX_PREFIX) -> dict[str, dict[str, Any]]
         ], ["monitor"])},
         PROVISION: {f"{prefix}_provision": role([], ["manage_index_templates"])},
         DASHBOARDS: {f"{prefix}_dashboards": role([{"names": [f"{prefix}-*"], "privileges": _READ}])},
+        # Kibana's saved objects (data views, dashboards) of every space: Kibana checks this application privilege.
+        KIBANA: {f"{prefix}_kibana": {**role([{"names": [f"{prefix}-*"], "privileges": _READ}]),
+                                      "applications": [{"application": "kibana-.kibana", "privileges": ["all"],
+                                                        "resources": ["*"]}]}},
     }
+
+
+def airflow_connections(host: str, port: int, ca_certs: str, keys: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, Any]]:
+    """Connection id -> Airflow's JSON form of every role's connection: HTTPS to ``host:port``, trusting
+    ``ca_certs``, with that role's key from ``keys`` (role -> ``{"encoded": ...}``) when there is one.
+
+    The local stack (stack/connections.py) and compose's elasticsearch-setup both build them here. The
+    elasticsearch provider passes the extra to ``elasticsearch.Elasticsearch()``; Airflow masks
+    ``api_key`` in logs.
+    """
+    out = {}
+    for role, conn_id in CONNECTION_IDS.items():
+        extra: dict[str, str] = {"ca_certs": ca_certs}
+        if role in keys:
+            extra["api_key"] = keys[role]["encoded"]
+        out[conn_id] = {"conn_type": "elasticsearch", "host": host, "port": port, "schema": "https", "extra": extra}
+    return out
 
 
 def key_name(role: str, prefix: str) -> str:

@@ -12,7 +12,7 @@ import json
 import os
 
 from include.contract import index_prefix
-from include.elasticsearch_security import CONNECTION_IDS
+from include.elasticsearch_security import airflow_connections as es_airflow_connections
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.minio import MinIO
 from stack.spark import spark_env
@@ -71,15 +71,7 @@ def elasticsearch_connections(config: StackConfig, prefix: str | None = None) ->
 
     es = Elasticsearch(config)
     keys = es.stored_api_keys(prefix or index_prefix())
-    out = {}
-    for role, conn_id in CONNECTION_IDS.items():
-        extra = {"ca_certs": str(es.ca_certs)}
-        if role in keys:
-            # The provider passes the extra to elasticsearch.Elasticsearch(); Airflow masks "api_key" in logs.
-            extra["api_key"] = keys[role]["encoded"]
-        out[conn_id] = {"conn_type": "elasticsearch", "host": config.host, "port": config.ports["elasticsearch"],
-                        "schema": "https", "extra": extra}
-    return out
+    return es_airflow_connections(config.host, config.ports["elasticsearch"], str(es.ca_certs), keys)
 
 
 def airflow_parallelism(cores: int | None = None) -> int:

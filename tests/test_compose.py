@@ -82,12 +82,23 @@ def test_every_connection_the_dags_use_points_at_a_compose_service(config):
     services = set(config["services"])
     used = _used_connection_ids()
     assert {"grafana_default", "kibana_default", "elasticsearch_default", "opentsdb_default"} <= used
+    # Elasticsearch's connections (and kibana_default) carry API keys made at run time: elasticsearch-setup
+    # writes them into the file Airflow's LocalFilesystemBackend reads, from the builder the local stack uses.
+    from include.elasticsearch_security import airflow_connections as es_connections
+
+    from_file = {**es_connections("elasticsearch", 9200, "/run/sluice-es/ca.crt", {}),
+                 "kibana_default": {"host": "kibana"}}
     for name in AIRFLOW_SERVICES:
         env = config["services"][name]["environment"]
+        assert json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])["connections_file_path"] == "/run/sluice-es/connections.json"
         for conn_id in used:
             key = f"AIRFLOW_CONN_{conn_id.upper()}"
-            assert key in env, f"{name} lacks {key}"
-            conn = json.loads(env[key])
+            if conn_id in from_file:
+                conn = from_file[conn_id]
+                assert key not in env, f"{name} sets {key}: elasticsearch-setup's file defines it (one place)"
+            else:
+                assert key in env, f"{name} lacks {key}"
+                conn = json.loads(env[key])
             hosts = _hosts_of(conn)
             assert hosts, f"{key} names no host"
             assert set(hosts) <= services, f"{key} points at {hosts}, not a compose service"
@@ -102,7 +113,7 @@ def test_every_service_has_a_health_check_or_is_a_one_shot_awaited_by_its_depend
         for dep, cond in (svc.get("depends_on") or {}).items():
             wanted = "service_completed_successfully" if dep in one_shots else "service_healthy"
             assert cond["condition"] == wanted, f"{name} waits for {dep} with {cond['condition']}"
-    assert one_shots == {"airflow-init", "minio-init", "elasticsearch-setup"}
+    assert one_shots == {"airflow-init", "minio-init", "elasticsearch-certs", "elasticsearch-setup"}
     for name in set(services) - one_shots:
         test = services[name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
