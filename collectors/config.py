@@ -6,7 +6,8 @@ flag is ``--field-name`` and the environment variable ``SLUICE_FIELD_NAME``
 (flags win over the environment, the environment over the default). A field
 marked ``secret=True`` is never taken from the command line (it would show in
 ``ps``): it comes from ``SLUICE_<NAME>_FILE`` / ``--<name>-file`` naming a file
-that holds the value, or from ``SLUICE_<NAME>`` for development.
+that holds the value, or from ``SLUICE_<NAME>`` for development; it is left out
+of the config's repr, so logging a config never shows it.
 
 A bad value raises :class:`ConfigError` whose message names the flag and the
 environment variable, so the process fails at start and says what to fix.
@@ -33,8 +34,9 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] | None = None) -> Any:
-    # A secret stays out of the dataclass repr (and so out of every log line that prints a config).
-    return dataclasses.field(default=default, repr=not secret, metadata={"help": help, "secret": secret, "choices": choices})
+    # A secret is left out of the dataclass's repr (and so of str() and of any log line that formats the config).
+    return dataclasses.field(default=default, repr=not secret,
+                             metadata={"help": help, "secret": secret, "choices": choices})
 
 
 def flag_of(name: str) -> str:

@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|demo``."""
+"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|demo|compose-secrets``."""
 
 from __future__ import annotations
 
@@ -38,7 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("es-keys", help="Elasticsearch API keys per role: list them (ids only) or rotate them")
     p.add_argument("action", choices=["list", "rotate"])
     p.add_argument("--prefix", default=None, help="index prefix (default SLUICE_ES_INDEX_PREFIX or sluice)")
+    # docker-compose.yaml's secrets (stack/compose.py): not the local stack, which makes its own under runtime/.
+    p = sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
+    p.add_argument("--dir", help="default: ./secrets of the repository (what docker-compose.yaml reads)")
     args = parser.parse_args(argv)
+    if args.cmd == "compose-secrets":
+        from stack import compose
+
+        return compose.main(["secrets", *(["--dir", args.dir] if args.dir else [])])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     try:

@@ -5,7 +5,11 @@ Debian's ``docker-compose`` (1.29; `make bootstrap` installs it) answers
 against the compose schema, with no container engine. These tests then check
 what the schema cannot: every Connection the DAGs use points at a service of
 the file, every long-running service has a health check, and no credential is
-in the file itself.
+in the file itself: every password is a Docker secret read from a file, none
+is on a command line or in an environment value, every service waits for
+secrets-check, and every image is pinned. There is no container engine here,
+so nothing is started: what an image does with a *_FILE variable is taken from
+its documentation (docs/security.md names each).
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ def test_every_service_has_a_health_check_or_is_a_one_shot_awaited_by_its_depend
         for dep, cond in (svc.get("depends_on") or {}).items():
             wanted = "service_completed_successfully" if dep in one_shots else "service_healthy"
             assert cond["condition"] == wanted, f"{name} waits for {dep} with {cond['condition']}"
-    assert one_shots == {"airflow-init", "minio-init", "elasticsearch-certs", "elasticsearch-setup"}
+    assert one_shots == {"airflow-init", "minio-init", "elasticsearch-setup", "secrets-check", "tls-init"}
     for name in set(services) - one_shots:
         test = services[name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
@@ -137,13 +141,13 @@ def test_named_volumes_and_no_credentials_in_the_file(config):
             source = vol["source"] if isinstance(vol, dict) else vol.split(":")[0]
             if not source.startswith(("/", ".")):
                 assert source in declared, f"{name} uses undeclared volume {source}"
+    # No secret comes from .env any more (tests/test_no_secrets.py scans the file's text for literals):
+    # the file interpolates no secret-like variable, and the example sets none.
     text = COMPOSE.read_text()
-    assert not re.search(r"(?i)(password|secret|key)\W*[:=]\W*(admin|changeme|minioadmin|elastic)\b", text)
-    # Every secret comes from .env; the example holds placeholders only.
+    assert not re.findall(r"\$\{\w*(?:PASSWORD|SECRET|_KEY|TOKEN)\w*", text)
     for line in ENV_EXAMPLE.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if re.search(r"PASSWORD|SECRET|KEY", key):
-            assert value.startswith("change-me"), line
+        key, _, _value = line.partition("=")
+        assert not re.search(r"PASSWORD|SECRET|KEY|TOKEN", key), f".env.example sets a secret: {line}"
 
 
 def test_kafka_cluster_profile_runs_three_voters_and_clients_bootstrap_all(tmp_path):
@@ -184,9 +188,12 @@ def test_celery_profile_runs_redis_and_scalable_workers_on_the_executor_from_env
     for name in (*AIRFLOW_SERVICES, "airflow-worker"):
         airflow_env = services[name]["environment"]
         assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
-        assert airflow_env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0", name
-        assert airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://airflow:"), name
-        assert urlsplit(airflow_env["AIRFLOW__CELERY__RESULT_BACKEND"]).hostname == "postgres", name
+        # The URLs are made when Airflow reads them (_CMD), from the Docker secrets.
+        assert "redis://:%s@redis:6379/0" in airflow_env["AIRFLOW__CELERY__BROKER_URL_CMD"], name
+        assert "/run/secrets/redis_password" in airflow_env["AIRFLOW__CELERY__BROKER_URL_CMD"], name
+        backend = airflow_env["AIRFLOW__CELERY__RESULT_BACKEND_CMD"]
+        assert "db+postgresql+psycopg2://airflow:%s@postgres/airflow" in backend and "postgres_password" in backend, name
+        assert "AIRFLOW__CELERY__BROKER_URL" not in airflow_env and "AIRFLOW__CELERY__RESULT_BACKEND" not in airflow_env
     worker = services["airflow-worker"]
     assert worker["command"] == ["celery", "worker"] or worker["command"] == "celery worker"
     # `--scale airflow-worker=N` needs a service without a fixed container name or host port.
@@ -195,10 +202,195 @@ def test_celery_profile_runs_redis_and_scalable_workers_on_the_executor_from_env
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     # The password reaches Redis through its config file, never its command line.
     redis_cmd = " ".join(services["redis"]["command"])
-    assert "--requirepass" not in redis_cmd and "change-me-redis" not in redis_cmd
+    assert "--requirepass" not in redis_cmd and "/run/secrets/redis_password" in redis_cmd
     assert "/tmp/redis.conf" in redis_cmd
 
 
 def test_default_compose_is_the_local_executor_without_redis_or_workers(config):
     assert config["services"]["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert [config["services"][n].get("profiles") for n in ("redis", "airflow-worker")] == [["celery"], ["celery"]]
+
+
+# --- Secrets, the refusal check, pinned images (issue 15, item 6) ---------------------------------
+
+from stack.compose import CHECKED_ENV, SECRETS  # noqa: E402  (the one list of compose secrets)
+
+#: Services that need a credential to run or to answer their health check.
+TAKES_A_SECRET = {
+    "postgres", "redis", "minio", "minio-init", "mosquitto", "elasticsearch", "elasticsearch-setup", "kibana",
+    "grafana", "collector-host", "collector-mqtt", "stream-loader", "sensor-simulator", "secrets-check",
+    "airflow-init", *AIRFLOW_SERVICES, "airflow-worker",
+}
+#: Environment names that carry a secret when they hold a value (not a file name).
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN|FERNET|JWT")
+#: Non-secrets that match SECRET_NAME: the S3 access key *id* (a user name).
+# Names that match the pattern but hold none: an access key id, and the section name of Airflow's secrets backend.
+NOT_SECRET = {"SLUICE_S3_ACCESS_KEY", "AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS"}
+#: A password handed to a program as an argument (ps and /proc show it), in any form we have had.
+ON_A_COMMAND_LINE = re.compile(
+    r"-[pP]\s*[\"']?\$|--password|--requirepass|mosquitto_passwd\s+(?:-\w+\s+)*-b\b|-u\s+[\"']?[\w-]*:\$"
+    r"|\$\$?\{?(?!\w*_FILE\b)\w*(?:PASSWORD|SECRET|TOKEN)\w*")
+
+
+def _mounted(svc: dict) -> set[str]:
+    return {s["source"] if isinstance(s, dict) else s for s in svc.get("secrets") or []}
+
+
+def _run_text(svc: dict) -> str:
+    """What a service runs: entrypoint, command and health check, as one text."""
+    parts = []
+    for key in ("entrypoint", "command"):
+        value = svc.get(key) or []
+        parts += [value] if isinstance(value, str) else value
+    parts += (svc.get("healthcheck") or {}).get("test") or []
+    return " ".join(map(str, parts))
+
+
+@pytest.fixture(scope="module")
+def celery_config(tmp_path_factory) -> dict:
+    env = tmp_path_factory.mktemp("celery") / "celery.env"
+    env.write_text(ENV_EXAMPLE.read_text() + "COMPOSE_PROFILES=celery,kafka-cluster\n")
+    result = _compose_config(env)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_the_compose_secrets_are_the_generators_files(config):
+    declared = config["secrets"]
+    known = {s.name for s in SECRETS}
+    assert not set(declared) - known, (f"{sorted(set(declared) - known)}: add each to stack/compose.py SECRETS "
+                                       "(the generator makes it and secrets-check checks it)")
+    assert not known - set(declared), f"{sorted(known - set(declared))}: declare it under the file's secrets:"
+    for name, spec in declared.items():
+        assert Path(spec["file"]) == REPO / "secrets" / name, name
+    ignored = subprocess.run(["git", "check-ignore", "-q", "secrets/postgres_password"], cwd=REPO, timeout=30)
+    assert ignored.returncode == 0, "./secrets must be git-ignored"
+
+
+def test_every_service_that_takes_a_password_reads_it_from_a_docker_secret(celery_config):
+    services = celery_config["services"]
+    assert TAKES_A_SECRET <= set(services)
+    for name in TAKES_A_SECRET:
+        assert _mounted(services[name]), f"{name} mounts no Docker secret"
+    for name, svc in services.items():
+        mounted = _mounted(svc)
+        assert mounted <= set(celery_config["secrets"]), name
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            value = str(value)
+            if key.endswith("_FILE") and value.startswith("/run/sluice-es/"):
+                # An Elasticsearch API key elasticsearch-setup made at run time (es-keys volume, 0640): not a Docker secret.
+                assert "es-keys" in {str(v).split(":")[0] for v in svc.get("volumes") or []} or any(
+                    isinstance(v, dict) and v.get("source") == "es-keys" for v in svc.get("volumes") or []), name
+            elif key.endswith("_FILE"):
+                # /run/secrets/<name>, or MinIO's bare secret name (its image's convention)
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in mounted, f"{name}: {key}={value} is not a secret it mounts"
+            elif key.endswith("_CMD"):
+                used = set(re.findall(r"/run/secrets/(\w+)", value))
+                assert used and used <= mounted, f"{name}: {key} reads no mounted secret"
+            elif key.startswith("AIRFLOW_CONN_"):
+                conn = json.loads(value)
+                assert "password" not in conn and not {"api_key", "token"} & set(conn.get("extra") or {}), (
+                    f"{name}: {key} carries its secret; give it as SLUICE_CONN_<ID>__PASSWORD_FILE")
+            else:
+                assert not SECRET_NAME.search(key) or key in NOT_SECRET, f"{name}: {key} holds a secret in the environment"
+        for secret in re.findall(r"/run/secrets/(\w+)", _run_text(svc)):
+            assert secret in mounted, f"{name} reads /run/secrets/{secret} without mounting it"
+
+
+def test_every_connection_secret_file_fills_a_connection_the_service_has(config):
+    for name in AIRFLOW_SERVICES:
+        env = config["services"][name]["environment"]
+        wrapped = [k for k in env if k.startswith("SLUICE_CONN_")]
+        assert wrapped, name
+        for key in wrapped:
+            match = re.match(r"SLUICE_CONN_([A-Z0-9_]+?)__(LOGIN|PASSWORD|EXTRA__\w+)_FILE$", key)
+            assert match, f"{name}: {key} is not SLUICE_CONN_<ID>__<FIELD>_FILE"
+            assert f"AIRFLOW_CONN_{match[1]}" in env, f"{name}: {key} names no Connection"
+    dockerfile = (REPO / "stack/docker/airflow.Dockerfile").read_text()
+    entrypoint = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+    assert entrypoint and json.loads(entrypoint[-1]) == [
+        "python", "/opt/sluice-bin/secret_env.py", "/usr/bin/dumb-init", "--", "/entrypoint"]
+
+
+def test_no_password_on_a_command_line_or_in_a_health_check(celery_config):
+    for name, svc in celery_config["services"].items():
+        text = _run_text(svc)
+        assert not ON_A_COMMAND_LINE.search(text), f"{name}: {ON_A_COMMAND_LINE.search(text)[0]!r} in {text!r}"
+    for script in ("stack/docker/mosquitto/entrypoint.sh", "stack/docker/kibana/entrypoint.sh"):
+        code = "\n".join(line for line in (REPO / script).read_text().splitlines() if not line.lstrip().startswith("#"))
+        assert not ON_A_COMMAND_LINE.search(code), f"{script}: {ON_A_COMMAND_LINE.search(code)[0]!r}"
+
+
+@pytest.mark.parametrize("text", [
+    'mosquitto_sub -u "$$MQTT_USERNAME" -P "$$MQTT_PASSWORD" -t x',
+    'mysqladmin ping -p$MYSQL_ROOT_PASSWORD',
+    'mosquitto_passwd -b -c /mosquitto/data/passwords "$MQTT_USERNAME" "$MQTT_PASSWORD"',
+    'mosquitto_passwd -c -b file user pw',
+    'curl -fs -u "elastic:$$ELASTIC_PASSWORD" http://localhost:9200',
+    'redis-server --requirepass "$$REDIS_PASSWORD"',
+    'kafka-topics.sh --command-config x --password hunter22',
+    'printf "requirepass %s" "$$REDIS_PASSWORD" > /tmp/redis.conf',  # the secret from the environment
+])
+def test_the_command_line_rule_catches_each_form_we_had(text):
+    assert ON_A_COMMAND_LINE.search(text)
+
+
+def test_the_command_line_rule_lets_a_secret_file_through():
+    assert not ON_A_COMMAND_LINE.search('cat "$MQTT_PASSWORD_FILE" | curl -K - -fs http://x "$$(cat /run/secrets/p)"')
+
+
+def test_the_refusal_check_runs_before_every_other_service(celery_config):
+    services = celery_config["services"]
+    for name, svc in services.items():
+        if name == "secrets-check":
+            continue
+        dep = (svc.get("depends_on") or {}).get("secrets-check")
+        assert dep == {"condition": "service_completed_successfully"}, f"{name} does not wait for secrets-check"
+    check = services["secrets-check"]
+    assert check["command"] == ["python", "-m", "stack.compose", "check"]
+    assert _mounted(check) == set(celery_config["secrets"]), "secrets-check must see every secret"
+    assert set(CHECKED_ENV) <= set(check["environment"])
+    assert check.get("restart") == "no" and not check.get("depends_on")
+
+
+def test_tls_services_wait_for_tls_init_and_only_it_holds_the_ca_key(celery_config):
+    services = celery_config["services"]
+    for name, svc in services.items():
+        sources = {v["source"] if isinstance(v, dict) else v.split(":")[0]: v for v in svc.get("volumes") or []}
+        if name != "tls-init":
+            assert "sluice-ca" not in sources, f"{name} mounts the CA's key"
+        if "sluice-tls" in sources and name != "tls-init":
+            vol = sources["sluice-tls"]
+            target, read_only = (vol["target"], vol.get("read_only")) if isinstance(vol, dict) else (vol.split(":")[1], vol.endswith(":ro"))
+            assert target == "/tls" and read_only, f"{name} mounts sluice-tls other than at /tls read-only"
+            assert services[name]["depends_on"].get("tls-init") == {"condition": "service_completed_successfully"}, name
+    init = services["tls-init"]
+    assert init["command"][:3] == ["python", "-m", "stack.compose"] and "tls" in init["command"]
+    owners = dict(arg.split("=") for arg in init["command"] if "=" in arg)
+    assert {"mosquitto", "kafka", "elasticsearch", "minio"} <= set(owners)
+
+
+def test_every_image_is_pinned(celery_config):
+    for name, svc in celery_config["services"].items():
+        image = svc.get("image", "")
+        assert image, f"{name} has no image"
+        if "@sha256:" in image:
+            continue
+        repo, _, tag = image.rpartition("/")[2].partition(":")
+        assert tag and tag != "latest", f"{name}: {image} is not pinned to a tag"
+        if "build" in svc:
+            assert tag == "local", f"{name}: a built image is tagged :local"
+    for dockerfile in (REPO / "stack/docker").glob("*.Dockerfile"):
+        for base in re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M):
+            assert ":" in base.rpartition("/")[2] and not base.endswith(":latest"), f"{dockerfile.name}: FROM {base}"
+
+
+@pytest.mark.parametrize("image, pinned", [
+    ("petergrace/opentsdb-docker:latest", False), ("petergrace/opentsdb-docker", False),
+    ("localhost:5000/sluice", False), ("postgres:16", True), ("docker.elastic.co/kibana/kibana:9.1.5", True),
+])
+def test_the_pin_rule(image, pinned):
+    tag = image.rpartition("/")[2].partition(":")[2]
+    assert (bool(tag) and tag != "latest") is pinned

@@ -25,3 +25,8 @@ USER airflow
 COPY requirements.txt /tmp/requirements.txt
 # requirements.txt pins the same Airflow version as the image, so pip keeps it.
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
+
+# Connection credentials from Docker secrets (SLUICE_CONN_<ID>__<FIELD>_FILE), in the process only,
+# then the image's own entrypoint: stack/docker/secret_env.py says why.
+COPY stack/docker/secret_env.py /opt/sluice-bin/secret_env.py
+ENTRYPOINT ["python", "/opt/sluice-bin/secret_env.py", "/usr/bin/dumb-init", "--", "/entrypoint"]

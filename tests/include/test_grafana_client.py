@@ -70,7 +70,7 @@ def test_token_and_basic_auth(grafana):
     [
         pytest.param({}, "no credentials", id="none"),
         pytest.param({"token": "wrong"}, "token", id="bad-token"),
-        pytest.param({"username": "sluice", "password": "admin"}, "user 'sluice'", id="bad-password"),
+        pytest.param({"username": "sluice", "password": "not-the-password"}, "user 'sluice'", id="bad-password"),
     ],
 )
 def test_401_says_how_to_fix_credentials(grafana, kwargs, match):

@@ -63,7 +63,7 @@ def test_api_key_and_basic_auth_and_xsrf_sent(kibana):
     [
         pytest.param({}, "no credentials", id="none"),
         pytest.param({"api_key": "bm9wZQ=="}, "API key", id="bad-key"),
-        pytest.param({"username": "elastic", "password": "changeme"}, "user 'elastic'", id="bad-password"),
+        pytest.param({"username": "elastic", "password": "not-the-password"}, "user 'elastic'", id="bad-password"),
     ],
 )
 def test_401_says_how_to_fix_credentials(kibana, kwargs, match):
