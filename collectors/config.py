@@ -86,7 +86,9 @@ def _fmt_default(value: Any) -> str:
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No prefix matching: "--x-password VALUE" must not be taken as "--x-password-file VALUE".
+        allow_abbrev=False,
     )
     for f in dataclasses.fields(cls):
         meta = f.metadata

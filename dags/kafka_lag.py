@@ -75,7 +75,7 @@ def sluice_kafka_lag():
     @task
     def record_lag_metrics(reports: list[dict]) -> dict:
         from opentsdb_hook import OpenTSDBHook
-        from sluice_airflow import elasticsearch_client
+        from sluice_airflow import ELASTICSEARCH_LAG_CONN_ID, elasticsearch_client
 
         from include.kafka_lag import record_metrics, report_from_dict
         from include.contract import index_prefix
@@ -84,7 +84,7 @@ def sluice_kafka_lag():
         sinks = configured_sinks()
         return record_metrics(
             [report_from_dict(r) for r in reports],
-            elasticsearch=elasticsearch_client() if "elasticsearch" in sinks else None,
+            elasticsearch=elasticsearch_client(ELASTICSEARCH_LAG_CONN_ID) if "elasticsearch" in sinks else None,
             opentsdb=OpenTSDBHook().get_conn() if "opentsdb" in sinks else None,
             index_prefix=index_prefix(),
         )

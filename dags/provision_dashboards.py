@@ -16,7 +16,7 @@ A re-run with nothing changed writes nothing and reports *unchanged*. A changed 
 as it is and the `report` task fails listing what differs, unless the run's `overwrite` param is
 true, in which case it is replaced and reported *overwritten*.
 
-Connections: `grafana_default`, `kibana_default`, `elasticsearch_default`, `opentsdb_default`
+Connections: `grafana_default`, `kibana_default`, `elasticsearch_provision` (index templates), `elasticsearch_default`, `opentsdb_default`
 (data source URLs as Grafana sees them; see `plugins/grafana_hook.py`).
 """
 
@@ -52,9 +52,9 @@ def provision_dashboards():
     def elasticsearch_index_templates() -> list[dict]:
         from include.dashboards.index_templates import apply_index_templates
         from include.contract import index_prefix
-        from sluice_airflow import elasticsearch_client
+        from sluice_airflow import ELASTICSEARCH_PROVISION_CONN_ID, elasticsearch_client
 
-        return apply_index_templates(elasticsearch_client(), prefix=index_prefix())
+        return apply_index_templates(elasticsearch_client(ELASTICSEARCH_PROVISION_CONN_ID), prefix=index_prefix())
 
     @task
     def grafana_folder_and_datasources() -> list[dict]:

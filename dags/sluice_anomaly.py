@@ -20,7 +20,7 @@ instead, e.g. a whole day (`{"start": "2026-11-22T00:00:00Z", "end": "2026-11-23
    (deterministic ids: a rerun leaves the same set) and OpenTSDB annotations
    (`/api/annotation`), which the Grafana sensor and host dashboards show.
 
-Connections: `spark_default`, `aws_default` (landing zone), `elasticsearch_default`,
+Connections: `spark_default`, `aws_default` (landing zone), `elasticsearch_anomaly`,
 `opentsdb_default`. See docs/anomaly.md.
 """
 
@@ -81,9 +81,9 @@ def sluice_anomaly():
         from include.anomaly.results import publish_window
         from include.contract import index_prefix
         from opentsdb_hook import OpenTSDBHook
-        from sluice_airflow import OPENTSDB_CONN_ID, elasticsearch_client, landing_zone
+        from sluice_airflow import ELASTICSEARCH_ANOMALY_CONN_ID, OPENTSDB_CONN_ID, elasticsearch_client, landing_zone
 
-        return publish_window(landing_zone(), elasticsearch_client(), OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn(),
+        return publish_window(landing_zone(), elasticsearch_client(ELASTICSEARCH_ANOMALY_CONN_ID), OpenTSDBHook(opentsdb_conn_id=OPENTSDB_CONN_ID).get_conn(),
                               window, prefix=index_prefix())
 
     window = plan_window()

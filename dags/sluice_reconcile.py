@@ -56,7 +56,7 @@ KAFKA_SOURCES = tuple(s.strip() for s in os.environ.get("SLUICE_RECONCILE_KAFKA_
 def sluice_reconcile():
     @task
     def reconcile_minutes(data_interval_start=None) -> list[dict]:
-        from sluice_airflow import elasticsearch_client, kafka_consumer_factory, landing_zone
+        from sluice_airflow import ELASTICSEARCH_RECONCILE_CONN_ID, elasticsearch_client, kafka_consumer_factory, landing_zone
         from sluice_notifiers import announce
 
         from include import reconcile
@@ -67,7 +67,7 @@ def sluice_reconcile():
         from include.schemas import SOURCES
 
         sinks = configured_sinks()
-        es, prefix, landing = elasticsearch_client(), index_prefix(), landing_zone()
+        es, prefix, landing = elasticsearch_client(ELASTICSEARCH_RECONCILE_CONN_ID), index_prefix(), landing_zone()
         opentsdb = None
         if "opentsdb" in sinks:
             from opentsdb_hook import OpenTSDBHook
@@ -86,7 +86,7 @@ def sluice_reconcile():
 
     @task
     def check_freshness(data_interval_start=None) -> list[str]:
-        from sluice_airflow import elasticsearch_client, landing_zone
+        from sluice_airflow import ELASTICSEARCH_RECONCILE_CONN_ID, elasticsearch_client, landing_zone
         from sluice_notifiers import announce
 
         from include import reconcile
@@ -100,7 +100,7 @@ def sluice_reconcile():
             r for s in SOURCES for i in range(LAG_MINUTES + 3)
             if (r := reconcile.check_freshness(landing, s, start + timedelta(minutes=i), now=now, sla_s=SLA_SECONDS))
         ]
-        reconcile.store_freshness(elasticsearch_client(), results, prefix=index_prefix())
+        reconcile.store_freshness(elasticsearch_client(ELASTICSEARCH_RECONCILE_CONN_ID), results, prefix=index_prefix())
         announce(IncidentBook(landing, "state/alerts/sla.json"), *sla_incidents(results))
         return [r.describe() for r in results if r.breach]
 
@@ -121,14 +121,14 @@ def sluice_reconcile():
 
     @task
     def check_lag() -> list[str]:
-        from sluice_airflow import elasticsearch_client, landing_zone
+        from sluice_airflow import ELASTICSEARCH_RECONCILE_CONN_ID, elasticsearch_client, landing_zone
         from sluice_notifiers import announce
 
         from include.alerts import IncidentBook, lag_incidents
         from include.contract import index_prefix
         from include.status import latest_lag
 
-        partitions = latest_lag(elasticsearch_client(), now=datetime.now(timezone.utc), prefix=index_prefix())
+        partitions = latest_lag(elasticsearch_client(ELASTICSEARCH_RECONCILE_CONN_ID), now=datetime.now(timezone.utc), prefix=index_prefix())
         problems, scopes = lag_incidents(partitions)
         announce(IncidentBook(landing_zone(), "state/alerts/lag.json"), problems, scopes)
         return [p.text for p in problems]

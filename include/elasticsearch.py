@@ -236,22 +236,34 @@ class _reachable:
 
 
 def connect(
-    url: str, *, basic_auth: tuple[str, str] | None = None, request_timeout: float = 30.0, max_retries: int = 2
+    url: str,
+    *,
+    api_key: str | None = None,
+    ca_certs: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
+    request_timeout: float = 30.0,
+    max_retries: int = 2,
 ) -> Elasticsearch:
-    """An Elasticsearch client for ``url`` (``http://host:9200``).
+    """An Elasticsearch client for ``url`` (``https://host:9200``).
 
-    Requests time out after ``request_timeout`` seconds and are retried
-    ``max_retries`` times on connection errors and timeouts; it does not
-    connect until the first request.
+    ``api_key`` is the encoded key (the value after ``Authorization: ApiKey``);
+    ``ca_certs`` a PEM file of the CA that signed the node's certificate (None:
+    the system's trust store). ``basic_auth`` is for set-up with a user's
+    password, never for a pipeline client. Requests time out after
+    ``request_timeout`` seconds and are retried ``max_retries`` times on
+    connection errors and timeouts; it does not connect until the first request.
     """
     from elasticsearch import Elasticsearch
 
+    tls: dict[str, Any] = {"ca_certs": ca_certs} if ca_certs else {}
     return Elasticsearch(
         url,
+        api_key=api_key or None,
         basic_auth=basic_auth,
         request_timeout=request_timeout,
         max_retries=max_retries,
         retry_on_timeout=True,
+        **tls,
     )
 
 

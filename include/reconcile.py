@@ -549,8 +549,11 @@ def reconcile_template(prefix: str = ES_INDEX_PREFIX) -> dict[str, Any]:
 
 
 def ensure_template(client: Elasticsearch, prefix: str = ES_INDEX_PREFIX) -> None:
-    body = reconcile_template(prefix)
-    client.indices.put_index_template(name=template_name(RECONCILE, prefix=prefix), **body)
+    """Write the reconcile template only when the stored one differs: the reconcile role may read
+    templates but not write them (the set-up installs them; see include/elasticsearch_security.py)."""
+    from include.dashboards.index_templates import apply_index_templates
+
+    apply_index_templates(client, {template_name(RECONCILE, prefix=prefix): reconcile_template(prefix)})
 
 
 def stored(client: Elasticsearch, prefix: str, ids: Sequence[tuple[str, datetime]]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ Grafana also resolves).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -61,9 +62,13 @@ class GrafanaHook(BaseHook):
         )
 
     def datasources(
-        self, *, opentsdb_conn_id: str = "opentsdb_default", elasticsearch_conn_id: str = "elasticsearch_default"
+        self, *, opentsdb_conn_id: str = "opentsdb_default", elasticsearch_conn_id: str = "elasticsearch_dashboards"
     ) -> list[GrafanaDatasource]:
-        """The Sluice data sources with URLs (and Elasticsearch credentials) from the Connections."""
+        """The Sluice data sources with URLs (and Elasticsearch credentials) from the Connections.
+
+        Elasticsearch's is the read-only dashboards role's connection: its API key
+        and CA (extra ``api_key``, ``ca_certs``) go into Grafana's data sources.
+        """
         extra = self.get_connection(self.grafana_conn_id).extra_dejson
         es = self.get_connection(elasticsearch_conn_id)
         opentsdb_url = extra.get("opentsdb_url") or connection_url(self.get_connection(opentsdb_conn_id), default_port=4242)
@@ -74,4 +79,6 @@ class GrafanaHook(BaseHook):
             elasticsearch_user=es.login or "",
             elasticsearch_password=es.password or "",
             index_prefix=index_prefix(),
+            elasticsearch_api_key=es.extra_dejson.get("api_key", ""),
+            elasticsearch_ca_cert=Path(es.extra_dejson["ca_certs"]).read_text() if es.extra_dejson.get("ca_certs") else "",
         )

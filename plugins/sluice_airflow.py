@@ -17,7 +17,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 AWS_CONN_ID = "aws_default"
-ELASTICSEARCH_CONN_ID = "elasticsearch_default"
+# One Elasticsearch connection per role (include/elasticsearch_security.py): each task gets only its rights.
+ELASTICSEARCH_CONN_ID = "elasticsearch_default"  # the loader: load_elasticsearch
+ELASTICSEARCH_LAG_CONN_ID = "elasticsearch_lag"
+ELASTICSEARCH_RECONCILE_CONN_ID = "elasticsearch_reconcile"
+ELASTICSEARCH_ANOMALY_CONN_ID = "elasticsearch_anomaly"
+ELASTICSEARCH_PROVISION_CONN_ID = "elasticsearch_provision"
+ELASTICSEARCH_DASHBOARDS_CONN_ID = "elasticsearch_dashboards"
 OPENTSDB_CONN_ID = "opentsdb_default"
 
 
@@ -43,6 +49,10 @@ def landing_zone():
 
 def elasticsearch_client(conn_id: str = ELASTICSEARCH_CONN_ID):
     """An ``elasticsearch.Elasticsearch`` built by the provider's hook from ``conn_id``.
+
+    The connection's extra carries ``api_key`` and ``ca_certs`` (the provider
+    passes the extra to the client); the local stack and docker-compose set one
+    connection per role, so pass the id of the role the task needs.
 
     Requests time out after 30 seconds and are retried twice on connection
     errors, so an unreachable cluster fails the task within about a minute.

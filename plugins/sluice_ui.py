@@ -14,7 +14,7 @@ Routes (all HTML; pictures are inline SVG, see ``include/sluice_page.py``):
 ``/sluice/file?key=…``                one object's text (minute files, load and dead-letter records)
 
 Data comes from the reconcile and lag indices (Elasticsearch Connection
-``elasticsearch_default``) and the landing zone (``SLUICE_LANDING_URL``);
+``elasticsearch_dashboards``, read only) and the landing zone (``SLUICE_LANDING_URL``);
 nothing is read at import time.
 """
 
@@ -64,7 +64,7 @@ def _minute_url(source: str, minute: datetime) -> str:
 
 
 def _overview(hours: float, device: str, reason: str) -> str:
-    from sluice_airflow import elasticsearch_client, landing_zone
+    from sluice_airflow import ELASTICSEARCH_DASHBOARDS_CONN_ID, elasticsearch_client, landing_zone
 
     from include import sluice_page, status
     from include.contract import index_prefix, minutes
@@ -72,7 +72,7 @@ def _overview(hours: float, device: str, reason: str) -> str:
     from include.schemas import SOURCES
 
     start, end = _window(hours)
-    es, prefix = elasticsearch_client(), index_prefix()
+    es, prefix = elasticsearch_client(ELASTICSEARCH_DASHBOARDS_CONN_ID), index_prefix()
     cells = status.reconcile_grid(es, start, end, prefix=prefix)
     grid = sluice_page.grid_svg(cells, list(minutes(start, end)), SOURCES, _minute_url)
     counts: dict[str, int] = {"green": 0, "amber": 0, "red": 0, "healed": 0}
@@ -111,12 +111,12 @@ def _parse_minute(text: str) -> datetime:
 
 
 def _minute(source: str, minute: datetime) -> str:
-    from sluice_airflow import elasticsearch_client
+    from sluice_airflow import ELASTICSEARCH_DASHBOARDS_CONN_ID, elasticsearch_client
 
     from include import reconcile, sluice_page, status
     from include.contract import index_prefix
 
-    doc = reconcile.stored(elasticsearch_client(), index_prefix(), [(source, minute)]).get(
+    doc = reconcile.stored(elasticsearch_client(ELASTICSEARCH_DASHBOARDS_CONN_ID), index_prefix(), [(source, minute)]).get(
         reconcile.document_id(source, minute))
     links = status.minute_links(source, minute)
     dag_id = f"sluice_{source}_minute"

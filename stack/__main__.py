@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("user", nargs="?", help="the user to rotate (see `kafka-user list`)")
     p = sub.add_parser("demo", help="check the running platform: wait for scheduled minutes, print landed vs loaded")
     p.add_argument("--minutes", type=int, default=3, help="scheduled minutes to wait for (default 3)")
+    # Elasticsearch API keys (stack/services/elasticsearch.py): which exist, and rotation. Never prints a key.
+    p = sub.add_parser("es-keys", help="Elasticsearch API keys per role: list them (ids only) or rotate them")
+    p.add_argument("action", choices=["list", "rotate"])
+    p.add_argument("--prefix", default=None, help="index prefix (default SLUICE_ES_INDEX_PREFIX or sluice)")
     # docker-compose.yaml's secrets (stack/compose.py): not the local stack, which makes its own under runtime/.
     p = sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
     p.add_argument("--dir", help="default: ./secrets of the repository (what docker-compose.yaml reads)")
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             from stack import demo
 
             return demo.run(config, minutes=args.minutes)
+        if args.cmd == "es-keys":
+            return _es_keys(config, args.action, args.prefix)
         if args.cmd == "env":
             for key, value in airflow_env(config).items():
                 print(f"export {key}={shlex.quote(value)}")
@@ -136,6 +142,25 @@ def _kafka_user(config: StackConfig, action: str, user: str | None) -> int:
         print("restarted " + ", ".join(names) + " with it")
     else:
         print(f"restart what logs in as {user} to use it: {used_by}")
+    return 0
+
+
+def _es_keys(config: StackConfig, action: str, prefix: str | None) -> int:
+    from include.contract import index_prefix
+    from stack.services.elasticsearch import Elasticsearch
+
+    logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one INFO line per request otherwise
+    es, prefix = Elasticsearch(config), prefix or index_prefix()
+    if es.pid() is None:
+        raise StackError(es.name, "not running: `python -m stack up elasticsearch` first")
+    if action == "rotate":
+        es.rotate_api_keys(prefix)
+        print(f"new keys for prefix {prefix}, the old ones are invalidated: restart the clients "
+              "(`python -m stack down` then `python -m stack run`)")
+    keys = es.api_keys(prefix, verify=True)
+    print(f"{'role':<11} {'key id':<22} name   (keys in {es.keys_file(prefix)}, mode 0600)")
+    for role, key in keys.items():
+        print(f"{role:<11} {key['id']:<22} {key['name']}")
     return 0
 
 

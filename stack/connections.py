@@ -12,6 +12,8 @@ import json
 import os
 
 from include.landing import S3_REQUEST_CHECKSUMS
+from include.contract import index_prefix
+from include.elasticsearch_security import airflow_connections as es_airflow_connections
 from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.kafka import client_settings as kafka_client_settings
 from stack.services.minio import MinIO
@@ -37,12 +39,8 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         # (the reconcile DAG reads the topics); kafka_lag the lag check's, which may only describe.
         "kafka_default": {"conn_type": "kafka", "extra": kafka_client_settings(config, "sluice-airflow")},
         "kafka_lag": {"conn_type": "kafka", "extra": kafka_client_settings(config, "sluice-lag")},
-        "elasticsearch_default": {
-            "conn_type": "elasticsearch",
-            "host": host,
-            "port": config.ports["elasticsearch"],
-            "schema": "http",
-        },
+        # elasticsearch_default (the loader) and one connection per other Elasticsearch role.
+        **elasticsearch_connections(config),
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
         "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
         # The Spark anomaly job runs in-process on this machine's cores; docker-compose points the
@@ -65,6 +63,21 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
             "extra": {"api_key": os.environ.get("SLUICE_KIBANA_API_KEY", "")},
         },
     }
+
+
+def elasticsearch_connections(config: StackConfig, prefix: str | None = None) -> dict[str, dict]:
+    """One Airflow Connection per Elasticsearch role: HTTPS, the stack's CA, that role's API key for ``prefix``.
+
+    ``prefix`` defaults to ``SLUICE_ES_INDEX_PREFIX`` (else ``sluice``). Keys are
+    read from the runtime folder, where the stack keeps them once Elasticsearch
+    started; before that (``python -m stack env`` on a new checkout) a
+    connection has no key and Elasticsearch answers 401 until ``up``.
+    """
+    from stack.services.elasticsearch import Elasticsearch  # stack.services imports this module
+
+    es = Elasticsearch(config)
+    keys = es.stored_api_keys(prefix or index_prefix())
+    return es_airflow_connections(config.host, config.ports["elasticsearch"], str(es.ca_certs), keys)
 
 
 def airflow_parallelism(cores: int | None = None) -> int:

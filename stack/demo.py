@@ -27,6 +27,7 @@ from stack import api
 from stack.airflow_api import MINUTE_DAGS, AirflowClient
 from stack.config import LANDING_BUCKET, StackConfig, StackError
 from stack.service import State
+from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
 
 #: Run states after which a run no longer changes.
@@ -134,10 +135,9 @@ def wait_for_runs(client: AirflowClient, minutes: list[datetime], *, timeout: fl
 
 def run(config: StackConfig, *, minutes: int = 3) -> int:
     from include import contract
-    from include import elasticsearch as es_mod
     from include.landing import open_landing
     from include.opentsdb import OpenTSDBClient
-    from include.schemas import SENSOR, SOURCES
+    from include.schemas import SENSOR
     from stack.connections import landing_url
 
     logging.getLogger("elastic_transport").setLevel(logging.WARNING)  # one INFO line per request otherwise
@@ -155,9 +155,11 @@ def run(config: StackConfig, *, minutes: int = 3) -> int:
                          out=lambda s: print(s, flush=True))
 
     landing = open_landing(landing_url(config), s3_client=MinIO(config).client("airflow"))  # reads only
-    es = es_mod.connect(config.url("elasticsearch"))
+    # The read-only dashboards key: no refresh (that is a write-side right); the runs finished
+    # seconds ago and Elasticsearch refreshes every second, or on the first search of an idle shard.
+    es_service = Elasticsearch(config)
+    es = es_service.client("dashboards")
     prefix = contract.index_prefix()
-    es.indices.refresh(index=",".join(contract.index_pattern(s, prefix=prefix) for s in SOURCES))
     print("2/2 per minute and source, from the scheduler's runs (state and seconds after the minute's end)\n")
     print(f"{'minute (UTC)':<17} {'source':<7} {'run':<8} {'after':>6} {'files':>5} {'landed rows':>11} "
           f"{'DAG loaded':>10} {'ES docs':>8} {'OpenTSDB':>9}  match")
@@ -177,11 +179,12 @@ def run(config: StackConfig, *, minutes: int = 3) -> int:
                 all_ok &= ok
                 print(f"{minute:%Y-%m-%d %H:%M} {source:<7} {r['state']:<8} {after:>6} {files:>5} {rows:>11} "
                       f"{loaded:>10} {docs:>8} {points:>9}  {'yes' if ok else 'NO'}")
-    es_url = config.url("elasticsearch")
+    es_url = es_service.url
     print(f"""
 Where to look:
   Airflow UI     {config.url('airflow_api')} (admin; password in runtime/airflow/simple_auth_manager_passwords.json)
-  Elasticsearch  curl -s '{es_url}/{contract.index_pattern(SENSOR, prefix=prefix)}/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
+  Elasticsearch  curl -s --cacert {es_service.ca_certs} -H "Authorization: ApiKey $KEY" '{es_url}/{contract.index_pattern(SENSOR, prefix=prefix)}/_search?size=3&sort=@timestamp:desc' | python3 -m json.tool
+                 (KEY: the "dashboards" key's "encoded" in {es_service.keys_file(prefix)}, read-only)
   OpenTSDB       {config.url('opentsdb')}/api/query?start=1h-ago&m=none:mqtt.home.pcroom{{type=temperature}}
   Landing zone   MinIO {MinIO(config).endpoint_url} bucket {LANDING_BUCKET} (raw/, loaded/, deadletter/)
   Health         python -m stack status

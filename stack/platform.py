@@ -105,7 +105,7 @@ def where(config: StackConfig) -> str:
     return f"""
 Sluice is running (in the background; `make down` stops all of it).
   Airflow UI      {config.url('airflow_api')}   user admin, password in {password_file(config)}
-  Elasticsearch   {config.url('elasticsearch')}
+  Elasticsearch   {config.url('elasticsearch', scheme='https')}   CA {config.runtime / 'tls' / 'ca.crt'}, API keys in {config.runtime / 'elasticsearch'}/api-keys-sluice.json
   OpenTSDB        {config.url('opentsdb')}
   MinIO console   {config.url('minio_console', 'https')}   root keys in {config.runtime / 'minio' / 'credentials.json'}, bucket {LANDING_BUCKET}; CA {ca_cert_path(config)}
   Logs            {config.runtime}/<service>/<service>.log   (`python -m stack logs <service>`)

@@ -8,6 +8,7 @@ started fails the tests that need it; it is never a skip.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -71,7 +72,29 @@ def kafka(local_stack) -> Service:
 
 @pytest.fixture(scope="session")
 def elasticsearch(local_stack) -> Service:
-    return local_stack.ensure("elasticsearch")
+    """Elasticsearch with security on: ``.client(role, prefix=...)`` has that role's API key for the
+    prefix (made, with the prefix's templates, on first use); ``.admin()`` is for clean-up only."""
+    from stack.connections import elasticsearch_connections
+
+    svc = local_stack.ensure("elasticsearch")
+    # On a fresh runtime the connections exported at import had no keys yet: now they exist.
+    for conn_id, conn in elasticsearch_connections(local_stack.config).items():
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return svc
+
+
+@pytest.fixture(scope="session")
+def es_connections(elasticsearch):
+    """``prefix -> {AIRFLOW_CONN_ELASTICSEARCH_*: ...}``: every role's connection with keys for ``prefix``, for
+    an Airflow a test runs with its own ``SLUICE_ES_INDEX_PREFIX`` (keys and templates made on first use)."""
+    from stack.connections import elasticsearch_connections
+
+    def env(prefix: str) -> dict[str, str]:
+        elasticsearch.api_keys(prefix)
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)
+                for conn_id, conn in elasticsearch_connections(elasticsearch.config, prefix).items()}
+
+    return env
 
 
 @pytest.fixture(scope="session")

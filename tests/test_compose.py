@@ -86,12 +86,23 @@ def test_every_connection_the_dags_use_points_at_a_compose_service(config):
     services = set(config["services"])
     used = _used_connection_ids()
     assert {"grafana_default", "kibana_default", "elasticsearch_default", "opentsdb_default"} <= used
+    # Elasticsearch's connections (and kibana_default) carry API keys made at run time: elasticsearch-setup
+    # writes them into the file Airflow's LocalFilesystemBackend reads, from the builder the local stack uses.
+    from include.elasticsearch_security import airflow_connections as es_connections
+
+    from_file = {**es_connections("elasticsearch", 9200, "/run/sluice-es/ca.crt", {}),
+                 "kibana_default": {"host": "kibana"}}
     for name in AIRFLOW_SERVICES:
         env = config["services"][name]["environment"]
+        assert json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])["connections_file_path"] == "/run/sluice-es/connections.json"
         for conn_id in used:
             key = f"AIRFLOW_CONN_{conn_id.upper()}"
-            assert key in env, f"{name} lacks {key}"
-            conn = json.loads(env[key])
+            if conn_id in from_file:
+                conn = from_file[conn_id]
+                assert key not in env, f"{name} sets {key}: elasticsearch-setup's file defines it (one place)"
+            else:
+                assert key in env, f"{name} lacks {key}"
+                conn = json.loads(env[key])
             hosts = _hosts_of(conn)
             assert hosts, f"{key} names no host"
             assert set(hosts) <= services, f"{key} points at {hosts}, not a compose service"
@@ -213,7 +224,8 @@ TAKES_A_SECRET = {
 #: Environment names that carry a secret when they hold a value (not a file name).
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN|FERNET|JWT")
 #: Non-secrets that match SECRET_NAME: the S3 access key *id* (a user name).
-NOT_SECRET = {"SLUICE_S3_ACCESS_KEY"}
+# Names that match the pattern but hold none: an access key id, and the section name of Airflow's secrets backend.
+NOT_SECRET = {"SLUICE_S3_ACCESS_KEY", "AIRFLOW__SECRETS__BACKEND", "AIRFLOW__SECRETS__BACKEND_KWARGS"}
 #: A password handed to a program as an argument (ps and /proc show it), in any form we have had.
 ON_A_COMMAND_LINE = re.compile(
     r"-[pP]\s*[\"']?\$|--password|--requirepass|mosquitto_passwd\s+(?:-\w+\s+)*-b\b|-u\s+[\"']?[\w-]*:\$"
@@ -266,7 +278,11 @@ def test_every_service_that_takes_a_password_reads_it_from_a_docker_secret(celer
         env = svc.get("environment") or {}
         for key, value in env.items():
             value = str(value)
-            if key.endswith("_FILE"):
+            if key.endswith("_FILE") and value.startswith("/run/sluice-es/"):
+                # An Elasticsearch API key elasticsearch-setup made at run time (es-keys volume, 0640): not a Docker secret.
+                assert "es-keys" in {str(v).split(":")[0] for v in svc.get("volumes") or []} or any(
+                    isinstance(v, dict) and v.get("source") == "es-keys" for v in svc.get("volumes") or []), name
+            elif key.endswith("_FILE"):
                 # /run/secrets/<name>, or MinIO's bare secret name (its image's convention)
                 secret = value.removeprefix("/run/secrets/")
                 assert secret in mounted, f"{name}: {key}={value} is not a secret it mounts"

@@ -18,8 +18,9 @@ def build_sinks(config: StreamConfig) -> list:
         if name == ELASTICSEARCH:
             from include.elasticsearch import connect
 
-            auth = (config.elasticsearch_username, config.elasticsearch_password) if config.elasticsearch_username else None
-            client = connect(config.elasticsearch_url, basic_auth=auth, request_timeout=config.sink_timeout, max_retries=1)
+            client = connect(config.elasticsearch_url, api_key=config.elasticsearch_api_key or None,
+                             ca_certs=config.elasticsearch_ca_certs or None, request_timeout=config.sink_timeout,
+                             max_retries=1)
             sinks.append(ElasticsearchSink(client, prefix=config.es_index_prefix, chunk_size=5000))
         elif name == OPENTSDB:
             from include.opentsdb import OpenTSDBClient

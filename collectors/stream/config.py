@@ -50,9 +50,11 @@ class StreamConfig(KafkaClientOptions, CliOptions):
     host_topic: str = option(topics.HOST_METRICS, "Topic of the host rows as JSON (empty: not read).")
     deadletter_topic: str = option(topics.DEADLETTER, "Topic for records that cannot be decoded or that a sink refused.")
     sinks: tuple[str, ...] = option(DEFAULT_SINKS, "Comma-separated sinks to load: elasticsearch, opentsdb.")
-    elasticsearch_url: str = option("http://127.0.0.1:9200", "Elasticsearch URL.")
-    elasticsearch_username: str = option("", "Elasticsearch user (empty: no authentication).")
-    elasticsearch_password: str = option("", "Elasticsearch password.", secret=True)
+    elasticsearch_url: str = option("https://127.0.0.1:9200", "Elasticsearch URL.")
+    # Elasticsearch: an API key of the loader role (include/elasticsearch_security.py), never a user's password.
+    elasticsearch_api_key: str = option("", "Elasticsearch API key, encoded (the value after 'Authorization: ApiKey'); "
+                                            "empty: no authentication.", secret=True)
+    elasticsearch_ca_certs: str = option("", "PEM file of the CA that signed Elasticsearch's certificate (empty: the system's).")
     es_index_prefix: str = option(ES_INDEX_PREFIX, "Prefix of the daily indices {prefix}-{source}-YYYY.MM.DD.")
     opentsdb_url: str = option("http://127.0.0.1:4242", "OpenTSDB URL.")
     opentsdb_username: str = option("", "OpenTSDB basic-auth user (empty: none).")
@@ -99,8 +101,10 @@ class StreamConfig(KafkaClientOptions, CliOptions):
             check_index_prefix(self.es_index_prefix)
         except ContractError as exc:
             require(False, "es_index_prefix", str(exc))
-        require(bool(self.elasticsearch_username) == bool(self.elasticsearch_password), "elasticsearch_username",
-                "give both the user and the password, or neither")
+        require(not self.elasticsearch_ca_certs or os.path.isfile(self.elasticsearch_ca_certs), "elasticsearch_ca_certs",
+                f"{self.elasticsearch_ca_certs} is not a file")
+        require(self.elasticsearch_api_key.isprintable() and " " not in self.elasticsearch_api_key, "elasticsearch_api_key",
+                "must be the encoded key (base64, one line)")
         require(bool(self.opentsdb_username) == bool(self.opentsdb_password), "opentsdb_username",
                 "give both the user and the password, or neither")
         require(self.opentsdb_batch_size >= 1, "opentsdb_batch_size", "must be >= 1")

@@ -89,17 +89,32 @@ def opentsdb_datasource(url: str) -> GrafanaDatasource:
 
 
 def elasticsearch_datasource(
-    source: str, url: str, *, user: str = "", password: str = "", prefix: str = ES_INDEX_PREFIX
+    source: str, url: str, *, user: str = "", password: str = "", prefix: str = ES_INDEX_PREFIX,
+    api_key: str = "", ca_cert: str = "",
 ) -> GrafanaDatasource:
-    """The Elasticsearch data source over the daily indices ``{prefix}-{source}-*``."""
+    """The Elasticsearch data source over the daily indices ``{prefix}-{source}-*``.
+
+    ``api_key`` (the encoded key of the read-only dashboards role) goes in an
+    ``Authorization: ApiKey`` header Grafana adds to every proxied query;
+    ``ca_cert`` (PEM text) is the CA Grafana trusts for an HTTPS node.
+    """
+    json_data: dict[str, Any] = {"index": index_pattern(source, prefix=prefix), "timeField": ES_TIME_FIELD,
+                                 "maxConcurrentShardRequests": 5}
+    secure: dict[str, str] = {"basicAuthPassword": password} if user and password else {}
+    if api_key:
+        json_data["httpHeaderName1"] = "Authorization"
+        secure["httpHeaderValue1"] = f"ApiKey {api_key}"
+    if ca_cert:
+        json_data["tlsAuthWithCACert"] = True
+        secure["tlsCACert"] = ca_cert
     return GrafanaDatasource(
         uid=ES_UIDS[source],
         name=f"Sluice Elasticsearch {source}",
         type="elasticsearch",
         url=url,
-        json_data={"index": index_pattern(source, prefix=prefix), "timeField": ES_TIME_FIELD, "maxConcurrentShardRequests": 5},
+        json_data=json_data,
         basic_auth_user=user,
-        secure_json_data={"basicAuthPassword": password} if user and password else {},
+        secure_json_data=secure,
     )
 
 
@@ -110,6 +125,8 @@ def sluice_datasources(
     elasticsearch_user: str = "",
     elasticsearch_password: str = "",
     index_prefix: str = ES_INDEX_PREFIX,
+    elasticsearch_api_key: str = "",
+    elasticsearch_ca_cert: str = "",
 ) -> list[GrafanaDatasource]:
     """Every data source the Sluice dashboards use, for the given service URLs.
 
@@ -119,7 +136,8 @@ def sluice_datasources(
     """
     return [opentsdb_datasource(opentsdb_url)] + [
         elasticsearch_datasource(
-            s, elasticsearch_url, user=elasticsearch_user, password=elasticsearch_password, prefix=index_prefix
+            s, elasticsearch_url, user=elasticsearch_user, password=elasticsearch_password, prefix=index_prefix,
+            api_key=elasticsearch_api_key, ca_cert=elasticsearch_ca_cert,
         )
         for s in ES_UIDS
     ]

@@ -22,10 +22,13 @@ import urllib.request
 from pathlib import Path
 
 from include.kafka import STREAM_GROUP
+from include.elasticsearch_security import LOADER
 from stack.config import LANDING_BUCKET
+from stack.secrets import write_private
 from stack.connections import airflow_env
 from stack.service import Service, Status, _proc_start_time, tail
 from stack.services.kafka import client_env as kafka_client_env
+from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
 from stack.supervise import read_state
 DEFAULT_DEVICES = 5
@@ -158,9 +161,24 @@ class StreamLoader(SupervisedService):
     kafka_user = "sluice-stream-loader"
 
     def args(self) -> list[str]:
+        es = Elasticsearch(self.config)
         return ["--kafka-bootstrap", self.kafka(), "--kafka-group", STREAM_GROUP,
-                "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", self.config.url("elasticsearch"),
+                "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", es.url,
+                "--elasticsearch-ca-certs", str(es.ca_certs),
                 "--opentsdb-url", self.config.url("opentsdb"), "--metrics-port", str(self.port)]
+
+    # Elasticsearch: the loader role's API key, through a 0600 file named in the environment
+    # (SLUICE_ELASTICSEARCH_API_KEY_FILE): never on the command line, not in the environment itself.
+    @property
+    def es_key_file(self) -> Path:
+        return self.dir / "elasticsearch-api-key"
+
+    def prepare(self) -> None:
+        super().prepare()
+        write_private(self.es_key_file, Elasticsearch(self.config).api_key(LOADER) + "\n", replace=True)
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "SLUICE_ELASTICSEARCH_API_KEY_FILE": str(self.es_key_file)}
 
 
 class Simulator(SupervisedService):

@@ -104,11 +104,20 @@ def bench_transform(files: list[tuple[datetime, bytes]]) -> FileDocuments:
     return transform_file("host", one_batch)
 
 
-def bench_load(es, docs: FileDocuments) -> dict:
+def bench_load(server, docs: FileDocuments) -> dict:
+    """Both over HTTPS with the loader role's API key (what the DAGs and the stream loader use), a
+    fresh prefix (and key) per round; ``server`` is the stack's Elasticsearch service."""
     n = docs.accepted
     chunk = 2000
+    admin = server.admin(request_timeout=120)
+    clients: dict[str, object] = {}
+
+    def loader(prefix: str):
+        clients[prefix] = server.client("loader", prefix=prefix, request_timeout=120)
+        return clients[prefix]
 
     def plain(prefix: str) -> float:
+        es = loader(prefix)
         es_mod.ensure_index_template(es, "host", prefix=prefix)
         pairs = list(es_mod.bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
         bodies = [
@@ -122,6 +131,7 @@ def bench_load(es, docs: FileDocuments) -> dict:
         return time.perf_counter() - start
 
     def helpers(prefix: str) -> float:
+        es = loader(prefix)
         es_mod.ensure_index_template(es, "host", prefix=prefix)
         start = time.perf_counter()
         result = es_mod.bulk_index(
@@ -139,9 +149,10 @@ def bench_load(es, docs: FileDocuments) -> dict:
             try:
                 timings[name].append(fn(prefix))
             finally:
-                es_mod.drop_prefix(es, prefix)
+                es_mod.drop_prefix(admin, prefix)
     p, h = min(timings["plain"]), min(timings["helpers"])
-    print(f"load into the local Elasticsearch, {n:,} host documents, {chunk:,} per request, best of 2:")
+    print(f"load into the local Elasticsearch over HTTPS with the loader's API key, {n:,} host documents, "
+          f"{chunk:,} per request, best of 2:")
     print(f"  plain _bulk (pre-built bodies)   {n / p:>10,.0f} docs/s  ({p:.2f} s)")
     print(f"  bulk_index (streaming_bulk)      {n / h:>10,.0f} docs/s  ({h:.2f} s)")
     print(f"  bulk_index / plain: {p / h:.0%}")
@@ -175,7 +186,14 @@ def bench_fast_backfill(s3_client, files: list[tuple[datetime, bytes]], *, sinks
     airflow = str(Path(sys.executable).with_name("airflow"))
     from stack.config import StackConfig
 
-    es = es_mod.connect(StackConfig.from_env().url("elasticsearch"), request_timeout=120)
+    from stack.connections import elasticsearch_connections
+    from stack.services.elasticsearch import Elasticsearch
+
+    server = Elasticsearch(StackConfig.from_env())
+    server.api_keys(prefix)  # the DAG's connections with keys for the bench's prefix
+    for conn_id, conn in elasticsearch_connections(server.config, prefix).items():
+        env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    es = server.admin(request_timeout=120)  # the bench's own count and clean-up
     try:
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
         conf = {"source": "host", "from": DAY.isoformat(), "to": (DAY + timedelta(days=1)).isoformat()}
@@ -222,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if "load" in only:
         from stack.config import StackConfig
 
-        es = es_mod.connect(StackConfig.from_env().url("elasticsearch"), request_timeout=120)
-        bench_load(es, docs)
+        from stack.services.elasticsearch import Elasticsearch
+
+        bench_load(Elasticsearch(StackConfig.from_env()), docs)
     if "backfill" in only:
         from stack.config import StackConfig
         from stack.connections import airflow_env

@@ -68,7 +68,9 @@ def main() -> None:
     api.ensure(config, ["minio", "kafka", "elasticsearch", "opentsdb"])
     run = uuid.uuid4().hex[:8]
     landing = S3Landing(MinIO(config).admin_client(), LANDING_BUCKET, f"bench-reconcile-{run}")
-    es = es_mod.connect(config.url("elasticsearch"), request_timeout=60)
+    from stack.services.elasticsearch import Elasticsearch
+
+    es = Elasticsearch(config).admin(request_timeout=60)  # loads, reconciles and cleans up with one client
     prefix = f"sluicebench-{run}"
     topic = f"sluice.bench.reconcile.{run}"
     from stack.services.kafka import client_settings

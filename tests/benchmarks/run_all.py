@@ -120,11 +120,12 @@ def _host_day_docs():
 
 def hop_es_load(cfg: StackConfig, quick: bool) -> list[Row]:
     import pipeline_bench
-    from include import elasticsearch as es_mod
 
     progress("es-load: a host-day (86,400 documents), bulk_index and plain _bulk alternating, best of 2")
     _, docs = _host_day_docs()
-    got = pipeline_bench.bench_load(es_mod.connect(cfg.url("elasticsearch"), request_timeout=120), docs)
+    from stack.services.elasticsearch import Elasticsearch
+
+    got = pipeline_bench.bench_load(Elasticsearch(cfg), docs)
     return [Row("Elasticsearch load (batch pipeline)", f"{got['bulk_index']:,.0f} docs/s",
                 f"plain _bulk: {got['plain_bulk']:,.0f} docs/s", got["ratio"])]
 

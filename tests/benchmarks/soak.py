@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 from stack import api, demo  # noqa: E402
 from stack.airflow_api import MINUTE_DAGS, SCHEDULED_DAGS, AirflowClient  # noqa: E402
 from stack.config import StackConfig  # noqa: E402
+from stack.services.elasticsearch import Elasticsearch  # noqa: E402
 from stack.platform import bring_up, stream_lag  # noqa: E402
 from stack.services.collectors import Simulator  # noqa: E402
 
@@ -104,9 +105,8 @@ class StreamReader:
     """Searches Elasticsearch once a second; seconds from reading time to first found, per document."""
 
     def __init__(self, config: StackConfig) -> None:
-        from include import elasticsearch as es_mod
 
-        self.es = es_mod.connect(config.url("elasticsearch"), request_timeout=30)
+        self.es = Elasticsearch(config).client("dashboards", request_timeout=30)  # read-only: it only searches
         self.latencies: list[float] = []
         self.seen: set[str] = set()
         self.stop = threading.Event()

@@ -45,6 +45,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from stack.services.elasticsearch import Elasticsearch  # noqa: E402
 
 @dataclass(frozen=True)
 class KafkaTarget:
@@ -121,11 +122,19 @@ def group_lag(admin: dict, group: str, topics: list[str]) -> int:
         consumer.close()
 
 
-def loader_args(bootstrap: str, run: str, raw: str, es_url: str, tsdb_url: str, port: int, extra: list[str]) -> list[str]:
+def loader_args(bootstrap: str, run: str, raw: str, es_server, tsdb_url: str, port: int, extra: list[str]) -> list[str]:
+    """Flags of a bench loader; ``es_server`` (the stack's Elasticsearch) gives the HTTPS URL, the CA and a
+    loader key for the bench's prefix, handed over in a 0600 file (never on the command line)."""
+    from stack.secrets import write_private
+
+    key_file = Path(tempfile.gettempdir()) / "sluice-bench-keys" / f"bench{run}.es-key"
+    key_file.parent.mkdir(mode=0o700, exist_ok=True)
+    write_private(key_file, es_server.api_key("loader", prefix=f"bench{run}"), replace=True)
     return ["--kafka-bootstrap", bootstrap, "--kafka-group", f"bench-{run}", "--sensor-topic", raw,
             "--host-topic", f"bench.{run}.host", "--deadletter-topic", f"bench.{run}.dl",
-            "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", es_url, "--opentsdb-url", tsdb_url,
-            "--es-index-prefix", f"bench{run}", "--metrics-port", str(port), *extra]
+            "--sinks", "elasticsearch,opentsdb", "--elasticsearch-url", es_server.url,
+            "--elasticsearch-ca-certs", str(es_server.ca_certs), "--elasticsearch-api-key-file", str(key_file),
+            "--opentsdb-url", tsdb_url, "--es-index-prefix", f"bench{run}", "--metrics-port", str(port), *extra]
 
 
 def bench_topics(run: str) -> list[str]:
@@ -150,7 +159,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
     if prepared is not None:
         prepared(run, group)
     port = free_port()
-    proc = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
+    proc = spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
                                                   port, extra), tmp / f"loader-{run}.log", target.env)
     try:
         deadline = time.monotonic() + 120
@@ -175,7 +184,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
         stop(proc)
         from include import elasticsearch as es
 
-        es.drop_prefix(es.connect(cfg.url("elasticsearch")), f"bench{run}")
+        es.drop_prefix(Elasticsearch(cfg).admin(), f"bench{run}")
     return {
         "messages": messages,
         "readings": 3 * messages,
@@ -228,7 +237,8 @@ def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
 
     run = uuid.uuid4().hex[:8]
     prefix = f"bench{run}ref"
-    es = es_mod.connect(cfg.url("elasticsearch"), request_timeout=120)
+    admin = Elasticsearch(cfg).admin(request_timeout=120)
+    es = Elasticsearch(cfg).client("loader", prefix=prefix, request_timeout=120)  # what the loader has
     es_mod.ensure_index_template(es, "sensor", prefix=prefix)
     ts0 = int(time.time() * 1000) - 3_600_000
     lines: list[bytes] = []
@@ -247,7 +257,7 @@ def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
                 raise RuntimeError("plain _bulk refused documents")
         elapsed = time.monotonic() - start
     finally:
-        es_mod.drop_prefix(es, prefix)
+        es_mod.drop_prefix(admin, prefix)
     return {"documents": len(lines), "seconds": round(elapsed, 2), "docs_per_s": round(len(lines) / elapsed)}
 
 
@@ -274,9 +284,9 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
         "--kafka-bootstrap", bootstrap, "--kafka-topic", raw, "--kafka-deadletter-topic", f"bench.{run}.dl",
         "--metrics-port", "-1"], tmp / f"collector-{run}.log", target.env)
     port = free_port()
-    loader = spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
+    loader = spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
                                                     port, extra), tmp / f"loader-{run}.log", target.env)
-    client = es.connect(cfg.url("elasticsearch"))
+    client = Elasticsearch(cfg).admin()  # the bench's own search and clean-up
     published: dict[str, float] = {}
     seen: dict[str, float] = {}
     done = threading.Event()

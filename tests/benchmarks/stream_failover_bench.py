@@ -33,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_bench import free_port, loader_args, payload, scrape, spawn, stack_target, stop  # noqa: E402
 
+from stack.services.elasticsearch import Elasticsearch  # noqa: E402
+
 
 def offsets(consumer, parts) -> dict:
     committed = consumer.committed(parts, timeout=10)
@@ -86,7 +88,7 @@ def main() -> int:
     ports = [free_port() for _ in range(4)]
 
     def loader(i: int):
-        return spawn("collectors.stream", loader_args(bootstrap, run, raw, cfg.url("elasticsearch"), cfg.url("opentsdb"),
+        return spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
                                                       ports[i], ["--batch-messages", "200", *args.loader_arg]),
                      tmp / f"loader{i}.log", target.env)
 
@@ -146,7 +148,7 @@ def main() -> int:
     for proc in procs[1:]:
         stop(proc)
     watcher.close()
-    client = es.connect(cfg.url("elasticsearch"))
+    client = Elasticsearch(cfg).admin()  # the bench's own search and clean-up
     prefix = f"bench{run}"
     client.indices.refresh(index=f"{prefix}-sensor-*")
     versions = []

@@ -6,8 +6,10 @@ metric (or host tag), so parallel runs never meet.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -16,7 +18,9 @@ from kafka_login import security, settings
 
 from collectors.stream import StreamConfig, StreamLoader
 from include.kafka import HEADER_MQTT_TOPIC, HEADER_RECEIVED_AT, ensure_topics, producer_config
+from include.elasticsearch_security import LOADER
 from include.opentsdb import OpenTSDBClient
+from stack.secrets import write_private
 from include.contract import reading_id
 from include.schemas import HOST_SCHEMA, SENSOR
 from include.contract import timestamp_text
@@ -90,14 +94,31 @@ class Topics:
         assert self.producer.flush(30) == 0
 
 
-def config(run: str, t: Topics, **kw) -> StreamConfig:
+def es_options(server, prefix: str) -> dict[str, str]:
+    """Options that point a loader at ``server`` (a stack Elasticsearch) with the loader role's key for ``prefix``."""
+    return {"elasticsearch_url": server.url, "elasticsearch_api_key": server.api_key(LOADER, prefix),
+            "elasticsearch_ca_certs": str(server.ca_certs)}
+
+
+def config(run: str, t: Topics, *, elasticsearch=None, **kw) -> StreamConfig:
+    """The run's loader options; ``elasticsearch`` (the stack's service) gives its URL, CA and a loader key."""
     kw.setdefault("sinks", ("elasticsearch", "opentsdb"))
     kw = {**kafka_options(), **kw}  # the test's own topics and group: as the admin
+    kw.setdefault("es_index_prefix", f"t{run}")
+    if elasticsearch is not None:
+        kw.update(es_options(elasticsearch, kw["es_index_prefix"]))
     cfg = StreamConfig(kafka_bootstrap=t.bootstrap, kafka_group=f"g-{run}", sensor_topic=t.raw, host_topic=t.host,
-                       deadletter_topic=t.dl, es_index_prefix=f"t{run}", metrics_port=0, retry_initial=0.2,
-                       retry_max=1.0, **kw)
+                       deadletter_topic=t.dl, metrics_port=0, retry_initial=0.2, retry_max=1.0, **kw)
     cfg.validate()
     return cfg
+
+
+def es_key_file(cfg: StreamConfig) -> str:
+    """A 0600 file holding ``cfg``'s API key, for a loader process: the key never goes on its command line."""
+    path = Path(tempfile.gettempdir()) / "sluice-test-keys" / f"{cfg.kafka_group}.es-key"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    write_private(path, cfg.elasticsearch_api_key, replace=True)
+    return str(path)
 
 
 def cli_args(cfg: StreamConfig, *, instance_id: str | None = "", metrics_port: int = -1) -> list[str]:
@@ -110,6 +131,7 @@ def cli_args(cfg: StreamConfig, *, instance_id: str | None = "", metrics_port: i
             "--kafka-session-timeout", str(cfg.kafka_session_timeout), "--sensor-topic", cfg.sensor_topic,
             "--host-topic", cfg.host_topic, "--deadletter-topic", cfg.deadletter_topic,
             "--sinks", ",".join(cfg.sinks), "--elasticsearch-url", cfg.elasticsearch_url,
+            "--elasticsearch-ca-certs", cfg.elasticsearch_ca_certs, "--elasticsearch-api-key-file", es_key_file(cfg),
             "--es-index-prefix", cfg.es_index_prefix, "--opentsdb-url", cfg.opentsdb_url,
             "--batch-messages", str(cfg.batch_messages), "--metrics-port", str(metrics_port),
             "--health-idle-after", str(cfg.health_idle_after)]

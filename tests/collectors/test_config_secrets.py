@@ -23,7 +23,6 @@ CONFIGS = [HostConfig, MqttConfig, StreamConfig, SimulatorConfig]
 #: Options whose validation needs a partner when the secret is set (user with password, key id with key).
 PARTNERS = {
     "s3_secret_key": {"SLUICE_S3_ACCESS_KEY": "AKIDPLAIN"},
-    "elasticsearch_password": {"SLUICE_ELASTICSEARCH_USERNAME": "loader"},
     "opentsdb_password": {"SLUICE_OPENTSDB_USERNAME": "loader"},
     "kafka_password": {"SLUICE_KAFKA_USERNAME": "loader"},
 }
@@ -54,7 +53,7 @@ def _environ(cls: type, tmp_path, via_file: bool) -> dict[str, str]:
 
 def test_every_collector_config_has_secrets_to_check():
     assert {name for cls in CONFIGS for name in _secret_fields(cls)} >= {
-        "s3_access_key", "s3_secret_key", "mqtt_password", "elasticsearch_password", "opentsdb_password"}
+        "s3_access_key", "s3_secret_key", "mqtt_password", "elasticsearch_api_key", "opentsdb_password", "kafka_password"}
 
 
 @pytest.mark.parametrize("via_file", [True, False], ids=["from-file", "from-env"])
@@ -97,7 +96,6 @@ def test_a_config_error_beside_a_secret_names_the_option_not_the_secret(tmp_path
 
 
 def test_an_unreadable_secret_file_is_a_config_error_naming_the_variable(tmp_path):
-    env = {"SLUICE_ELASTICSEARCH_USERNAME": "loader",
-           "SLUICE_ELASTICSEARCH_PASSWORD_FILE": str(tmp_path / "missing")}
-    with pytest.raises(ConfigError, match="SLUICE_ELASTICSEARCH_PASSWORD_FILE: cannot read"):
+    env = {"SLUICE_KAFKA_USERNAME": "loader", "SLUICE_ELASTICSEARCH_API_KEY_FILE": str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match="SLUICE_ELASTICSEARCH_API_KEY_FILE: cannot read"):
         StreamConfig.from_args([], env)

@@ -122,8 +122,8 @@ def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, k
         wait_for(lambda: log.read_text().count("subscribed to") > seen, 60, f"collector {name}'s shared subscription")
         return proc
 
-    cfg = loader_config(run, t, sinks=("elasticsearch",), elasticsearch_url=elasticsearch.config.url("elasticsearch"))
-    es_client = es.connect(cfg.elasticsearch_url)
+    cfg = loader_config(run, t, sinks=("elasticsearch",), elasticsearch=elasticsearch)
+    es_client = elasticsearch.admin()  # checks and clean-up
     count = int(RATE * SECONDS)
     ts0 = int(time.time() * 1000)
     payloads = {seed_payload(metric, f"dev{i % DEVICES}", ts0 + i, i) for i in range(count)}

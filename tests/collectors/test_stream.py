@@ -199,11 +199,27 @@ def test_config_names_the_bad_option(monkeypatch):
             StreamConfig.from_args(argv)
 
 
+def test_the_elasticsearch_api_key_comes_from_a_file_or_the_environment_never_argv(tmp_path, monkeypatch):
+    key = tmp_path / "es-key"
+    key.write_text("c2VjcmV0OmtleQ==\n")
+    cfg = StreamConfig.from_args(["--elasticsearch-api-key-file", str(key), "--elasticsearch-url", "https://es:9200"])
+    assert cfg.elasticsearch_api_key == "c2VjcmV0OmtleQ=="
+    assert "c2VjcmV0OmtleQ" not in repr(cfg), "the key is kept out of the config's repr (and so out of logs)"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown flag: there is no --elasticsearch-api-key
+        StreamConfig.from_args(["--elasticsearch-api-key", "c2VjcmV0OmtleQ=="])
+    monkeypatch.setenv("SLUICE_ELASTICSEARCH_API_KEY_FILE", str(key))
+    assert StreamConfig.from_args([]).elasticsearch_api_key == "c2VjcmV0OmtleQ=="
+    with pytest.raises(ConfigError, match="elasticsearch-api-key-file"):
+        StreamConfig.from_args(["--elasticsearch-api-key-file", str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="elasticsearch-ca-certs"):
+        StreamConfig.from_args(["--elasticsearch-ca-certs", str(tmp_path / "no-ca.pem")])
+
+
 # -- against the real services ---------------------------------------------------------
 def test_kill_9_mid_batch_and_restart_loads_every_reading_once(tmp_path, kafka, elasticsearch, opentsdb):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"),
+    cfg = config(run, t, elasticsearch=elasticsearch,
                  opentsdb_url=opentsdb.config.url("opentsdb"), batch_messages=200)
     metric, host = f"t.{run}.m", f"h{run}"
     ts0 = int(time.time() * 1000) - 60_000
@@ -214,7 +230,7 @@ def test_kill_9_mid_batch_and_restart_loads_every_reading_once(tmp_path, kafka, 
         t.produce(t.host, host.encode(), host_record(host, second0 + n, n))
     t.flush()
     total = count + hosts
-    es_client = es.connect(cfg.elasticsearch_url)
+    es_client = elasticsearch.admin()  # checks and clean-up
     log = tmp_path / "loader.log"
     try:
         proc = spawn("collectors.stream", cli_args(cfg), log)
@@ -280,7 +296,7 @@ def test_a_refused_kafka_login_or_right_is_named_on_healthz(kafka):
 def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), sinks=("elasticsearch",))
+    cfg = config(run, t, elasticsearch=elasticsearch, sinks=("elasticsearch",))
     metric = f"t.{run}.m"
     ts0 = int(time.time() * 1000)
     mqtt_header = [(HEADER_MQTT_TOPIC, b"sensors/dev0"), (HEADER_RECEIVED_AT, timestamp_text(round(time.time(), 3)).encode())]
@@ -294,7 +310,7 @@ def test_poison_records_are_dead_lettered_and_do_not_block(kafka, elasticsearch)
         t.produce(topic, key, value, mqtt_header if topic == t.raw else None)
     t.flush()
     t.sensor_records(metric, ts0, 5, start=5, devices=1)
-    es_client = es.connect(cfg.elasticsearch_url)
+    es_client = elasticsearch.admin()  # checks and clean-up
     try:
         with Running(cfg) as loader:
             wait_for(lambda: lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 0, 30, "every record committed")
@@ -337,9 +353,8 @@ def test_elasticsearch_outage_pauses_and_resumes_without_loss(tmp_path, stack_co
     runtime.mkdir(mode=0o755)
     try:
         with private_service(Elasticsearch, stack_config, runtime) as server:
-            url = server.config.url("elasticsearch")
-            cfg = config(run, t, elasticsearch_url=url, sinks=("elasticsearch",), sink_timeout=3.0)
-            es_client = es.connect(url)
+            cfg = config(run, t, elasticsearch=server, sinks=("elasticsearch",), sink_timeout=3.0)
+            es_client = server.admin()  # checks
             with Running(cfg) as loader:
                 t.sensor_records(metric, ts0, 100)
                 wait_for(lambda: lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 0, 30, "the first records committed")

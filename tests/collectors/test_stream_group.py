@@ -27,7 +27,7 @@ KINDS = ("temperature", "humidity", "dust")
 def test_three_loaders_kill_one_mid_batch_then_add_one(tmp_path, kafka, elasticsearch, opentsdb):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run, partitions=6)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"),
+    cfg = config(run, t, elasticsearch=elasticsearch,
                  opentsdb_url=opentsdb.config.url("opentsdb"), batch_messages=100, kafka_session_timeout=6.0)
     metric = f"t.{run}.m"
     ts0 = int(time.time() * 1000) - 120_000
@@ -41,7 +41,7 @@ def test_three_loaders_kill_one_mid_batch_then_add_one(tmp_path, kafka, elastics
             time.sleep(0.4)
         produced.set()
 
-    es_client = es.connect(cfg.elasticsearch_url)
+    es_client = elasticsearch.admin()  # checks and clean-up
     logs = [tmp_path / f"loader{i}.log" for i in range(4)]
     ports = [free_port() for _ in range(4)]
     procs = [spawn("collectors.stream", cli_args(cfg, instance_id=None, metrics_port=ports[i]), logs[i]) for i in range(3)]

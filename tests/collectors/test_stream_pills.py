@@ -39,7 +39,7 @@ def healthz(port: int) -> tuple[int, str]:
 def test_every_pill_is_dead_lettered_and_the_loader_stays_up(tmp_path, kafka, elasticsearch, opentsdb):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run, max_message_bytes=TOPIC_MAX_BYTES)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"),
+    cfg = config(run, t, elasticsearch=elasticsearch,
                  opentsdb_url=opentsdb.config.url("opentsdb"), batch_messages=50)
     metric = f"t.{run}.m"
     now = time.time()
@@ -72,7 +72,7 @@ def test_every_pill_is_dead_lettered_and_the_loader_stays_up(tmp_path, kafka, el
     # An odd tag key, new per record: Elasticsearch either maps it under tags or refuses that document alone.
     odd = [sensor("pill-odd", reading(tags={"type": "temperature", f"type.x{n}": "1"}, value=n)) for n in range(3)]
     good = sensor("good-device", reading(value=42.0, tags={"type": "humidity"}))
-    es_client = es.connect(cfg.elasticsearch_url)
+    es_client = elasticsearch.admin()  # checks and clean-up
     port = free_port()
     log = tmp_path / "loader.log"
     proc = spawn("collectors.stream", cli_args(cfg, metrics_port=port), log)

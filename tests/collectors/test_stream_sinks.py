@@ -47,12 +47,12 @@ def healthz(port: int) -> tuple[int, str]:
 def test_a_sink_refusing_for_good_dead_letters_only_its_records(kafka, elasticsearch, opentsdb):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"),
+    cfg = config(run, t, elasticsearch=elasticsearch,
                  opentsdb_url=opentsdb.config.url("opentsdb"))
     metric = f"t.{run}.m"
     now = time.time()
     yesterday = now - 86400
-    es_client = es.connect(cfg.elasticsearch_url)
+    es_client = elasticsearch.admin()  # checks and clean-up
     # Today's index exists already with a mapping the readings do not fit: Elasticsearch refuses each for good.
     today = datetime.fromtimestamp(now, timezone.utc).strftime("%Y.%m.%d")
     es_client.indices.create(index=f"{cfg.es_index_prefix}-{SENSOR}-{today}",
@@ -110,11 +110,11 @@ def test_a_sink_that_fails_unexpectedly_dead_letters_its_batch_instead_of_replay
 
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
-    cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), sinks=("elasticsearch",))
+    cfg = config(run, t, elasticsearch=elasticsearch, sinks=("elasticsearch",))
     metric = f"t.{run}.m"
     ts0 = int(time.time() * 1000)
-    es_client = es.connect(cfg.elasticsearch_url)
-    sinks = [ElasticsearchSink(es.connect(cfg.elasticsearch_url), prefix=cfg.es_index_prefix), PluginWithABug()]
+    es_client = elasticsearch.admin()  # checks and clean-up
+    sinks = [ElasticsearchSink(elasticsearch.client("loader", prefix=cfg.es_index_prefix), prefix=cfg.es_index_prefix), PluginWithABug()]
     try:
         t.sensor_records(metric, ts0, 20)
         with Running(cfg, sinks=sinks) as loader:
@@ -137,11 +137,11 @@ def test_opentsdb_outage_pauses_turns_unhealthy_and_loses_nothing(stack_config, 
     ts0 = int(time.time() * 1000)
     runtime = Path(f"/tmp/sluice-stream-test-{run}")
     runtime.mkdir(mode=0o755)
-    es_client = es.connect(elasticsearch.config.url("elasticsearch"))
+    es_client = elasticsearch.admin()  # checks and clean-up
     try:
         with private_service(OpenTSDB, stack_config, runtime) as server:
             url = server.config.url("opentsdb")
-            cfg = config(run, t, elasticsearch_url=elasticsearch.config.url("elasticsearch"), opentsdb_url=url,
+            cfg = config(run, t, elasticsearch=elasticsearch, opentsdb_url=url,
                          sink_timeout=3.0, health_idle_after=5.0)
             with Running(cfg) as loader:
                 port = loader.metrics_port

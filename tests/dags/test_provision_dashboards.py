@@ -26,7 +26,7 @@ def _conn(url: str, **fields) -> str:
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory, elasticsearch, stack_config):
+def airflow_env(tmp_path_factory, elasticsearch, stack_config, es_connections):
     home = tmp_path_factory.mktemp("airflow-home")
     env = {
         **os.environ,
@@ -34,12 +34,12 @@ def airflow_env(tmp_path_factory, elasticsearch, stack_config):
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         # Templates under a prefix of their own: the shared Elasticsearch keeps the real ones.
         "SLUICE_ES_INDEX_PREFIX": PREFIX,
+        # elasticsearch_provision (the only role that may write templates) with a key for PREFIX.
+        **es_connections(PREFIX),
     }
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
     yield env
-    from include.elasticsearch import connect
-
-    es = connect(stack_config.url("elasticsearch"))
+    es = elasticsearch.admin()
     for source in ("host", "sensor", "lag"):
         es.options(ignore_status=404).indices.delete_index_template(name=f"{PREFIX}-{source}")
 

@@ -140,7 +140,7 @@ def run_prefix() -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Iterator[Airflow]:
+def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix, es_connections) -> Iterator[Airflow]:
     home = tmp_path_factory.mktemp("airflow")
     api_port = _free_port()
     env = {
@@ -155,6 +155,8 @@ def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Ite
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "SLUICE_LANDING_URL": f"s3://{LANDING_BUCKET}/{run_prefix}",
         "SLUICE_ES_INDEX_PREFIX": f"sluice{run_prefix}",
+        # Each DAG task's Elasticsearch connection with its role's key for this prefix.
+        **es_connections(f"sluice{run_prefix}"),
         "SLUICE_TASK_RETRIES": "0",
         "SLUICE_START_DATE": "2020-01-01T00:00:00+00:00",
         # Unpaused for the backfill test: only the latest minute, not every one since 2020.
@@ -164,7 +166,7 @@ def airflow(tmp_path_factory, minio, elasticsearch, opentsdb, run_prefix) -> Ite
     af.run("db", "migrate")
     yield af
     # Whatever a test's DAG runs indexed under this session's prefix goes, used `es` or not.
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
+    client = elasticsearch.admin(request_timeout=60)
     try:
         es_mod.drop_prefix(client, env["SLUICE_ES_INDEX_PREFIX"])
     finally:
@@ -184,7 +186,8 @@ def landing(minio, run_prefix) -> S3Landing:
 
 @pytest.fixture(scope="session")
 def es(elasticsearch, run_prefix):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
+    """The tests' own checks and clean-up (admin); the DAGs use their roles' keys."""
+    client = elasticsearch.admin(request_timeout=60)
     yield client
     try:
         es_mod.drop_prefix(client, f"sluice{run_prefix}")

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include import elasticsearch as es_mod
 from include.contract import minute_key
 from include.landing import open_landing
 from include.opentsdb import OpenTSDBClient
@@ -27,6 +26,7 @@ from stack.connections import landing_url
 from stack.platform import apply_executor, unpause
 from stack.services import AIRFLOW, COLLECTORS
 from stack.services.airflow import CELERY_WORKERS
+from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
 from tests.e2e.test_minute_pipeline import host_csv
 
@@ -69,7 +69,7 @@ def _worker_names(config) -> set[str]:
 
 
 def _counts(config, landing, source: str, minute: datetime) -> tuple[int, int, int]:
-    es = es_mod.connect(config.url("elasticsearch"), request_timeout=60)
+    es = Elasticsearch(config).admin(request_timeout=60)  # the test's own refresh and counts
     es.indices.refresh(index="sluice-*")
     with OpenTSDBClient(config.url("opentsdb")) as tsdb:
         _, rows = demo.landed_rows(landing, source, minute)

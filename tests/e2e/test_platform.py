@@ -20,7 +20,6 @@ import orjson
 import psutil
 import pytest
 
-from include import elasticsearch as es_mod
 from include.landing import open_landing
 from include.opentsdb import OpenTSDBClient
 from stack import api, demo
@@ -28,6 +27,7 @@ from stack.airflow_api import MINUTE_DAGS
 from stack.connections import landing_url
 from stack.service import port_open
 from stack.services.collectors import MqttCollector
+from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
 
 # A loaded machine can take minutes per scheduled run; the three-minute wait has its own deadline.
@@ -57,7 +57,7 @@ def three_minutes(airflow_api, start_platform):
 
 def test_scheduled_minutes_load_exact_counts_into_both_sinks(three_minutes, landing, stack_config):
     minutes, runs = three_minutes
-    es = es_mod.connect(stack_config.url("elasticsearch"), request_timeout=60)
+    es = Elasticsearch(stack_config).admin(request_timeout=60)  # the test's own refresh and counts
     es.indices.refresh(index="sluice-*")
     rows_by = {}
     with OpenTSDBClient(stack_config.url("opentsdb")) as tsdb:

@@ -26,7 +26,9 @@ def landing(minio):
 
 @pytest.fixture()
 def sink(elasticsearch):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
+    # Admin: these tests count and inspect through the sink's client; the loader role's own
+    # rights are tested in tests/stack/test_elasticsearch_smoke.py and by the stream and e2e tests.
+    client = elasticsearch.admin()
     prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
     yield sinks.ElasticsearchSink(client, prefix=prefix)
     es_mod.drop_prefix(client, prefix)

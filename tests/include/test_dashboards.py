@@ -152,6 +152,13 @@ def test_datasource_settings():
     # Passwords go in secureJsonData only, never in the compared fields.
     secret = sluice_datasources(opentsdb_url="x", elasticsearch_url="y", elasticsearch_user="u", elasticsearch_password="pw")[1]
     assert "pw" not in json.dumps(secret.managed()) and secret.body()["secureJsonData"] == {"basicAuthPassword": "pw"}
+    # An API key (the dashboards role's) and a CA: header and PEM in secureJsonData, only their names compared.
+    keyed = sluice_datasources(opentsdb_url="x", elasticsearch_url="https://es:9200", elasticsearch_api_key="k3y",
+                               elasticsearch_ca_cert="-----BEGIN CERTIFICATE-----")[1]
+    assert "k3y" not in json.dumps(keyed.managed()) and "BEGIN" not in json.dumps(keyed.managed())
+    assert keyed.json_data["httpHeaderName1"] == "Authorization" and keyed.json_data["tlsAuthWithCACert"] is True
+    assert keyed.body()["secureJsonData"] == {"httpHeaderValue1": "ApiKey k3y", "tlsCACert": "-----BEGIN CERTIFICATE-----"}
+    assert "k3y" not in repr(keyed)
 
 
 def test_sdk_builds_every_dashboard():

@@ -29,7 +29,8 @@ def host_csv(host: str, day: str, seconds: range) -> bytes:
 
 @pytest.fixture()
 def es(elasticsearch):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"))
+    """The admin: installs templates, inspects mappings, sets blocks, cleans up (never a pipeline client)."""
+    client = elasticsearch.admin()
     yield client
     client.close()
 
@@ -39,6 +40,14 @@ def prefix(es):
     name = f"sluicetest-{uuid.uuid4().hex[:8]}"
     yield name
     es_mod.drop_prefix(es, name)
+
+
+@pytest.fixture()
+def loader(elasticsearch, prefix):
+    """The loader role's API key for the test's prefix (its templates are installed as the key is made)."""
+    client = elasticsearch.client("loader", prefix=prefix)
+    yield client
+    client.close()
 
 
 def test_template_is_created_once_and_types_the_fields(es, prefix):
@@ -59,13 +68,13 @@ def test_template_is_created_once_and_types_the_fields(es, prefix):
     assert sensor_props["value"]["type"] == "double"
 
 
-def test_daily_indices_and_reloading_overwrites(es, prefix):
+def test_daily_indices_and_reloading_overwrites(es, prefix, loader):
     # 23:59:58 .. 00:00:01 the next day: two daily indices.
     data = host_csv("web-1", "2020-09-03", range(58, 60)) + host_csv("web-1", "2020-09-04", range(0, 2)).split(b"\n", 1)[1].replace(b"T23:59:", b"T00:00:")
     docs = transform_file("host", data)
-    ensure_index_template(es, "host", prefix=prefix)
+    ensure_index_template(loader, "host", prefix=prefix)
     for _ in range(2):
-        result = bulk_index(es, bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
+        result = bulk_index(loader, bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
         assert (result.accepted, result.rejected) == (4, 0)
     es.indices.refresh(index=f"{prefix}-*")
     assert es.count(index=f"{prefix}-host-2020.09.03")["count"] == 2
@@ -75,14 +84,14 @@ def test_daily_indices_and_reloading_overwrites(es, prefix):
     assert got["cpu_usage_percent"] == 58.5 and got["mem_available"] == 4082380800 - 58
 
 
-def test_a_refused_document_is_reported_with_its_reason_and_the_rest_load(es, prefix):
-    ensure_index_template(es, "sensor", prefix=prefix)
+def test_a_refused_document_is_reported_with_its_reason_and_the_rest_load(es, prefix, loader):
+    ensure_index_template(loader, "sensor", prefix=prefix)
     index = f"{prefix}-sensor-2020.09.03".encode()
     actions = [
         (b'{"index":{"_index":"%s","_id":"good"}}' % index, b'{"@timestamp":"2020-09-03T00:00:00Z","device":"a","metric":"m","value":1.5,"tags":{}}'),
         (b'{"index":{"_index":"%s","_id":"bad"}}' % index, b'{"@timestamp":"2020-09-03T00:00:00Z","device":"a","metric":"m","value":"warm","tags":{}}'),
     ]
-    result = bulk_index(es, actions)
+    result = bulk_index(loader, actions)
     assert result.accepted == 1
     assert list(result.failed) == ["bad"]
     assert "status 400" in result.failed["bad"] and "value" in result.failed["bad"]
@@ -99,17 +108,17 @@ def _block(es, index: str, on: bool) -> None:
     es.indices.put_settings(index=index, settings={"index.blocks.read_only_allow_delete": True if on else None})
 
 
-def test_429_is_retried_with_backoff_until_accepted(es, prefix):
+def test_429_is_retried_with_backoff_until_accepted(es, prefix, loader):
     docs = transform_file("host", host_csv("web-1", "2020-09-03", range(10)))
     actions = list(bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
-    ensure_index_template(es, "host", prefix=prefix)
-    bulk_index(es, actions[:1])
+    ensure_index_template(loader, "host", prefix=prefix)
+    bulk_index(loader, actions[:1])
     index = f"{prefix}-host-2020.09.03"
     _block(es, index, True)
     timer = threading.Timer(1.0, _block, args=(es, index, False))
     timer.start()
     try:
-        result = bulk_index(es, actions, max_retries=6, initial_backoff=0.5)
+        result = bulk_index(loader, actions, max_retries=6, initial_backoff=0.5)
     finally:
         timer.join()
     assert (result.accepted, result.rejected) == (10, 0)
@@ -117,21 +126,21 @@ def test_429_is_retried_with_backoff_until_accepted(es, prefix):
     assert es.count(index=index)["count"] == 10
 
 
-def test_429_still_answered_after_the_retries_raises_naming_it(es, prefix):
+def test_429_still_answered_after_the_retries_raises_naming_it(es, prefix, loader):
     docs = transform_file("host", host_csv("web-1", "2020-09-03", range(3)))
     actions = list(bulk_actions("host", docs.ids, docs.timestamps, docs.documents, prefix=prefix))
-    ensure_index_template(es, "host", prefix=prefix)
-    bulk_index(es, actions[:1])
+    ensure_index_template(loader, "host", prefix=prefix)
+    bulk_index(loader, actions[:1])
     index = f"{prefix}-host-2020.09.03"
     _block(es, index, True)
     try:
         with pytest.raises(RetryableFailuresLeft, match="429"):
-            bulk_index(es, actions, max_retries=2, initial_backoff=0.1)
+            bulk_index(loader, actions, max_retries=2, initial_backoff=0.1)
     finally:
         _block(es, index, False)
 
 
-def test_odd_tag_keys_of_one_device_cannot_fail_other_devices_or_exhaust_the_field_limit(es, prefix):
+def test_odd_tag_keys_of_one_device_cannot_fail_other_devices_or_exhaust_the_field_limit(es, prefix, loader):
     """A device sending ``type.x`` and a new tag key per message, beside devices tagged ``type=``.
 
     With an object mapping, ``type.x`` makes ``tags.type`` an object and every later
@@ -147,8 +156,8 @@ def test_odd_tag_keys_of_one_device_cannot_fail_other_devices_or_exhaust_the_fie
             lines.append(f"{ts.format(i // 1000, i % 1000)},odd-2,m,{i},type.x.y=deep")
     docs = transform_file("sensor", ("\n".join(lines) + "\n").encode())
     assert docs.rejected == 0
-    ensure_index_template(es, "sensor", prefix=prefix)
-    result = bulk_index(es, bulk_actions("sensor", docs.ids, docs.timestamps, docs.documents, prefix=prefix),
+    ensure_index_template(loader, "sensor", prefix=prefix)
+    result = bulk_index(loader, bulk_actions("sensor", docs.ids, docs.timestamps, docs.documents, prefix=prefix),
                         chunk_size=500)
     assert (result.accepted, result.failed) == (docs.accepted, {})
     index = daily_index("sensor", docs.timestamps[0], prefix=prefix)

@@ -32,7 +32,8 @@ HEADER = "timestamp,device,metric,value,tags\n"
 
 @pytest.fixture()
 def es(elasticsearch):
-    client = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
+    # Admin: the tests load, reconcile and inject faults (delete documents) with one client.
+    client = elasticsearch.admin(request_timeout=60)
     prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
     yield client, prefix
     es_mod.drop_prefix(client, prefix)

@@ -94,7 +94,7 @@ def test_a_minute_held_past_the_sla_is_a_recorded_breach_alerted_once_and_cleare
     landing, elasticsearch, channels
 ):
     inbox, received = channels
-    es = es_mod.connect(elasticsearch.config.url("elasticsearch"))
+    es = elasticsearch.admin()  # loads and stores with one client; roles are tested in tests/stack
     prefix = f"sluicetest-{uuid.uuid4().hex[:8]}"
     minute = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=3)
     landing.put(minute_key("sensor", minute, "mqtt-a"),

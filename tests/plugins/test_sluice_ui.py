@@ -58,7 +58,7 @@ def page_data(minio, elasticsearch):
     and one held back (SLA breach); plus what the freshness check stored."""
     run = uuid.uuid4().hex[:8]
     landing = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-ui-{run}")  # root seeds and cleans up
-    es = es_mod.connect(elasticsearch.config.url("elasticsearch"), request_timeout=60)
+    es = elasticsearch.admin(request_timeout=60)  # builds the page's data, injects faults; the page reads with its own key
     prefix = f"sluicetest-ui-{run}"
     sink = sinks.ElasticsearchSink(es, prefix=prefix)
     base = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=20)
@@ -96,7 +96,7 @@ def page_data(minio, elasticsearch):
 
 
 @pytest.fixture(scope="session")
-def api_server(tmp_path_factory, page_data):
+def api_server(tmp_path_factory, page_data, es_connections):
     """``airflow api-server`` with the Sluice plugin, on a free port, behind the simple auth manager's login."""
     home = tmp_path_factory.mktemp("airflow-ui")
     password = secrets.token_urlsafe(16)
@@ -115,6 +115,7 @@ def api_server(tmp_path_factory, page_data):
         "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
         "SLUICE_LANDING_URL": f"s3://{LANDING_BUCKET}/test-ui-{page_data['run']}",
         "SLUICE_ES_INDEX_PREFIX": page_data["prefix"],
+        **es_connections(page_data["prefix"]),
     }
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
     log = open(home / "api-server.log", "w")
