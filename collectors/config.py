@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] | None = None) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help, "secret": secret, "choices": choices})
+    # A secret stays out of the dataclass repr (and so out of logs and tracebacks).
+    return dataclasses.field(default=default, repr=not secret,
+                             metadata={"help": help, "secret": secret, "choices": choices})
 
 
 def flag_of(name: str) -> str:
