@@ -113,7 +113,7 @@ class SimulatorConfig:
                 f"{self.mqtt_ca_file!r} is not a readable file; give the CA certificate (PEM) that signed the broker's")
         if self.mqtt_devices_file and not self.output:
             passwords = read_devices_file(self.mqtt_devices_file)  # ConfigError naming the line
-            missing = [d for d in device_ids(self) if d not in passwords]
+            missing = [d for d in device_ids(self.device_prefix, self.devices) if d not in passwords]
             require(not missing, "mqtt_devices_file",
                     f"{len(missing)} simulated device(s) have no password there (first: {missing[:1]}); "
                     f"add them with `python -m stack mqtt-user add NAME`")
@@ -127,9 +127,9 @@ class SimulatorConfig:
                 require(False, "start", str(exc))
 
 
-def device_ids(config: SimulatorConfig) -> list[str]:
-    """The simulated devices' ids: ``<prefix>-0000``, ``<prefix>-0001``, …"""
-    return [f"{config.device_prefix}-{i:04d}" for i in range(config.devices)]
+def device_ids(prefix: str, count: int) -> list[str]:
+    """The ids of ``count`` simulated devices: ``<prefix>-0000``, ``<prefix>-0001``, …"""
+    return [f"{prefix}-{i:04d}" for i in range(count)]
 
 
 def read_devices_file(path: str) -> dict[str, str]:
@@ -207,7 +207,7 @@ class Simulator:
         self._client = client
         self.model = SensorModel(config)
         self.sent = Sent()
-        self.devices = device_ids(config)
+        self.devices = device_ids(config.device_prefix, config.devices)
         self._last_ts = [0] * config.devices
         self._millis = config.rate > 1.0
         self._unacked = 0
@@ -323,7 +323,7 @@ def write_offline(config: SimulatorConfig, *, landing=None, now: float | None = 
     start = parse_start(config.start) if config.start else (
         datetime.fromtimestamp(int((now or time.time()) - config.duration), timezone.utc))
     model, sent = SensorModel(config), Sent()
-    devices = device_ids(config)
+    devices = device_ids(config.device_prefix, config.devices)
     millis = config.rate > 1.0
     header = ",".join(SENSOR_SCHEMA.names) + "\n"
     limits = Limits(max_age=math.inf, max_future=math.inf)
