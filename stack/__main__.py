@@ -125,7 +125,7 @@ def _mqtt_user(config: StackConfig, args: argparse.Namespace) -> int:
     if not args.name:
         raise ValueError(f"mqtt-user {args.action} needs a NAME")
     if args.action == "remove":
-        role = broker.remove_user(args.name)
+        (role,) = broker.remove_users([args.name])
         print(f"removed {role} {args.name}")
         return 0
     password = None

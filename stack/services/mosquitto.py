@@ -203,24 +203,27 @@ class Mosquitto(Service):
             self._apply()
         return password
 
-    def remove_user(self, name: str) -> str:
-        """Remove user ``name``; return its role. A running broker drops it before this returns.
+    def remove_users(self, names: list[str]) -> list[str]:
+        """Remove the users ``names``; return their roles. A running broker drops them before this returns.
 
         Mosquitto keeps an already open connection of a removed user until it ends;
         the user cannot connect again.
         """
         with self._locked():
-            role = self.users().get(name)
-            if role is None:
-                raise ValueError(f"no MQTT user {name!r}; `python -m stack mqtt-user list` shows them")
-            if role == DEVICE:
-                devices = self.devices()
-                del devices[name]
-                self._write_devices(devices)
-            else:
-                self.collector_password_file(name).unlink()
+            users = self.users()
+            unknown = [n for n in names if n not in users]
+            if unknown:
+                raise ValueError(f"no MQTT user {', '.join(map(repr, unknown))}; "
+                                 "`python -m stack mqtt-user list` shows them")
+            devices = self.devices()
+            for name in names:
+                if users[name] == DEVICE:
+                    del devices[name]
+                else:
+                    self.collector_password_file(name).unlink()
+            self._write_devices(devices)
             self._apply()
-        return role
+        return [users[n] for n in names]
 
     def ensure_users(self, names: list[str], role: str) -> None:
         """Add the users of ``names`` that are missing (the stack's own collector and simulated devices)."""
