@@ -2,7 +2,9 @@
 
 What each kind of client gets:
 
-* no user, a wrong password, a removed user: CONNACK "Not authorized";
+* no user, a wrong password, a removed user: CONNACK "Not authorized"; on the SIGHUP that
+  every change of the users sends, 2.0.11 also re-checks open connections and closes those
+  of removed users and of users whose password changed;
 * plaintext: nothing listens on the plaintext port (it is bound only for a demo, then on
   127.0.0.1 and with the same users); MQTT without TLS on the TLS port gets no CONNACK;
   a client that does not trust the stack's CA fails the handshake;
@@ -19,8 +21,10 @@ What each kind of client gets:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
+import socket
 import ssl
 import subprocess
 import sys
@@ -37,7 +41,7 @@ from collectors.mqtt import MqttCollector, MqttConfig
 from include.landing import open_landing
 from include.schemas import SENSOR_SCHEMA
 from include.spool import parse_csv
-from stack.config import REPO_ROOT
+from stack.config import DEFAULT_PORTS, REPO_ROOT
 from stack.service import port_open
 from stack.services.mosquitto import Mosquitto, device_topic
 
@@ -58,10 +62,8 @@ def connack(client: mqtt.Client, host: str, port: int, timeout: float = 5) -> st
     try:
         return got.get(timeout=timeout)
     except queue.Empty:
+        client.loop_stop()
         return None
-    finally:
-        if got.empty():
-            client.loop_stop()
 
 
 def close(*clients: mqtt.Client) -> None:
@@ -134,9 +136,13 @@ def test_anonymous_wrong_password_and_removed_users_are_refused(mqtt_users):
     assert connack(mqtt_users.client(device, password="not-its-password", v5=True), host, port) == "Not authorized"
     ok = mqtt_users.client(device, v5=True)
     assert connack(ok, host, port) == "Success"
-    close(ok)
+    dropped = threading.Event()
+    ok.on_disconnect = lambda *a: dropped.set()
+    ok.reconnect_delay_set(30, 60)  # it must not come back on its own before the check
     password = mqtt_users.password(device)
-    mqtt_users.broker.remove_users([device])  # SIGHUP: the broker rereads its users at once
+    mqtt_users.broker.remove_users([device])  # SIGHUP: the broker rereads its users at once ...
+    assert dropped.wait(5), "a removed user's open connection stayed"  # ... and re-checks open connections
+    close(ok)
     assert connack(mqtt_users.client(device, password=password, v5=True), host, port) == "Not authorized"
 
 
@@ -160,9 +166,12 @@ def test_plaintext_is_not_served(mqtt_users, tmp_path):
 
 
 def test_the_plaintext_demo_listener_is_loopback_only_and_still_authenticated(stack_config, tmp_path):
-    from collector_helpers import private_config
-
-    broker = Mosquitto(private_config(stack_config, tmp_path / "rt"), plaintext_demo=True)
+    ports = {}
+    for name in DEFAULT_PORTS:  # a private broker on free ports: the shared one stays as it is
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports[name] = s.getsockname()[1]
+    broker = Mosquitto(dataclasses.replace(stack_config, runtime=tmp_path / "rt", ports=ports), plaintext_demo=True)
     broker.install()
     broker.start()
     try:
