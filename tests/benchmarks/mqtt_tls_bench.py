@@ -50,7 +50,6 @@ def metric(port: int, name: str) -> float:
 
 def make_session(mq, user: str, port: int, tls: bool) -> None:
     """A persistent QoS 1 session of collector ``user`` on every device topic, left without its client."""
-    import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
@@ -71,7 +70,6 @@ def make_session(mq, user: str, port: int, tls: bool) -> None:
     c.loop_stop()
     if not granted or any(rc.is_failure for rc in granted):
         raise RuntimeError(f"the broker did not grant {user}'s subscription: {granted}")
-    assert mqtt  # imported for the client type the helper returns
 
 
 def rows_and_ids(landing: Path) -> tuple[int, int]:
@@ -160,7 +158,7 @@ def main() -> int:
         run = uuid.uuid4().hex[:6]
         devices = mq.devices(run, names=device_ids(f"d{run}", args.devices))
         order = [(f"c{run}-{'tls' if tls else 'plain'}-{r}", tls) for r in range(args.rounds) for tls in (False, True)]
-        for user, tls in order:
+        for user, _ in order:
             mq.collector(user)
             make_session(mq, user, config.ports["mosquitto_tls"], tls=True)
         print(f"queueing {args.messages} messages from {args.devices} devices for each of {len(order)} "
