@@ -3,7 +3,11 @@
 ``python -m collectors.mqtt --help`` lists every option. The collector
 subscribes to the configured topic filters with QoS 1 in a persistent MQTT v5
 session (fixed client id, clean start off, a session expiry interval), so the
-broker keeps what devices publish while the collector is down. Each message:
+broker keeps what devices publish while the collector is down. It connects with
+TLS (port 8883, ``--mqtt-ca-file`` the CA that signed the broker's certificate)
+as a user of its own whose name is its client id; the password comes from a file
+(``--mqtt-password-file`` / ``SLUICE_MQTT_PASSWORD_FILE``), never the command
+line (docs/security.md). Each message:
 
 1. is parsed (include/sensors.py); the device is a level of the topic;
 2. its valid readings are appended to the journal of their minute, its

@@ -23,6 +23,11 @@ most once a second, else epoch milliseconds (one device never repeats a
 timestamp, so no two of its readings share a row identity). Publishing is
 QoS 1 with a deadline schedule; the run ends after ``--duration`` seconds or
 ``--messages`` messages and waits until the broker acknowledged all of them.
+
+With ``--mqtt-devices-file`` (``device:password`` lines; the local stack writes
+``runtime/mosquitto/devices``) every simulated device opens its own connection
+as its own user, as real devices do on Sluice's broker, which lets a device
+publish to its own topic only. Connections use TLS unless ``--no-mqtt-tls``.
 """
 
 from __future__ import annotations
