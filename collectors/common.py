@@ -331,6 +331,23 @@ class Heartbeater:
                 return
 
 
+#: The broker's TLS port (MQTT over TLS, IANA); 1883 is plaintext.
+MQTT_TLS_PORT = 8883
+
+
+def secure_client(client, *, user: str, password: str, tls: bool, ca_file: str) -> None:
+    """Give a paho client its login and, with ``tls``, TLS that verifies the broker.
+
+    paho's ``tls_set`` requires the broker's certificate to chain to ``ca_file`` (the
+    system's CAs when empty) and to name the host dialled; the password goes in the
+    CONNECT packet, inside TLS. Shared by the MQTT collector and the sensor simulator.
+    """
+    if user:
+        client.username_pw_set(user, password or None)
+    if tls:
+        client.tls_set(ca_certs=ca_file or None)
+
+
 def start_minute_store(config: CommonConfig, collector: str, splitter, *, landing=None, clock: Clock):
     """A collector's journal and spool (``MinuteStore``), its /metrics + /healthz endpoint and health.
 

@@ -85,6 +85,8 @@ def _fmt_default(value: Any) -> str:
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    # No abbreviations: "--mqtt-password VALUE" would otherwise pass for --mqtt-password-file and
+    # put a secret on the command line (and into the "cannot read" error).
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         # No prefix matching: "--x-password VALUE" must not be taken as "--x-password-file VALUE".

@@ -3,7 +3,11 @@
 ``python -m collectors.mqtt --help`` lists every option. The collector
 subscribes to the configured topic filters with QoS 1 in a persistent MQTT v5
 session (fixed client id, clean start off, a session expiry interval), so the
-broker keeps what devices publish while the collector is down. Each message:
+broker keeps what devices publish while the collector is down. It connects with
+TLS (port 8883, ``--mqtt-ca-file`` the CA that signed the broker's certificate)
+as a user of its own whose name is its client id; the password comes from a file
+(``--mqtt-password-file`` / ``SLUICE_MQTT_PASSWORD_FILE``), never the command
+line (docs/security.md). Each message:
 
 1. is parsed (include/sensors.py); the device is a level of the topic;
 2. its valid readings are appended to the journal of their minute, its
@@ -49,12 +53,14 @@ import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import orjson
 from prometheus_client import Gauge
 
 from collectors.common import (
-    CapWatch, Clock, CollectorMetrics, CommonConfig, Heartbeater, start_cli, start_minute_store,
+    MQTT_TLS_PORT, CapWatch, Clock, CollectorMetrics, CommonConfig, Heartbeater, secure_client, start_cli,
+    start_minute_store,
 )
 from collectors.config import CliOptions, ConfigError, describe, option, require
 from collectors.journal import MinuteStore, decode_rows, encode_record, row_problem, rows_safe
@@ -64,7 +70,9 @@ from include.contract import (
     timestamp_text,
 )
 from include.schemas import SENSOR, SENSOR_SCHEMA
-from include.sensors import DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload
+from include.sensors import (
+    SENSOR_TOPIC_PREFIX, DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload,
+)
 from include.spool import DEADLETTER, canonical_file, manifest_entry
 
 log = logging.getLogger(__name__)
@@ -88,14 +96,18 @@ class MqttConfig(CommonConfig, CliOptions):
     prog = "collectors.mqtt"
 
     mqtt_host: str = option("127.0.0.1", "MQTT broker host.")
-    mqtt_port: int = option(1883, "MQTT broker port.")
+    mqtt_port: int = option(MQTT_TLS_PORT, "MQTT broker port (8883: TLS).")
     mqtt_client_id: str = option("sluice-mqtt-collector", "Fixed MQTT client id: the persistent session is keyed by it.")
-    mqtt_topics: tuple[str, ...] = option(("sluice/sensors/+",), "Comma-separated topic filters to subscribe to with QoS 1.")
+    mqtt_topics: tuple[str, ...] = option((f"{SENSOR_TOPIC_PREFIX}/+",), "Comma-separated topic filters to subscribe to with QoS 1.")
     mqtt_shared_group: str = option(
         "", "MQTT v5 shared subscription group (empty: none): every filter becomes $share/<group>/<filter>, "
             "so collectors of one group split the devices' messages between them.")
-    mqtt_username: str = option("", "MQTT user name (empty: anonymous).")
-    mqtt_password: str = option("", "MQTT password.", secret=True)
+    # -- MQTT security (issue 15): TLS on by default, a user of its own, the password from a file.
+    mqtt_username: str = option("", "MQTT user name (empty: the client id; Sluice's broker makes the user name "
+                                    "the client id, so one user per collector instance).")
+    mqtt_password: str = option("", "MQTT password of the user.", secret=True)
+    mqtt_tls: bool = option(True, "Connect with TLS (off only for a plaintext demo listener on loopback).")
+    mqtt_ca_file: str = option("", "PEM file of the CA that signed the broker's certificate (empty: the system's CAs).")
     mqtt_session_expiry: int = option(7 * 86400, "Seconds the broker keeps the session (and queues messages) while disconnected.")
     mqtt_receive_maximum: int = option(1000, "Unacknowledged QoS 1 messages the broker may have in flight to us.")
     device_topic_level: int = option(-1, "Topic level holding the device id (negative counts from the end).")
@@ -123,6 +135,9 @@ class MqttConfig(CommonConfig, CliOptions):
                 "mqtt_shared_group", f"{self.mqtt_shared_group!r} is not a share name: 1-128 characters, none of / + # "
                 "or a control character (MQTT v5, 4.8.2)")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
+        require(not self.mqtt_ca_file or Path(self.mqtt_ca_file).is_file(), "mqtt_ca_file",
+                f"{self.mqtt_ca_file!r} is not a readable file; give the CA certificate (PEM) that signed the broker's")
+        require(self.mqtt_tls or not self.mqtt_ca_file, "mqtt_ca_file", "a CA file needs --mqtt-tls")
         try:
             check_writer(self.mqtt_client_id)
         except ValueError as exc:
@@ -146,6 +161,11 @@ class MqttConfig(CommonConfig, CliOptions):
         if not self.mqtt_shared_group:
             return self.mqtt_topics
         return tuple(f"$share/{self.mqtt_shared_group}/{f}" for f in self.mqtt_topics)
+
+    @property
+    def mqtt_user(self) -> str:
+        """The user name the collector logs in with (the client id unless set)."""
+        return self.mqtt_username or self.mqtt_client_id
 
     @property
     def limits(self) -> Limits:
@@ -309,8 +329,7 @@ class MqttCollector:
         factory = self._client_factory or (lambda: mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=c.mqtt_client_id, protocol=mqtt.MQTTv5, manual_ack=True))
         client = factory()
-        if c.mqtt_username:
-            client.username_pw_set(c.mqtt_username, c.mqtt_password or None)
+        secure_client(client, user=c.mqtt_user, password=c.mqtt_password, tls=c.mqtt_tls, ca_file=c.mqtt_ca_file)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

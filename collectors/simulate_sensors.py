@@ -23,6 +23,11 @@ most once a second, else epoch milliseconds (one device never repeats a
 timestamp, so no two of its readings share a row identity). Publishing is
 QoS 1 with a deadline schedule; the run ends after ``--duration`` seconds or
 ``--messages`` messages and waits until the broker acknowledged all of them.
+
+With ``--mqtt-devices-file`` (``device:password`` lines; the local stack writes
+``runtime/mosquitto/devices``) every simulated device opens its own connection
+as its own user, as real devices do on Sluice's broker, which lets a device
+publish to its own topic only. Connections use TLS unless ``--no-mqtt-tls``.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ from pathlib import Path
 
 import orjson
 
-from collectors.common import Clock, start_cli
-from collectors.config import build_parser, option, require, resolve
+from collectors.common import MQTT_TLS_PORT, Clock, secure_client, start_cli
+from collectors.config import ConfigError, build_parser, describe, option, require, resolve
 from include.contract import minute_key, parse_iso_utc
 from include.landing import open_landing
 from include.schemas import SENSOR, SENSOR_METRIC, SENSOR_SCHEMA
-from include.sensors import Limits, csv_line, parse_payload
+from include.sensors import SENSOR_TOPIC_PREFIX, Limits, csv_line, parse_payload
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,8 @@ MALFORMED = (
 @dataclass(frozen=True)
 class SimulatorConfig:
     mqtt_host: str = option("127.0.0.1", "MQTT broker host.")
-    mqtt_port: int = option(1883, "MQTT broker port.")
-    topic_prefix: str = option("sluice/sensors", "Topics are <prefix>/<device>.")
+    mqtt_port: int = option(MQTT_TLS_PORT, "MQTT broker port (8883: TLS).")
+    topic_prefix: str = option(SENSOR_TOPIC_PREFIX, "Topics are <prefix>/<device>.")
     devices: int = option(3, "Number of simulated devices.")
     device_prefix: str = option("room", "Device ids are <prefix>-<n>.")
     rate: float = option(1.0, "Messages per second per device (each seed-format message holds three readings).")
@@ -75,8 +80,15 @@ class SimulatorConfig:
     qos: int = option(1, "MQTT QoS of the publishes.", choices=(0, 1))
     seed: int = option(0, "Random seed (same seed, same values).")
     client_id: str = option("sluice-simulator", "MQTT client id of the simulator.")
-    mqtt_username: str = option("", "MQTT user name (empty: anonymous).")
-    mqtt_password: str = option("", "MQTT password.", secret=True)
+    # -- MQTT security (issue 15): each device logs in as itself, over TLS.
+    mqtt_devices_file: str = option(
+        "", "File of device:password lines (the stack writes runtime/mosquitto/devices): each simulated device "
+            "connects as its own user, with the device id as user name and client id. Empty: one connection "
+            "as --mqtt-username for every device.")
+    mqtt_username: str = option("", "MQTT user name of the one shared connection without a devices file (empty: anonymous).")
+    mqtt_password: str = option("", "MQTT password of --mqtt-username.", secret=True)
+    mqtt_tls: bool = option(True, "Connect with TLS (off only for a plaintext demo listener on loopback).")
+    mqtt_ca_file: str = option("", "PEM file of the CA that signed the broker's certificate (empty: the system's CAs).")
     output: str = option("", "Offline: write minute files into this landing URL (file:///… or s3://…) instead of publishing.")
     start: str = option("", "Offline: time of the first reading, ISO-8601 UTC (default: --duration seconds ago).")
     ground_truth: str = option("", "Offline: write one JSON line per injected spike to this file.")
@@ -102,6 +114,14 @@ class SimulatorConfig:
         require(0 <= self.anomaly_rate <= 1, "anomaly_rate", "must be within 0..1")
         require(0 <= self.malformed_rate <= 1, "malformed_rate", "must be within 0..1")
         require(1 <= self.mqtt_port <= 65535, "mqtt_port", "must be 1..65535")
+        require(not self.mqtt_ca_file or Path(self.mqtt_ca_file).is_file(), "mqtt_ca_file",
+                f"{self.mqtt_ca_file!r} is not a readable file; give the CA certificate (PEM) that signed the broker's")
+        if self.mqtt_devices_file and not self.output:
+            passwords = read_devices_file(self.mqtt_devices_file)  # ConfigError naming the line
+            missing = [d for d in device_ids(self.device_prefix, self.devices) if d not in passwords]
+            require(not missing, "mqtt_devices_file",
+                    f"{len(missing)} simulated device(s) have no password there (first: {missing[:1]}); "
+                    f"add them with `python -m stack mqtt-user add NAME`")
         require(not self.output or self.duration > 0, "duration", "offline (--output) needs --duration seconds")
         require(not self.output or self.malformed_rate == 0, "malformed_rate",
                 "offline (--output) writes what the collector would land; malformed payloads are never landed")
@@ -110,6 +130,29 @@ class SimulatorConfig:
                 parse_start(self.start)
             except ValueError as exc:
                 require(False, "start", str(exc))
+
+
+def device_ids(prefix: str, count: int) -> list[str]:
+    """The ids of ``count`` simulated devices: ``<prefix>-0000``, ``<prefix>-0001``, …"""
+    return [f"{prefix}-{i:04d}" for i in range(count)]
+
+
+def read_devices_file(path: str) -> dict[str, str]:
+    """Device id -> password from a file of ``device:password`` lines; ConfigError naming a bad line."""
+    where = describe("mqtt_devices_file")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    out = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        device, sep, password = line.partition(":")
+        if not sep or not device or not password:
+            raise ConfigError(f"{where}: {path} line {lineno} is not device:password")
+        out[device] = password
+    return out
 
 
 @dataclass
@@ -169,7 +212,7 @@ class Simulator:
         self._client = client
         self.model = SensorModel(config)
         self.sent = Sent()
-        self.devices = [f"{config.device_prefix}-{i:04d}" for i in range(config.devices)]
+        self.devices = device_ids(config.device_prefix, config.devices)
         self._last_ts = [0] * config.devices
         self._millis = config.rate > 1.0
         self._unacked = 0
@@ -188,26 +231,50 @@ class Simulator:
             self._acked.notify_all()
 
     def run(self, stop: threading.Event) -> Sent:
+        clients = self._connect()
+        try:
+            self._publish_loop(clients, stop)
+            self._wait_acked(stop, timeout=60)
+        finally:
+            for client in dict.fromkeys(clients):
+                client.disconnect()
+                client.loop_stop()
+        return self.sent
+
+    def _connect(self) -> list:
+        """One client per device (index-aligned): its own login with a devices file, else one shared client."""
         import paho.mqtt.client as mqtt
 
         c = self.config
-        client = self._client or mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=c.client_id)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.on_publish = self._on_publish
-        if c.mqtt_username and self._client is None:
-            client.username_pw_set(c.mqtt_username, c.mqtt_password or None)
-        client.connect(c.mqtt_host, c.mqtt_port, keepalive=30)
-        client.loop_start()
-        try:
-            self._publish_loop(client, stop)
-            self._wait_acked(stop, timeout=60)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-        return self.sent
+        if self._client is not None:
+            logins = None
+        elif c.mqtt_devices_file:
+            passwords = read_devices_file(c.mqtt_devices_file)
+            logins = [(d, passwords[d]) for d in self.devices]
+        else:
+            logins = [(c.mqtt_username, c.mqtt_password)]
+        made = [self._client] if logins is None else []
+        for user, password in logins or ():
+            # The device id as client id too: Sluice's broker forces the user name anyway.
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                 client_id=user if c.mqtt_devices_file else c.client_id)
+            secure_client(client, user=user, password=password, tls=c.mqtt_tls, ca_file=c.mqtt_ca_file)
+            made.append(client)
+        for client in made:
+            client.max_inflight_messages_set(1000)
+            client.max_queued_messages_set(0)
+            client.on_publish = self._on_publish
+            client.on_connect = _log_refusal
+            try:
+                client.connect(c.mqtt_host, c.mqtt_port, keepalive=30)
+            except OSError:
+                for other in made:
+                    other.loop_stop()
+                raise
+            client.loop_start()
+        return made if len(made) == len(self.devices) else [made[0]] * len(self.devices)
 
-    def _publish_loop(self, client, stop: threading.Event) -> None:
+    def _publish_loop(self, clients: list, stop: threading.Event) -> None:
         c, clock = self.config, self.clock
         total_rate = c.rate * c.devices
         start = clock.monotonic()
@@ -223,7 +290,7 @@ class Simulator:
                 payload = self.model.payload(device, self.devices[device], self._timestamp(device), self.sent)
                 with self._acked:
                     self._unacked += c.qos > 0
-                client.publish(f"{c.topic_prefix}/{self.devices[device]}", payload, qos=c.qos)
+                clients[device].publish(f"{c.topic_prefix}/{self.devices[device]}", payload, qos=c.qos)
                 self.sent.messages += 1
                 device = (device + 1) % c.devices
             next_due = start + (self.sent.messages) / total_rate
@@ -236,6 +303,12 @@ class Simulator:
                 self._acked.wait(0.1)
         if self._unacked:
             log.warning("%d publish(es) not acknowledged by the broker", self._unacked)
+
+
+def _log_refusal(client, userdata, flags, reason_code, properties) -> None:
+    if reason_code.is_failure:
+        log.error("the broker refused %s: %s (check its password in the devices file)",
+                  client._username.decode() if client._username else "the anonymous client", reason_code)
 
 
 def parse_start(text: str) -> datetime:
@@ -255,7 +328,7 @@ def write_offline(config: SimulatorConfig, *, landing=None, now: float | None = 
     start = parse_start(config.start) if config.start else (
         datetime.fromtimestamp(int((now or time.time()) - config.duration), timezone.utc))
     model, sent = SensorModel(config), Sent()
-    devices = [f"{config.device_prefix}-{i:04d}" for i in range(config.devices)]
+    devices = device_ids(config.device_prefix, config.devices)
     millis = config.rate > 1.0
     header = ",".join(SENSOR_SCHEMA.names) + "\n"
     limits = Limits(max_age=math.inf, max_future=math.inf)

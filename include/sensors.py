@@ -48,6 +48,10 @@ from include.contract import (
 )
 
 #: Epoch timestamps at or above this are milliseconds, at or above :data:`_US_THRESHOLD` microseconds.
+#: Devices publish to ``<prefix>/<device id>``; the broker's ACL lets a device write its own
+#: topic only (stack/services/mosquitto.py), and the collector subscribes ``<prefix>/+``.
+SENSOR_TOPIC_PREFIX = "sluice/sensors"
+
 _MS_THRESHOLD = 1e11
 _US_THRESHOLD = 1e14
 #: orjson refuses documents nested deeper than this; the reason says so instead of recursing.

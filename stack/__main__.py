@@ -1,4 +1,4 @@
-"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|kafka-user|demo|compose-secrets``."""
+"""CLI of the local stack: ``python -m stack run|up|down|status|logs|install|env|demo|kafka-user|es-keys|mqtt-user|compose-secrets``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import shlex
 import sys
 
+from include.sensors import SENSOR_TOPIC_PREFIX
 from stack import api
 from stack.config import StackConfig, StackError, check_workers
 from stack.connections import airflow_env
@@ -45,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     # docker-compose.yaml's secrets (stack/compose.py): not the local stack, which makes its own under runtime/.
     p = sub.add_parser("compose-secrets", help="write missing ./secrets files for docker compose (random; never overwrites)")
     p.add_argument("--dir", help="default: ./secrets of the repository (what docker-compose.yaml reads)")
+    p = sub.add_parser("mqtt-user", help="add, remove or list the broker's users (devices and collectors)",
+                       description="Users of the stack's Mosquitto. A device may publish to sluice/sensors/<its name> "
+                                   "only; a collector may read every device's topic. A running broker rereads its "
+                                   "users at once (SIGHUP).")
+    p.add_argument("action", choices=("add", "remove", "list"))
+    p.add_argument("name", nargs="?", help="device id or collector user name (add, remove)")
+    p.add_argument("--collector", action="store_true", help="add: a collector user (default: a device)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="add: read the password from standard input (default: generate one and print it)")
+    p.add_argument("--replace", action="store_true", help="add: give an existing user a new password (rotation)")
     args = parser.parse_args(argv)
     if args.cmd == "compose-secrets":
         from stack import compose
@@ -101,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo.run(config, minutes=args.minutes)
         if args.cmd == "es-keys":
             return _es_keys(config, args.action, args.prefix)
+        if args.cmd == "mqtt-user":
+            return _mqtt_user(config, args)
         if args.cmd == "env":
             for key, value in airflow_env(config).items():
                 print(f"export {key}={shlex.quote(value)}")
@@ -161,6 +174,39 @@ def _es_keys(config: StackConfig, action: str, prefix: str | None) -> int:
     print(f"{'role':<11} {'key id':<22} name   (keys in {es.keys_file(prefix)}, mode 0600)")
     for role, key in keys.items():
         print(f"{role:<11} {key['id']:<22} {key['name']}")
+    return 0
+
+
+def _mqtt_user(config: StackConfig, args: argparse.Namespace) -> int:
+    """``mqtt-user add|remove|list``; passwords come from stdin or are generated, never from argv."""
+    from stack.services.mosquitto import COLLECTOR, DEVICE, Mosquitto
+
+    broker = Mosquitto(config)
+    if args.action == "list":
+        users = broker.users()
+        for name, role in sorted(users.items()):
+            print(f"{name:<40} {role}")
+        if not users:
+            print("no MQTT users yet (`python -m stack up mosquitto` adds the stack's own)", file=sys.stderr)
+        return 0
+    if not args.name:
+        raise ValueError(f"mqtt-user {args.action} needs a NAME")
+    if args.action == "remove":
+        (role,) = broker.remove_users([args.name])
+        print(f"removed {role} {args.name}")
+        return 0
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    role = COLLECTOR if args.collector else DEVICE
+    password_out = broker.add_user(args.name, role, password, replace=args.replace)
+    verb = "new password for" if args.replace else "added"
+    where = broker.collector_password_file(args.name) if role == COLLECTOR else broker.devices_file
+    print(f"{verb} {role} {args.name} (kept in {where}, mode 0600)", file=sys.stderr)
+    if role == DEVICE:
+        print(f"it may publish to {SENSOR_TOPIC_PREFIX}/{args.name} only", file=sys.stderr)
+    if password is None:
+        print(password_out)  # the one place the generated password is shown: give it to the device
     return 0
 
 

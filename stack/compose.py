@@ -63,6 +63,23 @@ def _fernet_problem(value: str) -> str | None:
     return None
 
 
+#: The compose simulator's devices (sensor-simulator: --devices 3, names room-0000 …); each is an MQTT user.
+COMPOSE_DEVICES = tuple(f"room-{i:04d}" for i in range(3))
+
+
+def _mqtt_devices() -> str:
+    """``device:password`` lines, one MQTT user per simulated device (add a real device's line the same way)."""
+    return "\n".join(f"{device}:{new_password()}" for device in COMPOSE_DEVICES)
+
+
+def _mqtt_devices_problem(value: str) -> str | None:
+    for n, line in enumerate(value.splitlines(), 1):
+        name, sep, password = line.partition(":")
+        if line.strip() and not (sep and name and len(password) >= 16):
+            return f"line {n} is not device:password with a password of 16 or more characters"
+    return None
+
+
 @dataclass(frozen=True)
 class ComposeSecret:
     """One file of ./secrets, one Docker secret of the same name."""
@@ -96,7 +113,9 @@ SECRETS: tuple[ComposeSecret, ...] = (
     ComposeSecret("minio_root_password", "MinIO's root user (MINIO_ROOT_USER in .env)"),
     ComposeSecret("minio_collector_secret", "MinIO's user sluice-collector (writes raw/; stack/minio_users.py)"),
     ComposeSecret("minio_airflow_secret", "MinIO's user sluice-airflow (reads raw/, writes loaded/; stack/minio_users.py)"),
-    ComposeSecret("mqtt_password", "Mosquitto's user MQTT_USERNAME (the collector and simulator)"),
+    ComposeSecret("mqtt_devices", "Mosquitto's device users: device:password lines (the simulator's three)",
+                  make=_mqtt_devices, validate=_mqtt_devices_problem),
+    ComposeSecret("mqtt_collector_password", "Mosquitto's user sluice-mqtt-collector (the MQTT collector)"),
     ComposeSecret("elastic_password", "Elasticsearch's superuser elastic"),
     ComposeSecret("kibana_system_password", "Kibana's own user kibana_system"),
     ComposeSecret("kibana_encryption_key", "Kibana's saved-objects encryption key", min_length=32),
@@ -104,7 +123,7 @@ SECRETS: tuple[ComposeSecret, ...] = (
 )
 
 #: Variables of .env the check also reads (passed to it by docker-compose.yaml); none are secret.
-CHECKED_ENV = ("MINIO_ROOT_USER", "MQTT_USERNAME", "GRAFANA_ADMIN_USER", "AIRFLOW_ADMIN_USER")
+CHECKED_ENV = ("MINIO_ROOT_USER", "GRAFANA_ADMIN_USER", "AIRFLOW_ADMIN_USER")
 
 
 def generate(folder: Path = SECRETS_DIR, secrets: Iterable[ComposeSecret] = SECRETS) -> list[tuple[str, bool]]:

@@ -25,7 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Port name -> default. The environment variable is ``SLUICE_<NAME>_PORT``.
 DEFAULT_PORTS: dict[str, int] = {
+    # MQTT: 1883 is plaintext, bound only with SLUICE_MQTT_PLAINTEXT_DEMO=1 (loopback); clients use TLS.
     "mosquitto": 1883,
+    "mosquitto_tls": 8883,
     "kafka": 9092,
     "kafka_controller": 9093,
     # Brokers 2 and 3 of the optional three-broker cluster (SLUICE_KAFKA_BROKERS=3).

@@ -18,6 +18,7 @@ from stack.config import LANDING_BUCKET, REPO_ROOT, StackConfig
 from stack.services.kafka import client_settings as kafka_client_settings
 from stack.services.minio import MinIO
 from stack.spark import spark_env
+from stack.tls import ca_cert_path
 
 
 def airflow_connections(config: StackConfig) -> dict[str, dict]:
@@ -42,7 +43,9 @@ def airflow_connections(config: StackConfig) -> dict[str, dict]:
         # elasticsearch_default (the loader) and one connection per other Elasticsearch role.
         **elasticsearch_connections(config),
         "opentsdb_default": {"conn_type": "http", "host": host, "port": config.ports["opentsdb"], "schema": "http"},
-        "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto"]},
+        # The broker's TLS listener and the CA to check it by; each client has its own user (mosquitto.py).
+        "mqtt_default": {"conn_type": "generic", "host": host, "port": config.ports["mosquitto_tls"],
+                         "extra": {"tls": True, "ca_file": str(ca_cert_path(config))}},
         # The Spark anomaly job runs in-process on this machine's cores; docker-compose points the
         # same id at its Spark master (spark://spark-master:7077), a cluster at spark:// or k8s://.
         "spark_default": {"conn_type": "spark", "host": "local[*]"},

@@ -60,6 +60,16 @@ def mosquitto(local_stack) -> Service:
     return local_stack.ensure("mosquitto")
 
 
+@pytest.fixture
+def mqtt_users(mosquitto, tmp_path):
+    """Users of the shared broker for one test (tests/mqtt_helpers.py), removed after it."""
+    from mqtt_helpers import MqttUsers
+
+    users = MqttUsers(mosquitto, tmp_path)
+    yield users
+    users.close()
+
+
 @pytest.fixture(scope="session")
 def minio(local_stack) -> Service:
     return local_stack.ensure("minio")

@@ -282,6 +282,10 @@ def test_every_service_that_takes_a_password_reads_it_from_a_docker_secret(celer
                 # An Elasticsearch API key elasticsearch-setup made at run time (es-keys volume, 0640): not a Docker secret.
                 assert "es-keys" in {str(v).split(":")[0] for v in svc.get("volumes") or []} or any(
                     isinstance(v, dict) and v.get("source") == "es-keys" for v in svc.get("volumes") or []), name
+            elif key.endswith("_FILE") and value.startswith("/tls/"):
+                # A public certificate (the CA) from tls-init's volume: not a secret, but the volume is mounted.
+                assert any(str(v).startswith("sluice-tls:") or (isinstance(v, dict) and v.get("source") == "sluice-tls")
+                           for v in svc.get("volumes") or []), f"{name}: {key}={value} but sluice-tls is not mounted"
             elif key.endswith("_FILE"):
                 # /run/secrets/<name>, or MinIO's bare secret name (its image's convention)
                 secret = value.removeprefix("/run/secrets/")

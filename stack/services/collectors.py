@@ -21,16 +21,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from include.kafka import STREAM_GROUP
 from include.elasticsearch_security import LOADER
-from stack.config import LANDING_BUCKET
+from include.kafka import STREAM_GROUP
+from include.sensors import SENSOR_TOPIC_PREFIX
+from stack.config import LANDING_BUCKET, StackConfig
 from stack.secrets import write_private
 from stack.connections import airflow_env
 from stack.service import Service, Status, _proc_start_time, tail
 from stack.services.kafka import client_env as kafka_client_env
 from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
+from stack.services.mosquitto import COLLECTOR, DEVICE, Mosquitto
 from stack.supervise import read_state
+from stack.tls import ca_cert_path
 DEFAULT_DEVICES = 5
 
 
@@ -128,6 +131,12 @@ class SupervisedService(Service):
         return self.config.kafka_bootstrap
 
 
+def mqtt_args(config: StackConfig) -> list[str]:
+    """Where the stack's broker listens, over TLS, and the CA to check it by."""
+    return ["--mqtt-host", config.host, "--mqtt-port", str(config.ports["mosquitto_tls"]),
+            "--mqtt-ca-file", str(ca_cert_path(config))]
+
+
 class HostCollector(SupervisedService):
     name = "host-collector"
     module = "collectors.host"
@@ -149,9 +158,18 @@ class MqttCollector(SupervisedService):
     client_id = "sluice-platform-collector"
 
     def args(self) -> list[str]:
-        return [*self.landing_args(), "--mqtt-port", str(self.config.ports["mosquitto"]),
-                "--mqtt-client-id", self.client_id, "--mqtt-topics", "sluice/sensors/+",
+        return [*self.landing_args(), *mqtt_args(self.config),
+                "--mqtt-client-id", self.client_id, "--mqtt-topics", f"{SENSOR_TOPIC_PREFIX}/+",
                 "--kafka-bootstrap", self.kafka()]
+
+    # MQTT security: its own collector user (= its client id); the password reaches it as a file.
+    def prepare(self) -> None:
+        super().prepare()
+        Mosquitto(self.config).ensure_users([self.client_id], COLLECTOR)
+
+    def env(self) -> dict[str, str]:
+        password = Mosquitto(self.config).collector_password_file(self.client_id)
+        return {**super().env(), "SLUICE_MQTT_PASSWORD_FILE": str(password)}
 
 
 class StreamLoader(SupervisedService):
@@ -204,8 +222,16 @@ class Simulator(SupervisedService):
         self.dir.mkdir(parents=True, exist_ok=True)
         self.devices_file.write_text(f"{n}\n")
 
+    # MQTT security: every simulated device is a device user of the broker, with its own password.
+    def prepare(self) -> None:
+        super().prepare()
+        from collectors.simulate_sensors import device_ids
+
+        Mosquitto(self.config).ensure_users(device_ids(self.device_prefix, self.devices()), DEVICE)
+
     def args(self) -> list[str]:
-        return ["--mqtt-port", str(self.config.ports["mosquitto"]), "--devices", str(self.devices()),
+        return [*mqtt_args(self.config), "--mqtt-devices-file", str(Mosquitto(self.config).devices_file),
+                "--devices", str(self.devices()),
                 # It wants an end: 10^12 messages is beyond any session (at 1/s a device, ages).
                 "--rate", "1", "--duration", "0", "--messages", str(10**12),
                 "--client-id", "sluice-platform-simulator", "--device-prefix", self.device_prefix]

@@ -3,9 +3,10 @@
 1. Host sampler at 1 Hz: CPU % of one core and peak RSS of
    ``python -m collectors.host`` over several minutes, side by side with a
    minimal Python psutil loop writing one CSV a minute (the baseline).
-2. MQTT collector, live: sustained readings/s from Mosquitto into minute
-   files and Kafka, driven by the simulator on the same machine, then a count
-   that nothing was lost.
+2. MQTT collector, live: sustained readings/s from Mosquitto (TLS, a user per
+   device and for the collector, as the stack runs it) into minute files and
+   Kafka, driven by the simulator on the same machine, then a count that
+   nothing was lost. The TLS overhead itself: tests/benchmarks/mqtt_tls_bench.py.
 3. MQTT receive limit (``--drain``): the same number of QoS 1 messages is
    queued in two persistent sessions while their clients are away, then a
    bare paho subscriber (automatic acks, no work: the reference) and the
@@ -38,6 +39,10 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # mqtt_helpers: the broker's users (TLS, a user per device and collector)
+
+#: Devices (each a user of the broker, publishing as itself) per simulator process.
+DEVICES_PER_PUBLISHER = 20
 
 MINIMAL_LOOP = textwrap.dedent("""
     import csv, os, sys, time, psutil
@@ -123,7 +128,8 @@ BARE_SUBSCRIBER = textwrap.dedent("""
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
-    host, port, client_id, topic, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+    host, port, client_id, topics, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(","), int(sys.argv[5])
+    ca_file, password = sys.argv[7], open(sys.argv[8]).read().strip()
     seen = {"n": 0, "first": None, "last": None}
     def on_message(client, userdata, msg):
         seen["n"] += 1
@@ -131,12 +137,14 @@ BARE_SUBSCRIBER = textwrap.dedent("""
         seen["first"] = seen["first"] or now
         seen["last"] = now
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=ca_file)
+    c.username_pw_set(client_id, password)
     c.on_message = on_message
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
     props.ReceiveMaximum = int(sys.argv[6])
     c.connect(host, port, keepalive=30, clean_start=False, properties=props)
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     deadline = time.monotonic() + 600
     while seen["n"] < want and time.monotonic() < deadline:
         c.loop(0.05)
@@ -145,29 +153,42 @@ BARE_SUBSCRIBER = textwrap.dedent("""
 """)
 
 
-def make_session(port: int, client_id: str, topic: str) -> None:
-    """A persistent QoS 1 session subscribed to ``topic``, left without its client: the broker queues for it."""
-    import paho.mqtt.client as mqtt
+def make_session(mq, user: str, topics: list[str]) -> None:
+    """A persistent QoS 1 session of collector ``user`` on ``topics``, left without its client: the broker queues for it."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    mq.collector(user)
+    c = mq.client(user, v5=True)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    c.connect("127.0.0.1", port, keepalive=30, clean_start=True, properties=props)
+    c.connect("127.0.0.1", mq.port, keepalive=30, clean_start=True, properties=props)
     c.loop_start()
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     time.sleep(0.5)
     c.disconnect()
     c.loop_stop()
 
 
-def publish(port: int, prefix: str, run: str, messages: int, publishers: int, tag: str) -> int:
-    """Publish ``messages`` seed payloads (QoS 1) under ``prefix``; returns the readings sent."""
+def bench_devices(mq, tag: str, publishers: int) -> list[list[str]]:
+    """Device users of each simulator process: ``<tag><i>-0000`` …"""
+    from collectors.simulate_sensors import device_ids
+
+    return [mq.devices(tag, names=device_ids(f"{tag}{i}", DEVICES_PER_PUBLISHER)) for i in range(publishers)]
+
+
+def simulator_args(mq, devices: list[str], tag: str) -> list[str]:
+    """``collectors.simulate_sensors`` flags: over TLS, every device of the list logged in as itself."""
+    return ["--mqtt-port", str(mq.port), "--mqtt-ca-file", mq.ca_file,
+            "--mqtt-devices-file", str(mq.devices_file(devices)), "--devices", str(len(devices)),
+            "--device-prefix", tag]
+
+
+def publish(mq, devices: list[list[str]], run: str, messages: int, publishers: int, tag: str) -> int:
+    """Publish ``messages`` seed payloads (QoS 1) from the ``devices`` of each publisher; returns the readings sent."""
     sims = [subprocess.Popen(
-        [sys.executable, "-m", "collectors.simulate_sensors", "--mqtt-port", str(port), "--topic-prefix", prefix,
-         "--devices", "500", "--rate", "1000", "--duration", "0", "--messages", str(messages // publishers),
-         "--device-prefix", f"{tag}{i}", "--client-id", f"sim-{run}-{tag}{i}", "--log-level", "WARNING"],
+        [sys.executable, "-m", "collectors.simulate_sensors", *simulator_args(mq, devices[i], f"{tag}{i}"),
+         "--rate", "1000", "--duration", "0", "--messages", str(messages // publishers), "--log-level", "WARNING"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(publishers)]
     return sum(json.loads(s.communicate()[0].strip().splitlines()[-1])["readings"] for s in sims)
 
@@ -189,26 +210,34 @@ def reading_ids(landing: Path) -> tuple[int, int]:
 
 def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages."""
+    from mqtt_helpers import MqttUsers
+
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto, device_topic
 
     cfg = StackConfig.from_env()
-    mport = cfg.ports["mosquitto"]
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
+    mq = MqttUsers(Mosquitto(cfg), tmp)
     # The machine is shared: the reference drains once before and once after the collector,
-    # each from its own queue, and the figure is their mean.
+    # each from its own queue, and the figure is their mean. Both read over TLS as collector users.
     col_id = f"bench-{run}"
+    devices = {name: bench_devices(mq, f"{name}{run}", publishers) for name in ("r1", "r2", "c")}
+    topics = {name: [device_topic(d) for group in devs for d in group] for name, devs in devices.items()}
     for name in ("r1", "r2", "c"):
-        make_session(mport, f"{name}-{run}" if name != "c" else col_id, f"{name}{run}/sensors/+")
+        make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
     print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
     for name in ("r1", "r2"):
-        publish(mport, f"{name}{run}/sensors", run, messages, publishers, name)
-    readings = publish(mport, f"c{run}/sensors", run, messages, publishers, "c")
+        publish(mq, devices[name], run, messages, publishers, f"{name}{run}")
+    readings = publish(mq, devices["c"], run, messages, publishers, f"c{run}")
 
     def bare(name: str) -> float:
         print(f"bare paho subscriber draining ({name}) ...", flush=True)
-        out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{name}-{run}",
-                              f"{name}{run}/sensors/+", str(messages), "1000"], check=True, capture_output=True, text=True, timeout=900)
+        user = f"{name}-{run}"
+        out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mq.port), user,
+                              ",".join(topics[name]), str(messages), "1000", mq.ca_file,
+                              str(mq.broker.collector_password_file(user))],
+                             check=True, capture_output=True, text=True, timeout=900)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
@@ -216,8 +245,7 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     print("collector draining ...", flush=True)
     port = 19110
     cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-           "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
-           "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
+           "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, filters=topics["c"]),
            "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
            "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
     collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT,
@@ -250,6 +278,7 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     collector.wait(180)
     col_s = (last or time.monotonic()) - (first or time.monotonic())
     ref_rates.append(bare("r2"))
+    mq.close()
     rows, distinct = reading_ids(tmp / "landing")
     ref_rate = sum(ref_rates) / len(ref_rates)
     col_rate = messages / col_s if col_s else 0.0
@@ -274,24 +303,28 @@ def metric(port: int, name: str) -> float:
 
 
 def bench_mqtt(seconds: float, devices: int, rate: float, publishers: int) -> dict:
+    from mqtt_helpers import MqttUsers
+
+    from collectors.simulate_sensors import device_ids
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto
 
     cfg = StackConfig.from_env()
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-mqtt-"))
     port = 19109
+    mq = MqttUsers(Mosquitto(cfg), tmp)
+    groups = [mq.devices(run, names=device_ids(f"p{run}{i}", devices // publishers)) for i in range(publishers)]
     collector = subprocess.Popen(
         [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-         "--state-dir", str(tmp / "state"), "--mqtt-port", str(cfg.ports["mosquitto"]),
-         "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"b{run}/sensors/+",
+         "--state-dir", str(tmp / "state"), *mq.collector_args(f"bench-{run}", [d for g in groups for d in g]),
          "--kafka-bootstrap", f"127.0.0.1:{cfg.ports['kafka']}", "--kafka-topic", f"bench.{run}.raw",
          "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
         cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT, env={**os.environ, **kafka_env(cfg)})
     time.sleep(4)
     sims = [subprocess.Popen(
-        [sys.executable, "-m", "collectors.simulate_sensors", "--mqtt-port", str(cfg.ports["mosquitto"]),
-         "--topic-prefix", f"b{run}/sensors", "--devices", str(devices // publishers), "--rate", str(rate),
-         "--duration", str(seconds), "--device-prefix", f"p{i}", "--client-id", f"sim-{run}-{i}", "--log-level", "WARNING"],
+        [sys.executable, "-m", "collectors.simulate_sensors", *simulator_args(mq, groups[i], f"p{run}{i}"),
+         "--rate", str(rate), "--duration", str(seconds), "--log-level", "WARNING"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(publishers)]
     t0 = time.monotonic()
     cpu0 = psutil.Process(collector.pid).cpu_times()
@@ -311,6 +344,7 @@ def bench_mqtt(seconds: float, devices: int, rate: float, publishers: int) -> di
     rss = peak_rss_mb(collector.pid)
     collector.send_signal(signal.SIGTERM)
     collector.wait(120)
+    mq.close()
     rows = sum(max(0, sum(1 for _ in p.open()) - 1) for p in (tmp / "landing").rglob("*.csv"))
     from confluent_kafka import Consumer, TopicPartition
 

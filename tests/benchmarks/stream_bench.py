@@ -44,6 +44,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # mqtt_helpers: the broker's users for the latency run
 
 from stack.services.elasticsearch import Elasticsearch  # noqa: E402
 
@@ -262,7 +263,7 @@ def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
 
 
 def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str]) -> dict:
-    import paho.mqtt.client as mqtt
+    from mqtt_helpers import MqttUsers
 
     from include import elasticsearch as es
     from include.kafka import ensure_topics
@@ -277,11 +278,14 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
     ensure_topics(bootstrap, bench_topics(run), settings=target.admin_security())
     prefix = f"bench{run}"
     metric = f"bench.{run}.lat"
-    mqtt_port = cfg.ports["mosquitto"]
+    from stack.services.mosquitto import Mosquitto, device_topic
+
+    # The stack's broker: TLS, a collector user of its own, ten device users publishing as themselves.
+    mq = MqttUsers(Mosquitto(cfg), tmp)
+    devices = mq.devices(run, 10)
     collector = spawn("collectors.mqtt", [
         "--landing-url", (tmp / f"landing-{run}").as_uri(), "--state-dir", str(tmp / f"state-{run}"),
-        "--mqtt-port", str(mqtt_port), "--mqtt-client-id", f"bench-{run}", "--mqtt-topics", f"bench{run}/sensors/+",
-        "--kafka-bootstrap", bootstrap, "--kafka-topic", raw, "--kafka-deadletter-topic", f"bench.{run}.dl",
+        *mq.collector_args(f"bench-{run}", devices), "--kafka-bootstrap", bootstrap, "--kafka-topic", raw, "--kafka-deadletter-topic", f"bench.{run}.dl",
         "--metrics-port", "-1"], tmp / f"collector-{run}.log", target.env)
     port = free_port()
     loader = spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
@@ -311,10 +315,12 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
     reader_deadline = [float("inf")]
     try:
         time.sleep(4)  # both processes connected, the loader assigned
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{run}")
-        pub.max_inflight_messages_set(1000)
-        pub.connect("127.0.0.1", mqtt_port)
-        pub.loop_start()
+        pubs = {}
+        for device in devices:
+            pubs[device] = mq.client(device)
+            pubs[device].max_inflight_messages_set(1000)
+            pubs[device].connect("127.0.0.1", mq.port)
+            pubs[device].loop_start()
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
         per_second = rate / 3
@@ -323,7 +329,7 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
         while time.monotonic() - t0 < seconds:
             target = int((time.monotonic() - t0) * per_second)
             while n < target:
-                device = f"dev{n % 10}"
+                device = devices[n % 10]
                 now = time.time()
                 ts_ms = int(now * 1000)
                 # Distinct per device: one device never sends two payloads in the same millisecond here.
@@ -331,11 +337,12 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
                 last_ts[device] = ts_ms
                 for kind in KINDS:
                     published[reading_id(SENSOR, device, iso_utc(ts_ms / 1000), metric, f"loc={device} type={kind}")] = now
-                pub.publish(f"bench{run}/sensors/{device}", payload(metric, device, ts_ms, n), qos=1)
+                pubs[device].publish(device_topic(device), payload(metric, device, ts_ms, n), qos=1)
                 n += 1
             time.sleep(0.002)
-        pub.loop_stop()
-        pub.disconnect()
+        for pub in pubs.values():
+            pub.loop_stop()
+            pub.disconnect()
         done.set()
         reader_deadline[0] = time.monotonic() + 30
         thread.join(40)
@@ -347,6 +354,7 @@ def bench_latency(cfg, rate: float, seconds: float, tmp: Path, extra: list[str])
         done.set()
         stop(loader)
         stop(collector)
+        mq.close()
         try:
             es.drop_prefix(client, prefix)
         except Exception:

@@ -38,9 +38,14 @@ def seed_payload(metric: str, device: str, ts_ms: int, n: int) -> bytes:
     ])
 
 
-def expected_ids(metric: str, ts0: int, count: int, devices: int = 3) -> set[str]:
-    """Ids of the readings of :func:`sensor_records`, computed from the contract, not the loader."""
-    return {reading_id(SENSOR, f"dev{i % devices}", timestamp_text((ts0 + i) / 1000), metric, f"loc=dev{i % devices} type={kind}")
+def expected_ids(metric: str, ts0: int, count: int, devices: int = 3, *, topic_devices: list[str] | None = None) -> set[str]:
+    """Ids of the readings of :func:`sensor_records`, computed from the contract, not the loader.
+
+    ``topic_devices``: the device ids of the MQTT topics (device users of the broker), when
+    they are not ``dev<k>`` as in the payloads' ``loc`` tag.
+    """
+    names = topic_devices or [f"dev{k}" for k in range(devices)]
+    return {reading_id(SENSOR, names[i % devices], timestamp_text((ts0 + i) / 1000), metric, f"loc=dev{i % devices} type={kind}")
             for i in range(count) for kind in ("temperature", "humidity", "dust")}
 
 

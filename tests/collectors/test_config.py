@@ -42,6 +42,8 @@ def test_help_documents_every_option(module, cls):
     pytest.param(["--mqtt-password-file", "/nonexistent/pw"], {}, "--mqtt-password-file", id="secret-file"),
     pytest.param(["--s3-ca-bundle", "/nonexistent/ca.crt"], {}, "--s3-ca-bundle", id="ca-bundle-missing"),
     pytest.param([], {"SLUICE_S3_CA_BUNDLE": "/nonexistent/ca.crt"}, "--s3-ca-bundle", id="ca-bundle-env-missing"),
+    pytest.param(["--mqtt-ca-file", "/nonexistent/ca.crt"], {}, "--mqtt-ca-file", id="ca-file"),
+    pytest.param(["--no-mqtt-tls", "--mqtt-ca-file", __file__], {}, "--mqtt-ca-file", id="ca-without-tls"),
 ])
 def test_invalid_config_names_the_option(tmp_path, argv, environ, names):
     with pytest.raises(ConfigError, match=names):
@@ -61,3 +63,26 @@ def test_invalid_config_exits_with_a_message(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "collectors.host", "--state-dir", str(tmp_path), "--host", "a b"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "--host" in proc.stderr
+
+
+def test_mqtt_security_defaults_and_the_password_stays_out_of_repr_and_argv(tmp_path):
+    """TLS on 8883 by default; the password comes from a file (there is no flag for the value itself)."""
+    (tmp_path / "pw").write_text("hunter2-mqtt\n")
+    config = MqttConfig.from_args(["--state-dir", str(tmp_path), "--mqtt-client-id", "col-1",
+                                   "--mqtt-password-file", str(tmp_path / "pw")],
+                                  {"SLUICE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
+    assert (config.mqtt_tls, config.mqtt_port, config.mqtt_user, config.mqtt_password) == (True, 8883, "col-1", "hunter2-mqtt")
+    assert "hunter2-mqtt" not in repr(config)
+    with pytest.raises(SystemExit):
+        MqttConfig.from_args(["--state-dir", str(tmp_path), "--mqtt-password", "hunter2-mqtt"], {})
+    sim = SimulatorConfig(mqtt_password="hunter2-mqtt")
+    assert "hunter2-mqtt" not in repr(sim) and sim.mqtt_tls
+
+
+def test_simulator_devices_file_must_cover_every_device(tmp_path):
+    (tmp_path / "devices").write_text("room-0000:pw0\n")
+    with pytest.raises(ConfigError, match="--mqtt-devices-file.*1 simulated device"):
+        SimulatorConfig.from_args(["--devices", "2", "--mqtt-devices-file", str(tmp_path / "devices")], {})
+    (tmp_path / "devices").write_text("room-0000 pw0\n")
+    with pytest.raises(ConfigError, match="line 1 is not device:password"):
+        SimulatorConfig.from_args(["--devices", "1", "--mqtt-devices-file", str(tmp_path / "devices")], {})

@@ -14,22 +14,22 @@ import urllib.request
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 from collector_helpers import new_run_id, private_service, spawn, terminate, wait_for
 from confluent_kafka import Consumer
 from kafka_login import options as kafka_options
 from kafka_login import settings as kafka_settings
+from mqtt_helpers import MqttUsers
 
 from collectors.mqtt import MqttCollector, MqttConfig
-from collectors.simulate_sensors import Simulator, SimulatorConfig
+from collectors.simulate_sensors import Simulator, SimulatorConfig, device_ids
 from include.contract import PAYLOAD, deadletter_prefix
 from include.landing import S3Landing, open_landing
 from include.schemas import SENSOR_SCHEMA
 from include.spool import parse_csv
 from stack.config import LANDING_BUCKET, StackConfig
 from stack.services.kafka import Kafka
-from stack.services.mosquitto import Mosquitto
+from stack.services.mosquitto import Mosquitto, device_topic
 
 pytestmark = pytest.mark.integration
 
@@ -43,35 +43,40 @@ def seed_payload(device: str, ts_ms: int, n: int) -> bytes:
     ])
 
 
-def publish(port: int, prefix: str, count: int, *, start: int = 0, devices: int = 3, ts0: int | None = None,
-            host: str = "127.0.0.1", client_id: str | None = None, rate: float = 0) -> None:
-    """Publish ``count`` seed payloads with QoS 1 and wait for every PUBACK.
+def publish(mq: MqttUsers, devices: list[str], count: int, *, start: int = 0, ts0: int | None = None,
+            rate: float = 0) -> None:
+    """Publish ``count`` seed payloads with QoS 1, each device as itself, and wait for every PUBACK.
 
-    Message i carries timestamp ts0 + i ms (distinct per device), so readings
-    never share an identity. ``ts0`` defaults to the start of the current
-    minute. ``rate`` > 0 spreads the messages at that many per second.
-    Publishes made while the broker is away are queued by paho and sent
-    after it reconnected (its persistent session, clean_session off).
+    Message i comes from device ``devices[i % n]`` on its own topic; its payload names
+    ``dev{i % n}`` and carries timestamp ts0 + i ms (distinct per device), so readings
+    never share an identity. ``ts0`` defaults to the start of the current minute.
+    ``rate`` > 0 spreads the messages at that many per second. Publishes made while
+    the broker is away are queued by paho and sent after it reconnected (each
+    device's persistent session, clean_session off).
     """
     ts0 = ts0 if ts0 is not None else int(time.time() // 60 * 60 * 1000)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"pub-{new_run_id()}",
-                         clean_session=False)
-    client.max_inflight_messages_set(500)
-    acked: set[int] = set()
-    client.on_publish = lambda c, u, mid, rc, props: acked.add(mid)
-    client.connect(host, port)
-    client.loop_start()
+    acked: set[tuple[int, int]] = set()
+    clients = []
+    for k, device in enumerate(devices):
+        client = mq.client(device, clean_session=False)
+        client.max_inflight_messages_set(500)
+        client.on_publish = lambda c, u, mid, rc, props, k=k: acked.add((k, mid))
+        client.connect(mq.broker.config.host, mq.port)
+        client.loop_start()
+        clients.append(client)
+    n = len(devices)
     try:
         mids = []
         for i in range(start, start + count):
-            info = client.publish(f"{prefix}/dev{i % devices}", seed_payload(f"dev{i % devices}", ts0 + i, i), qos=1)
-            mids.append(info.mid)
+            info = clients[i % n].publish(device_topic(devices[i % n]), seed_payload(f"dev{i % n}", ts0 + i, i), qos=1)
+            mids.append((i % n, info.mid))
             if rate:
                 time.sleep(1 / rate)
         wait_for(lambda: acked.issuperset(mids), 60, "PUBACKs of every publish")
     finally:
-        client.disconnect()
-        client.loop_stop()
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
 
 
 def sensor_rows(landing, prefix: str = "raw/sensor/") -> list[tuple[str, ...]]:
@@ -126,15 +131,16 @@ def kafka_unique(bootstrap: str, topic: str, expected: set[bytes], timeout: floa
     return got
 
 
-def mqtt_config(tmp_path: Path, run: str, mqtt_port: int, kafka_bootstrap: str, *,
+def mqtt_config(tmp_path: Path, run: str, mq: MqttUsers, devices: list[str], kafka_bootstrap: str, *,
                 kafka_config: StackConfig | None = None, **kw) -> MqttConfig:
-    """The collector on the run's own topics, logging in to Kafka as the admin of ``kafka_config``'s stack."""
+    """An in-process collector of its own user ``col-<run>`` reading exactly ``devices``'s topics,
+    logging in to Kafka as the admin of ``kafka_config``'s stack."""
     kw.setdefault("landing_url", (tmp_path / "landing").as_uri())
     kw = {**kafka_options(config=kafka_config), **kw}
     cfg = MqttConfig(
-        state_dir=str(tmp_path / "state"), mqtt_port=mqtt_port, mqtt_client_id=f"col-{run}",
-        mqtt_topics=(f"t{run}/sensors/+",), kafka_bootstrap=kafka_bootstrap,
-        kafka_topic=f"t.{run}.raw", kafka_deadletter_topic=f"t.{run}.dl", metrics_port=0, **kw)
+        state_dir=str(tmp_path / "state"), **mq.collector_options(f"col-{run}", devices),
+        kafka_bootstrap=kafka_bootstrap, kafka_topic=f"t.{run}.raw", kafka_deadletter_topic=f"t.{run}.dl",
+        metrics_port=0, **kw)
     cfg.validate()
     return cfg
 
@@ -159,9 +165,9 @@ class Running:
         assert not self.thread.is_alive()
 
 
-def cli_args(tmp_path: Path, run: str, mqtt_port: int, kafka_bootstrap: str) -> list[str]:
+def cli_args(tmp_path: Path, run: str, mq: MqttUsers, devices: list[str], kafka_bootstrap: str) -> list[str]:
     return ["--landing-url", (tmp_path / "landing").as_uri(), "--state-dir", str(tmp_path / "state"),
-            "--mqtt-port", str(mqtt_port), "--mqtt-client-id", f"col-{run}", "--mqtt-topics", f"t{run}/sensors/+",
+            *mq.collector_args(f"col-{run}", devices),
             "--kafka-bootstrap", kafka_bootstrap, "--kafka-topic", f"t.{run}.raw",
             "--kafka-deadletter-topic", f"t.{run}.dl", "--metrics-port", "-1", "--fsync-interval", "0"]
 
@@ -171,15 +177,18 @@ def journalled_rows(state: Path) -> int:
 
 
 # -- the whole path ------------------------------------------------------------------
-def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mosquitto, kafka, minio):
+def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mqtt_users, kafka, minio):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
     # The collector lands as MinIO's collector user (write-only); the test reads as root.
     landing = S3Landing(minio.client("collector"), LANDING_BUCKET, f"test-{run}")
     seen = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
-    cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}")
-    sim = Simulator(SimulatorConfig(mqtt_port=mosquitto.port, topic_prefix=f"t{run}/sensors", devices=4, rate=25,
-                                    duration=2, malformed_rate=0.05, anomaly_rate=0.01, client_id=f"sim-{run}"))
+    devices = mqtt_users.devices(run, names=device_ids(f"r{run}", 4))
+    cfg = mqtt_config(tmp_path, run, mqtt_users, devices, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}")
+    # Each simulated device logs in as itself (the simulator's devices file), over TLS.
+    sim = Simulator(SimulatorConfig(mqtt_port=mqtt_users.port, mqtt_ca_file=mqtt_users.ca_file,
+                                    mqtt_devices_file=str(mqtt_users.devices_file(devices)), device_prefix=f"r{run}",
+                                    devices=4, rate=25, duration=2, malformed_rate=0.05, anomaly_rate=0.01))
     with Running(cfg, landing=landing) as collector:
         sent = sim.run(threading.Event())
         wait_for(lambda: collector.messages >= sent.messages, 20, "every message received")
@@ -188,7 +197,7 @@ def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mosquitto, kafka, m
         assert "sluice_collector_spool_depth" in metrics
     rows = sensor_rows(seen)
     assert len(rows) == len(set(rows)) == sent.readings
-    assert {r[1] for r in rows} == {f"room-{i:04d}" for i in range(4)}
+    assert {r[1] for r in rows} == set(devices)
     letters = deadletters(seen)
     assert len(letters) == sent.malformed and all(x["reason"] and "payload" in x for x in letters)
     got = kafka_count(bootstrap, [cfg.kafka_topic, cfg.kafka_deadletter_topic], sent.messages)
@@ -198,10 +207,11 @@ def test_simulator_to_minio_and_kafka_exact_counts(tmp_path, mosquitto, kafka, m
     assert orjson.loads(got[cfg.kafka_topic][0])[0]["metric"].startswith("mqtt.home.")
 
 
-def test_invalid_payloads_are_dead_lettered_and_valid_ones_land(tmp_path, mosquitto, kafka):
+def test_invalid_payloads_are_dead_lettered_and_valid_ones_land(tmp_path, mqtt_users, kafka):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
-    cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap)
+    bad_device, good_device = mqtt_users.devices(run, 2)
+    cfg = mqtt_config(tmp_path, run, mqtt_users, [bad_device, good_device], bootstrap)
     now_ms = int(time.time() * 1000)
     bad = {
         "not-json": b"{oops",
@@ -212,15 +222,18 @@ def test_invalid_payloads_are_dead_lettered_and_valid_ones_land(tmp_path, mosqui
         "oversized": b"[" + b"0," * 40000 + b"0]",
     }
     with Running(cfg) as collector:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-        client.connect("127.0.0.1", mosquitto.port)
-        client.loop_start()
-        infos = [client.publish(f"t{run}/sensors/bad", p, qos=1) for p in bad.values()]
-        infos += [client.publish(f"t{run}/sensors/good", seed_payload("good", now_ms + i, i), qos=1) for i in range(5)]
+        clients = {d: mqtt_users.client(d) for d in (bad_device, good_device)}
+        for client in clients.values():
+            client.connect("127.0.0.1", mqtt_users.port)
+            client.loop_start()
+        infos = [clients[bad_device].publish(device_topic(bad_device), p, qos=1) for p in bad.values()]
+        infos += [clients[good_device].publish(device_topic(good_device), seed_payload("good", now_ms + i, i), qos=1)
+                  for i in range(5)]
         for info in infos:
             info.wait_for_publish(10)
-        client.disconnect()
-        client.loop_stop()
+        for client in clients.values():
+            client.disconnect()
+            client.loop_stop()
         wait_for(lambda: collector.messages >= len(infos), 10, "all messages")
         assert sum(s.value for m in collector.metrics.deadletters.collect() for s in m.samples
                    if s.name.endswith("_total")) == len(bad)
@@ -233,21 +246,23 @@ def test_invalid_payloads_are_dead_lettered_and_valid_ones_land(tmp_path, mosqui
 
 
 # -- restarts ------------------------------------------------------------------------
-def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mosquitto, kafka):
+def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mqtt_users, kafka):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
-    args = cli_args(tmp_path, run, mosquitto.port, bootstrap)
+    devices = mqtt_users.devices(run, 3)
+    args = cli_args(tmp_path, run, mqtt_users, devices, bootstrap)
     ts0 = int(time.time() // 60 * 60 * 1000)  # every reading in one minute, whatever the wall clock does
     landing = open_landing((tmp_path / "landing").as_uri())
     counts = []
     for batch in range(2):
-        proc = spawn("collectors.mqtt", args, tmp_path / "collector.log")
+        log = tmp_path / "collector.log"
+        seen = log.read_text().count("subscribed to") if log.exists() else 0
+        proc = spawn("collectors.mqtt", args, log)
         try:
-            # Subscribed before the first publish (its session does not exist yet): the collector
-            # first logs in to Kafka (TLS, SCRAM) to ensure its topics, which takes a moment.
-            wait_for(lambda b=batch: (tmp_path / "collector.log").read_text().count("subscribed to") > b, 30,
-                     "the collector subscribed")
-            publish(mosquitto.port, f"t{run}/sensors", 30, start=batch * 30, ts0=ts0)
+            # Publish once the collector (over TLS) has its subscription: a new session takes nothing before.
+            wait_for(lambda log=log, seen=seen: log.read_text().count("subscribed to") > seen, 60,
+                     "the collector's subscription")
+            publish(mqtt_users, devices, 30, start=batch * 30, ts0=ts0)
             wait_for(lambda: journalled_rows(tmp_path / "state") >= 90, 15, "readings journalled")
         finally:
             assert terminate(proc) == 0, (tmp_path / "collector.log").read_text()[-2000:]
@@ -259,16 +274,17 @@ def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mosquitto, 
     assert len(got[f"t.{run}.raw"]) == 60
 
 
-def test_kill_9_loses_nothing_journalled(tmp_path, mosquitto, kafka):
+def test_kill_9_loses_nothing_journalled(tmp_path, mqtt_users, kafka):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
-    args = cli_args(tmp_path, run, mosquitto.port, bootstrap)
+    devices = mqtt_users.devices(run, 3)
+    args = cli_args(tmp_path, run, mqtt_users, devices, bootstrap)
     ts0 = int(time.time() // 60 * 60 * 1000)
     proc = spawn("collectors.mqtt", args, tmp_path / "collector.log")
     try:
         # Publish only once the (new) session has its subscription, or the broker drops them.
         wait_for(lambda: "subscribed to" in (tmp_path / "collector.log").read_text(), 30, "the subscription")
-        publish(mosquitto.port, f"t{run}/sensors", 200, ts0=ts0)
+        publish(mqtt_users, devices, 200, ts0=ts0)
         wait_for(lambda: journalled_rows(tmp_path / "state") >= 600, 60, "readings journalled")
     finally:
         terminate(proc, signal.SIGKILL)
@@ -295,10 +311,12 @@ def test_mosquitto_restart_loses_no_qos1_message(tmp_path, stack_config, kafka):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
     with private_service(Mosquitto, stack_config, tmp_path / "mosquitto") as broker:
-        cfg = mqtt_config(tmp_path, run, broker.port, bootstrap)
+        mq = MqttUsers(broker, tmp_path)  # the private broker's own users (its runtime folder goes with it)
+        devices = mq.devices(run, 3)
+        cfg = mqtt_config(tmp_path, run, mq, devices, bootstrap)
+        ts0 = int(time.time() // 60 * 60 * 1000)
         with Running(cfg) as collector:
-            publisher = threading.Thread(target=publish, args=(broker.port, f"t{run}/sensors", 300),
-                                         kwargs={"client_id": f"pub-{run}", "rate": 100})
+            publisher = threading.Thread(target=publish, args=(mq, devices, 300), kwargs={"rate": 100, "ts0": ts0})
             publisher.start()
             wait_for(lambda: collector.messages >= 50, 10, "the first messages")
             broker.stop()  # SIGTERM: Mosquitto saves its persistent sessions
@@ -312,23 +330,25 @@ def test_mosquitto_restart_loses_no_qos1_message(tmp_path, stack_config, kafka):
             time.sleep(0.5)
     rows = sensor_rows(open_landing((tmp_path / "landing").as_uri()))
     assert len(rows) == len(set(rows)) == 900
-    got = kafka_count(bootstrap, [cfg.kafka_topic], 300)
-    assert len(set(got[cfg.kafka_topic])) == 300
+    # Redeliveries after the restart are duplicates on Kafka: read until every distinct payload is there.
+    expected = {seed_payload(f"dev{i % 3}", ts0 + i, i) for i in range(300)}
+    assert kafka_unique(bootstrap, cfg.kafka_topic, expected, timeout=60) == expected
 
 
-def test_kafka_down_files_still_land_and_bridge_catches_up(tmp_path, stack_config, mosquitto):
+def test_kafka_down_files_still_land_and_bridge_catches_up(tmp_path, stack_config, mqtt_users):
     run = new_run_id()
+    devices = mqtt_users.devices(run, 3)
     with private_service(Kafka, stack_config, tmp_path / "kafka") as broker:
         bootstrap = f"{broker.config.host}:{broker.port}"
-        cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, kafka_message_timeout=5.0, kafka_retry_interval=0.5,
-                          kafka_config=broker.config)
+        cfg = mqtt_config(tmp_path, run, mqtt_users, devices, bootstrap, kafka_message_timeout=5.0,
+                          kafka_retry_interval=0.5, kafka_config=broker.config)
         landing = open_landing((tmp_path / "landing").as_uri())
         with Running(cfg) as collector:
-            publish(mosquitto.port, f"t{run}/sensors", 100)
+            publish(mqtt_users, devices, 100)
             wait_for(lambda: collector.metrics.kafka_delivered._value.get() >= 100, 20, "delivery before the outage")
             broker.stop()
             try:
-                publish(mosquitto.port, f"t{run}/sensors", 100, start=100)
+                publish(mqtt_users, devices, 100, start=100)
                 wait_for(lambda: collector.messages >= 200, 30, "messages during the outage")
                 assert collector.bridge.down
                 # Readings still land in files while Kafka is down.

@@ -34,6 +34,7 @@ from include.manifests import read_heartbeats, read_manifests
 from include.contract import reading_id
 from include.schemas import HOST, SENSOR
 from stack.config import LANDING_BUCKET
+from stack.services.mosquitto import device_topic
 
 pytestmark = pytest.mark.integration
 
@@ -66,46 +67,51 @@ def pills(now_ms: int) -> dict[str, tuple[str, bytes, set[str]]]:
     }
 
 
-def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_path, mosquitto, kafka, minio):
+def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_path, mqtt_users, kafka, minio):
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
     # The collector lands as MinIO's collector user (write-only); the test reads as root.
     landing = S3Landing(minio.client("collector"), LANDING_BUCKET, f"test-{run}")
     seen = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
-    cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, landing_url=f"s3://{LANDING_BUCKET}/test-{run}",
-                      fsync_interval=0, heartbeat_interval=1.0)
     now_ms = int(time.time() // 60 * 60 * 1000) + 1000
     sent = pills(now_ms)
+    # Each pill comes from a device user of its own (its name: the run id, then the pill's device).
+    name = {d: f"d{run}-{d}" for d in [*(device for device, _, _ in sent.values()), "good", "odd"]}
+    mqtt_users.devices(run, names=list(name.values()))
+    cfg = mqtt_config(tmp_path, run, mqtt_users, list(name.values()), bootstrap,
+                      landing_url=f"s3://{LANDING_BUCKET}/test-{run}", fsync_interval=0, heartbeat_interval=1.0)
     good = []
     with Running(cfg, landing=landing) as collector:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{run}")
-        client.connect("127.0.0.1", mosquitto.port)
-        client.loop_start()
+        clients = {d: mqtt_users.client(user) for d, user in name.items()}
+        for client in clients.values():
+            client.connect("127.0.0.1", mqtt_users.port)
+            client.loop_start()
         n = 0
         for device, payload, _ in sent.values():
-            client.publish(f"t{run}/sensors/{device}", payload, qos=1).wait_for_publish(20)
+            clients[device].publish(device_topic(name[device]), payload, qos=1).wait_for_publish(20)
             good.append(seed_payload("good", now_ms + n, n))
-            client.publish(f"t{run}/sensors/good", good[-1], qos=1).wait_for_publish(10)
+            clients["good"].publish(device_topic(name["good"]), good[-1], qos=1).wait_for_publish(10)
             n += 1
         # An odd tag key, new per message: valid names, so they are readings (the sinks' mapping
         # must cope, see the stream loader); here they must not disturb anything.
         for i in range(5):
-            client.publish(f"t{run}/sensors/odd", orjson.dumps(
+            clients["odd"].publish(device_topic(name["odd"]), orjson.dumps(
                 {"metric": "m", "value": i, "timestamp": now_ms + i, "tags": {f"type.x{i}": "a"}}), qos=1).wait_for_publish(10)
-        client.disconnect()
-        client.loop_stop()
+        for client in clients.values():
+            client.disconnect()
+            client.loop_stop()
         # A device ending in a newline: Mosquitto refuses the topic (control characters are not
         # valid MQTT UTF-8) and drops the publisher; the collector never sees it ...
-        refused = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-nl-{run}")
+        refused = mqtt_users.client(name["good"])
         gone = threading.Event()
         refused.on_disconnect = lambda *a: gone.set()
-        refused.connect("127.0.0.1", mosquitto.port)
+        refused.connect("127.0.0.1", mqtt_users.port)
         refused.loop_start()
-        refused.publish(f"t{run}/sensors/dev\n", b'{"metric": "m", "value": 1}', qos=1)
+        refused.publish(device_topic("dev\n"), b'{"metric": "m", "value": 1}', qos=1)
         assert gone.wait(10), "the broker accepted a topic with a newline"
         refused.loop_stop()
         # ... and should another broker pass it, the handler dead-letters it (paho's own message type).
-        msg = mqtt.MQTTMessage(mid=0, topic=f"t{run}/sensors/dev\n".encode())
+        msg = mqtt.MQTTMessage(mid=0, topic=device_topic("dev\n").encode())
         msg.payload, msg.qos = orjson.dumps({"metric": "m", "value": 1, "timestamp": now_ms}), 0
         collector._on_message(collector.client, None, msg)
         sent["device-newline"] = ("dev\n", msg.payload, {"bad_name", "bad_device"})
@@ -116,16 +122,17 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
         assert status == 200, text
         assert collector.client._thread.is_alive()  # paho's network thread survived every pill
     rows = sensor_rows(seen)
-    assert sorted(r for r in rows if r[1] == "good") == sorted(set(r for r in rows if r[1] == "good"))
-    assert len([r for r in rows if r[1] == "good"]) == 3 * (len(sent) - 1)
-    assert len([r for r in rows if r[1] == "odd"]) == 5
-    assert not [r for r in rows if r[1] not in ("good", "odd")], "no pill became a row"
+    good_rows = [r for r in rows if r[1] == name["good"]]
+    assert sorted(good_rows) == sorted(set(good_rows))
+    assert len(good_rows) == 3 * (len(sent) - 1)
+    assert len([r for r in rows if r[1] == name["odd"]]) == 5
+    assert not [r for r in rows if r[1] not in (name["good"], name["odd"])], "no pill became a row"
     letters = deadletters(seen)
     by_topic = {x["topic"].split("/sensors/", 1)[1]: x for x in letters}
-    for name, (device, payload, codes) in sent.items():
-        letter = by_topic[device]
-        assert set(letter["codes"]) & codes, (name, letter["reason"])
-        assert letter["reason"] and letter["payload_bytes"] == len(payload), name
+    for pill, (device, payload, codes) in sent.items():
+        letter = by_topic[name.get(device, device)]
+        assert set(letter["codes"]) & codes, (pill, letter["reason"])
+        assert letter["reason"] and letter["payload_bytes"] == len(payload), pill
     got = kafka_count(bootstrap, [cfg.kafka_topic, cfg.kafka_deadletter_topic], total)
     assert set(good) <= set(got[cfg.kafka_topic])
     dead = got[cfg.kafka_deadletter_topic]
@@ -136,7 +143,7 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
     # The manifest of the minute counts the dead letters; the heartbeat is there.
     manifests, bad = read_manifests(seen, SENSOR, time_minute(now_ms))
     assert not bad and len(manifests) == 1
-    assert manifests[0].rows["good"] == 3 * (len(sent) - 1)
+    assert manifests[0].rows[name["good"]] == 3 * (len(sent) - 1)
     # Payloads count in their receive minute: the test may have crossed into the next one.
     later, _ = read_manifests(seen, SENSOR, time_minute(now_ms + 60_000))
     assert sum(m.received for m in manifests + later) == total
@@ -151,11 +158,12 @@ def time_minute(ms: int):
     return datetime.fromtimestamp(ms // 1000 // 60 * 60, timezone.utc)
 
 
-def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, mosquitto, kafka):
+def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, mqtt_users, kafka):
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
+    devices = mqtt_users.devices(run, 3)
     # About 250 journal bytes a message: the cap is reached after ~100 of the 400 messages.
-    cfg = mqtt_config(tmp_path, run, mosquitto.port, bootstrap, journal_max_bytes=25_000, mqtt_receive_maximum=20,
+    cfg = mqtt_config(tmp_path, run, mqtt_users, devices, bootstrap, journal_max_bytes=25_000, mqtt_receive_maximum=20,
                       fsync_interval=0)
     # Keep clear of a minute's end: the collector's own minute close would clear the cap mid-test.
     wait_for(lambda: 2 < time.time() % 60 < 30, 40, "the first half of a minute", interval=0.5)
@@ -163,8 +171,7 @@ def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, 
     count = 400
     landing = open_landing((tmp_path / "landing").as_uri())
     with Running(cfg) as collector:
-        publisher = threading.Thread(target=publish, args=(mosquitto.port, f"t{run}/sensors", count),
-                                     kwargs={"ts0": ts0, "client_id": f"pub-{run}"})
+        publisher = threading.Thread(target=publish, args=(mqtt_users, devices, count), kwargs={"ts0": ts0})
         publisher.start()
         wait_for(lambda: collector.holding, 30, "the journal cap")
         time.sleep(1.0)
@@ -192,7 +199,7 @@ def test_backpressure_at_the_journal_cap_holds_acks_and_loses_nothing(tmp_path, 
         assert collector._gen >= 2, "the cap was reached more than once"
     rows = sensor_rows(landing)
     ids = [reading_id(SENSOR, r[1], r[0], r[2], r[4]) for r in rows]
-    expected = {reading_id(SENSOR, f"dev{i % 3}", _iso(ts0 + i), f"mqtt.home.dev{i % 3}", f"loc=dev{i % 3} type={k}")
+    expected = {reading_id(SENSOR, devices[i % 3], _iso(ts0 + i), f"mqtt.home.dev{i % 3}", f"loc=dev{i % 3} type={k}")
                 for i in range(count) for k in ("dust", "humidity", "temperature")}
     assert len(ids) == len(set(ids)) == 3 * count  # exactly once
     assert set(ids) == expected

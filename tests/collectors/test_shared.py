@@ -25,10 +25,10 @@ import threading
 import time
 from collections import Counter
 
-import paho.mqtt.client as mqtt
 import pytest
 from collector_helpers import new_run_id, spawn, terminate, wait_for
 from confluent_kafka import Consumer
+from mqtt_helpers import MqttUsers
 from stream_helpers import Topics, es_count, es_docs, expected_ids, lag, seed_payload
 from stream_helpers import cli_args as loader_args
 from stream_helpers import config as loader_config
@@ -40,6 +40,7 @@ from include.landing import S3Landing
 from include.schemas import SENSOR, SENSOR_SCHEMA
 from include.spool import parse_csv
 from stack.config import LANDING_BUCKET
+from stack.services.mosquitto import device_topic
 
 pytestmark = pytest.mark.integration
 
@@ -49,26 +50,32 @@ SECONDS = 24.0
 KILL_AT, RESTART_AFTER = 8.0, 3.0
 
 
-def publish_steadily(port: int, prefix: str, metric: str, ts0: int, count: int, started: threading.Event) -> None:
-    """``count`` seed payloads (QoS 1) at RATE per second; message i has timestamp ts0 + i ms."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{new_run_id()}")
-    client.max_inflight_messages_set(1000)
-    acked: set[int] = set()
-    client.on_publish = lambda c, u, mid, rc, props: acked.add(mid)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
+def publish_steadily(mq: MqttUsers, devices: list[str], metric: str, ts0: int, count: int,
+                     started: threading.Event) -> None:
+    """``count`` seed payloads (QoS 1) at RATE per second, each device as itself; message i has timestamp ts0 + i ms."""
+    acked: set[tuple[int, int]] = set()
+    clients = []
+    for k, device in enumerate(devices):
+        client = mq.client(device)
+        client.max_inflight_messages_set(1000)
+        client.on_publish = lambda c, u, mid, rc, props, k=k: acked.add((k, mid))
+        client.connect("127.0.0.1", mq.port)
+        client.loop_start()
+        clients.append(client)
     try:
         mids = []
         start = time.monotonic()
         started.set()
         for i in range(count):
             time.sleep(max(0.0, start + i / RATE - time.monotonic()))
-            device = f"dev{i % DEVICES}"
-            mids.append(client.publish(f"{prefix}/{device}", seed_payload(metric, device, ts0 + i, i), qos=1).mid)
+            k = i % DEVICES
+            info = clients[k].publish(device_topic(devices[k]), seed_payload(metric, f"dev{k}", ts0 + i, i), qos=1)
+            mids.append((k, info.mid))
         wait_for(lambda: acked.issuperset(mids), 60, "PUBACKs of every publish")
     finally:
-        client.disconnect()
-        client.loop_stop()
+        for client in clients:
+            client.disconnect()
+            client.loop_stop()
 
 
 def kafka_records(bootstrap: str, topic: str, want: set[bytes], timeout: float) -> list[tuple[bytes, float]]:
@@ -96,10 +103,11 @@ def kafka_records(bootstrap: str, topic: str, want: set[bytes], timeout: float) 
     return got
 
 
-def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, kafka, minio, elasticsearch):
+def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mqtt_users, kafka, minio, elasticsearch):
     run = new_run_id()
     t = Topics(f"{kafka.config.host}:{kafka.port}", run)
-    prefix, metric, group = f"t{run}/sensors", f"t.{run}.m", f"g{run}"
+    metric, group = f"t.{run}.m", f"g{run}"
+    devices = mqtt_users.devices(run, DEVICES)
     creds = minio.credentials("collector")  # the collectors' own user; the test reads as root
     (tmp_path / "ak").write_text(creds["access_key"])
     (tmp_path / "sk").write_text(creds["secret_key"])
@@ -110,8 +118,9 @@ def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, k
         return ["--landing-url", f"s3://{LANDING_BUCKET}/{landing_prefix}", "--s3-endpoint-url", minio.endpoint_url,
                 "--s3-access-key-file", str(tmp_path / "ak"), "--s3-secret-key-file", str(tmp_path / "sk"),
                 "--s3-ca-bundle", str(minio.ca_file),
-                "--state-dir", str(tmp_path / f"state-{name}"), "--mqtt-port", str(mosquitto.port),
-                "--mqtt-client-id", f"col-{run}-{name}", "--mqtt-topics", f"{prefix}/+", "--mqtt-shared-group", group,
+                "--state-dir", str(tmp_path / f"state-{name}"),
+                # Its own collector user (= client id), over TLS; $share/<group>/ before each device topic.
+                *mqtt_users.collector_args(f"col-{run}-{name}", devices), "--mqtt-shared-group", group,
                 "--kafka-bootstrap", t.bootstrap, "--kafka-topic", t.raw, "--kafka-deadletter-topic", t.dl,
                 "--metrics-port", "-1", "--heartbeat-interval", "0"]
 
@@ -126,13 +135,13 @@ def test_two_collectors_share_devices_kill_one_mid_minute(tmp_path, mosquitto, k
     es_client = elasticsearch.admin()  # checks and clean-up
     count = int(RATE * SECONDS)
     ts0 = int(time.time() * 1000)
-    payloads = {seed_payload(metric, f"dev{i % DEVICES}", ts0 + i, i) for i in range(count)}
-    want_ids = expected_ids(metric, ts0, count, devices=DEVICES)
+    payloads = {seed_payload(metric, f"dev{i % DEVICES}", ts0 + i, i) for i in range(count)}  # loc tag: dev<k>
+    want_ids = expected_ids(metric, ts0, count, devices=DEVICES, topic_devices=devices)
     procs = {name: start(name) for name in ("a", "b")}
     loader = spawn("collectors.stream", loader_args(cfg, metrics_port=-1), tmp_path / "loader.log")
     try:
         started = threading.Event()
-        publisher = threading.Thread(target=publish_steadily, args=(mosquitto.port, prefix, metric, ts0, count, started))
+        publisher = threading.Thread(target=publish_steadily, args=(mqtt_users, devices, metric, ts0, count, started))
         publisher.start()
         assert started.wait(30)
         time.sleep(KILL_AT)

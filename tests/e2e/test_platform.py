@@ -29,6 +29,7 @@ from stack.service import port_open
 from stack.services.collectors import MqttCollector
 from stack.services.elasticsearch import Elasticsearch
 from stack.services.minio import MinIO
+from stack.services.mosquitto import Mosquitto, device_topic
 
 # A loaded machine can take minutes per scheduled run; the three-minute wait has its own deadline.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -136,7 +137,7 @@ def test_browser_logs_in_and_sees_successful_scheduled_runs(three_minutes, platf
 
 def _count_published(stack_config, stop: threading.Event, counts: dict, ready: threading.Event) -> None:
     """Count what the simulator publishes: distinct (device, type, timestamp) per minute."""
-    import paho.mqtt.client as mqtt
+    from mqtt_helpers import MqttUsers
 
     seen: set = set()
 
@@ -149,15 +150,21 @@ def _count_published(stack_config, stop: threading.Event, counts: dict, ready: t
                 minute = datetime.fromtimestamp(int(reading["timestamp"]) // 60 * 60, timezone.utc)
                 counts[minute] = counts.get(minute, 0) + 1
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sluice-test-counter-{os.getpid()}")
+    # Only collector users may read sensor topics: the counter is one, for this test only.
+    broker = Mosquitto(stack_config)
+    mq = MqttUsers(broker, stack_config.runtime)
+    name = f"sluice-test-counter-{os.getpid()}"
+    mq.collector(name)
+    client = mq.client(name)
     client.on_message = on_message
     client.on_subscribe = lambda *a: ready.set()
-    client.on_connect = lambda c, *a: c.subscribe("sluice/sensors/+", qos=1)
-    client.connect(stack_config.host, stack_config.ports["mosquitto"])
+    client.on_connect = lambda c, *a: c.subscribe(device_topic("+"), qos=1)
+    client.connect(stack_config.host, mq.port)
     client.loop_start()
     stop.wait()
     client.loop_stop()
     client.disconnect()
+    mq.close()
 
 
 def test_sigkilled_collector_is_restarted_and_its_minute_files_reach_the_full_count(platform, stack_config, landing):

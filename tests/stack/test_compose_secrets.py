@@ -77,7 +77,8 @@ def test_a_generated_folder_passes_the_check(tmp_path):
 @pytest.mark.parametrize("name, value, why", [
     ("elastic_password", "change-me-elastic", "change-me placeholder"),
     ("minio_root_password", "CHANGEME-minio-1234567890", "change-me placeholder"),
-    ("mqtt_password", "", "is empty"),
+    ("mqtt_collector_password", "", "is empty"),
+    ("mqtt_devices", "room-0000 no-colon-here-at-all-000", "line 1 is not device:password"),
     ("redis_password", "short", "at least 16"),
     ("kibana_encryption_key", "x" * 31, "at least 32"),
     ("airflow_fernet_key", "y" * 44, "not a Fernet key"),

@@ -36,7 +36,7 @@ def test_config_rejects_bad_and_clashing_ports():
 
 
 def test_up_status_down_of_a_private_broker(private_config):
-    port = private_config.ports["mosquitto"]
+    port = private_config.ports["mosquitto_tls"]  # its one listener (plaintext is off)
     assert [s.state for s in api.status(private_config, ["mosquitto"])] == [State.STOPPED]
     started = api.ensure(private_config, ["mosquitto"])
     try:
@@ -63,7 +63,7 @@ def test_port_taken_names_service_and_port_and_rolls_back(private_config):
         # Mosquitto, started by the same call, was stopped again.
         (st,) = api.status(private_config, ["mosquitto"])
         assert st.state is State.STOPPED
-        assert not port_open("127.0.0.1", private_config.ports["mosquitto"])
+        assert not port_open("127.0.0.1", private_config.ports["mosquitto_tls"])
         # status tells a foreign process on our port apart from "ours, running".
         (minio,) = api.status(private_config, ["minio"])
         assert minio.state is State.STOPPED and "in use by another process" in minio.detail
