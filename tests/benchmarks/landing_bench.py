@@ -44,7 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from collectors.journal import MinuteStore, encode_record  # noqa: E402
+from collectors.journal import MinuteStore  # noqa: E402
 from collectors.mqtt import OpenMinutes, journal_message, sensor_splitter  # noqa: E402
 from include.landing import LandingZone  # noqa: E402
 from include.contract import manifest_key, parse_key, timestamp_text  # noqa: E402
@@ -161,7 +161,9 @@ def run_load(landing: LandingZone, state_dir: Path, *, devices: int, seconds: fl
             result.sent += 3 * devices
             journal_second(store, minutes, second, fleet)
             store.flush()
-            if time.time() >= next_close + close_delay:
+            # Close on the generator's own clock: when the generator (the devices) falls behind
+            # on a busy machine, its readings must not turn into late readings of a closed minute.
+            if second >= next_close + close_delay:
                 # Kept up: the minute closed a minute ago has landed whole before the next one closes.
                 before_close.append(store.spool.depth())
                 closing = results[next_close - 60]
@@ -218,27 +220,28 @@ def bare_put_seconds(client, bucket: str, key: str, data: bytes) -> float:
 
 
 def handler_rate(messages: int = 20000) -> float:
-    """Messages/s of the MQTT handler's own work: parse the seed payload, encode, journal (no network)."""
+    """Messages/s of the MQTT handler's own work: parse the seed payload, build rows, journal them (no network)."""
     import orjson
 
-    from collectors.journal import Journal
     from include.sensors import csv_row, parse_payload
 
     with tempfile.TemporaryDirectory() as tmp:
-        journal = Journal(Path(tmp), fsync_interval=1.0)
+        minutes = OpenMinutes("bench")
+        store = MinuteStore(Path(tmp), None, sensor_splitter("bench"), fsync_interval=1.0, memo=minutes)
         now = time.time()
-        payloads = [orjson.dumps([{"metric": "mqtt.home.sensor", "timestamp": int(now * 1000) + i, "value": 20.5,
+        payloads = [orjson.dumps([{"metric": METRIC, "timestamp": int(now * 1000) + i, "value": 20.5,
                                    "tags": {"type": k, "loc": f"dev{i % 5000:05d}"}} for k in KINDS])
                     for i in range(messages)]
         t0 = time.perf_counter()
         for i, payload in enumerate(payloads):
             parsed = parse_payload(payload, now)
-            journal.append("sensor.0.jrnl", b"".join(encode_record(csv_row(f"dev{i % 5000:05d}", r))
-                                                     for r in parsed.readings))
-            journal.append("tally.0.jrnl", b"[]\n")
+            device = f"dev{i % 5000:05d}"
+            rows = [csv_row(device, r) for r in parsed.readings]
+            minute = int(parsed.readings[0].epoch // 60 * 60)
+            journal_message(store, minutes, [(minute, rows)], int(now // 60 * 60), [], None)
             if i % 100 == 0:
-                journal.flush()
-        journal.flush()
+                store.flush()
+        store.flush()
         return messages / (time.perf_counter() - t0)
 
 
