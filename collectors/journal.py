@@ -289,6 +289,11 @@ class Journal:
     def closing_paths(self) -> list[Path]:
         return sorted(self.directory / n for n in os.listdir(self.directory) if n.endswith(CLOSING_SUFFIX))
 
+    def seal(self, name: str) -> Path | None:
+        """Flush ``name``, close it and rename it aside; return the sealed path (None if empty)."""
+        sealed, _ = self.seal_all([name])
+        return sealed[0] if sealed else None
+
     def seal_all(self, names: Iterable[str], *, take: Callable[[], Any] | None = None) -> tuple[list[Path], Any]:
         """Flush ``names``, close them and rename them aside, all under one lock; return (sealed paths, ``take()``).
 

@@ -235,7 +235,9 @@ def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mosquitto, 
     for batch in range(2):
         proc = spawn("collectors.mqtt", args, tmp_path / "collector.log")
         try:
-            time.sleep(1.5 if batch == 0 else 1.0)
+            # Publish only once this run subscribed: the first run's new session drops what comes before.
+            wait_for(lambda: (tmp_path / "collector.log").read_text().count("subscribed to") > batch, 30,
+                     "the subscription")
             publish(mosquitto.port, f"t{run}/sensors", 30, start=batch * 30, ts0=ts0)
             wait_for(lambda: journalled_rows(tmp_path / "state") >= 90, 15, "readings journalled")
         finally:
