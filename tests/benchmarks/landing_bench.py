@@ -11,8 +11,10 @@ closed minute:
 
 * rows landed (from the manifest) against rows sent,
 * close: seconds the minute's close took (seal, build the file, spool it),
-* lateness: seconds from the minute's end to its manifest landing (the close
-  itself waits ``close_delay`` = 2 s for late readings),
+* lateness: seconds from the minute's end (when the generator had sent its last
+  reading: the wall-clock end, unless the generator fell behind) to its
+  manifest landing (the close itself waits ``close_delay`` = 2 s for late
+  readings),
 * landing throughput: device-rows / (manifest landed - minute closed),
 * the deepest the spool got, and whether each minute closed from memory.
 
@@ -60,6 +62,8 @@ METRIC = "mqtt.home.sensor"
 class MinuteResult:
     minute: int
     sent: int = 0
+    #: Wall-clock time the generator had sent the minute's last reading (its end, when on time).
+    ended_at: float = 0.0
     closed_at: float = 0.0
     #: Seconds the close_minutes call that closed this minute took.
     close_seconds: float = 0.0
@@ -72,7 +76,8 @@ class MinuteResult:
 
     @property
     def lateness(self) -> float:
-        return self.landed_at - (self.minute + 60)
+        """Seconds from the minute's end (its last reading sent) to its manifest landing."""
+        return self.landed_at - self.ended_at
 
     @property
     def rows_per_s(self) -> float:
@@ -156,6 +161,8 @@ def run_load(landing: LandingZone, state_dir: Path, *, devices: int, seconds: fl
             elif delay < -1:
                 behind += 1
             minute = second // 60 * 60
+            if second % 60 == 0 and minute - 60 in results:
+                results[minute - 60].ended_at = time.time()
             result = results[minute]
             result.minute = minute
             result.sent += 3 * devices
@@ -180,6 +187,7 @@ def run_load(landing: LandingZone, state_dir: Path, *, devices: int, seconds: fl
         before_close.append(store.spool.depth())
         last = time.time()
         for minute in sorted(results):
+            results[minute].ended_at = results[minute].ended_at or last
             if not results[minute].closed_at:
                 results[minute].closed_at = last
         store.close_minutes(None)
