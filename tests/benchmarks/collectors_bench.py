@@ -328,24 +328,30 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
     print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
     sent: dict = {}
     publisher = threading.Thread(target=lambda: sent.update(offer_load(plan("c"), publishers)), daemon=True)
-    cpu0 = psutil.Process(collector.pid).cpu_times()
-    publisher.start()
-    first = last = None
-    deadline = time.monotonic() + seconds + 600
-    while time.monotonic() < deadline:
-        got = metric(port, "sluice_collector_readings_received_total")
-        delivered = metric(port, "sluice_collector_kafka_delivered_total")
-        now = time.monotonic()
-        if got and first is None:
-            first = now
-        if sent and got >= sent["readings"] and delivered >= sent["messages"]:
-            last = now
-            break
-        time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
-    cpu1 = psutil.Process(collector.pid).cpu_times()
-    rss = peak_rss_mb(collector.pid)
-    collector.send_signal(signal.SIGTERM)
-    collector.wait(180)
+    try:
+        cpu0 = psutil.Process(collector.pid).cpu_times()
+        publisher.start()
+        first = last = None
+        deadline = time.monotonic() + seconds + 600
+        while time.monotonic() < deadline:
+            try:
+                got = metric(port, "sluice_collector_readings_received_total")
+                delivered = metric(port, "sluice_collector_kafka_delivered_total")
+            except OSError:  # a starved collector answers its scrape late: ask again
+                continue
+            now = time.monotonic()
+            if got and first is None:
+                first = now
+            if sent and got >= sent["readings"] and delivered >= sent["messages"]:
+                last = now
+                break
+            time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+        cpu1 = psutil.Process(collector.pid).cpu_times()
+        rss = peak_rss_mb(collector.pid)
+    finally:
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(180)
+    publisher.join(60)
     col_s = (last or time.monotonic()) - (first or time.monotonic())
     after = bare("r2")
     rows, distinct = reading_ids(tmp / "landing")
