@@ -332,6 +332,7 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
         cpu0 = psutil.Process(collector.pid).cpu_times()
         publisher.start()
         first = last = None
+        seen = 0.0
         deadline = time.monotonic() + seconds + 600
         while time.monotonic() < deadline:
             try:
@@ -342,8 +343,12 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
             now = time.monotonic()
             if got and first is None:
                 first = now
-            if sent and got >= sent["readings"] and delivered >= sent["messages"]:
-                last = now
+            if got > seen:
+                seen, last = got, now
+            # The counter counts redeliveries too (after a reconnect the broker sends the
+            # unacknowledged messages again), so reaching the count is not the end: wait
+            # until nothing more comes for 3 s. The files then show what was received.
+            if sent and got >= sent["readings"] and delivered >= sent["messages"] and now - last >= 3:
                 break
             time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
         cpu1 = psutil.Process(collector.pid).cpu_times()
