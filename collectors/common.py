@@ -348,11 +348,12 @@ def secure_client(client, *, user: str, password: str, tls: bool, ca_file: str) 
         client.tls_set(ca_certs=ca_file or None)
 
 
-def start_minute_store(config: CommonConfig, collector: str, splitter, *, landing=None, clock: Clock):
+def start_minute_store(config: CommonConfig, collector: str, splitter, *, landing=None, clock: Clock, memo=None):
     """A collector's journal and spool (``MinuteStore``), its /metrics + /healthz endpoint and health.
 
     Built from the options every collector shares; ``landing`` defaults to the
-    configured landing zone. Returns ``(store, metrics, metrics_port)``; the
+    configured landing zone; ``memo`` is the collector's
+    :class:`collectors.journal.MinuteMemo`, if it keeps one. Returns ``(store, metrics, metrics_port)``; the
     store is not started yet. ``metrics.health`` is the collector's
     :class:`collectors.health.Health` (the lander is watched once started).
     """
@@ -363,7 +364,7 @@ def start_minute_store(config: CommonConfig, collector: str, splitter, *, landin
         config.state_path, landing if landing is not None else open_store(config), splitter,
         fsync_interval=config.fsync_interval, retry_initial=config.retry_initial, retry_max=config.retry_max,
         wall_clock=clock.time, wait=clock.wait,
-        journal_max_bytes=config.journal_max_bytes, spool_max_bytes=config.spool_max_bytes,
+        journal_max_bytes=config.journal_max_bytes, spool_max_bytes=config.spool_max_bytes, memo=memo,
     )
     metrics = CollectorMetrics(collector, store, clock)
     metrics.health = Health(idle_after_s=config.health_idle_after)

@@ -28,7 +28,11 @@ becomes one file for this collector instance (the *writer*, named by its
 client id), ``raw/sensor/…/minute=MM/{client_id}.csv``, holding the rows of
 every device (the dead letters go to ``deadletter/sensor/…/{client_id}.jsonl``
 and then the minute's manifest to ``manifests/sensor/…/{client_id}.json``),
-which land through the spool, merged with whatever is already there.
+which land through the spool, merged with whatever is already there. Beside
+the journal the collector keeps each open minute's rows as CSV lines
+(:class:`OpenMinutes`), so closing a minute of 5,000 devices is a sort and a
+join rather than decoding 900,000 journal records; the journal remains what a
+restart lands from (collectors/journal.py).
 
 The message handler is total: whatever a payload holds, it becomes readings
 or a dead letter with its reason, and an unexpected exception becomes a dead
@@ -47,13 +51,16 @@ names the cap.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import operator
 import re
 import threading
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from functools import partial
 
 import orjson
 from prometheus_client import Gauge
@@ -73,7 +80,7 @@ from include.schemas import SENSOR, SENSOR_SCHEMA
 from include.sensors import (
     SENSOR_TOPIC_PREFIX, DeviceError, Limits, Parsed, Reject, csv_row, device_from_topic, parse_payload,
 )
-from include.spool import DEADLETTER, canonical_file, manifest_entry
+from include.spool import DEADLETTER, canonical_file, canonical_sensor_fields, manifest_entry
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,12 @@ _SHARE_GROUP = re.compile(r"[^/+#\x00-\x20\x7f]{1,128}")
 _DEVICE_COLUMN = SENSOR_SCHEMA.names.index("device")
 #: The tally record of a payload without rejects (most of them).
 _NO_REJECTS = orjson.dumps([]) + b"\n"
+#: Tag texts :class:`OpenMinutes` remembers as canonical (some 3 per device), at most.
+_CANONICAL_TAGS_KEPT = 200_000
+#: The sensor CSV header, as every minute file starts.
+_HEADER = (",".join(SENSOR_SCHEMA.names) + "\n").encode()
+#: A row's identity within one (timestamp, device): metric and tags (include.contract.row_identity).
+_METRIC_TAGS = operator.itemgetter(SENSOR_SCHEMA.names.index("metric"), SENSOR_SCHEMA.names.index("tags"))
 
 
 @dataclass(frozen=True)
@@ -182,34 +195,47 @@ def sensor_splitter(writer: str):
     """
 
     def split(minute: int, streams: dict[str, bytes]) -> list[tuple[str, str, bytes]]:
-        at = datetime.fromtimestamp(minute, timezone.utc)
-        data_key = minute_key(SENSOR, at, writer)
-        entries = []
         rows, bad = decode_rows(streams.get(SENSOR, b""), _WIDTH, device_column=_DEVICE_COLUMN)
-        per_device: dict[str, int] = {}
-        if rows:
-            body, per_device = canonical_file(SENSOR_SCHEMA, rows)
-            entries.append((data_key, SENSOR, body))
+        body, per_device = canonical_file(SENSOR_SCHEMA, rows) if rows else (None, Counter())
         letters = streams.get(DEADLETTER, b"")
         for lineno, reason, raw in bad:
             letters += payload_deadletter_line(topic=f"journal:{SENSOR}.{minute} line {lineno}", payload=raw,
                                                received=minute, reason=reason, codes=[INTERNAL], accepted_readings=0)
-        if letters.strip():
-            entries.append((payload_deadletter_key(at, writer), DEADLETTER, letters))
         tally = streams.get(TALLY)
-        if rows or bad or tally is not None:
-            received, codes = _count_tally(tally or b"")
-            if bad:
-                codes[INTERNAL] += len(bad)
-            entries.append(manifest_entry(SENSOR, writer, minute, data_key, SENSOR, received=received,
-                                          deadletters=dict(codes), rows=dict(per_device)))
-        return entries
+        received, codes = _count_tally(tally or b"")
+        if bad:
+            codes[INTERNAL] += len(bad)
+        return minute_entries(writer, minute, body, per_device, letters, received, codes,
+                              manifest=bool(rows or bad or tally is not None))
 
     return split
 
 
+def minute_entries(writer: str, minute: int, body: bytes | None, per_device: Counter, letters: bytes,
+                   received: int, codes: Counter, *, manifest: bool) -> list[tuple[str, str, bytes]]:
+    """A closed minute's spool entries, in landing order: its file, its dead letters, its manifest.
+
+    One builder for both ways a minute closes (from the journal, from
+    :class:`OpenMinutes`), so the two give the same bytes.
+    """
+    at = datetime.fromtimestamp(minute, timezone.utc)
+    data_key = minute_key(SENSOR, at, writer)
+    entries = []
+    if body is not None:
+        entries.append((data_key, SENSOR, body))
+    if letters.strip():
+        entries.append((payload_deadletter_key(at, writer), DEADLETTER, letters))
+    if manifest:
+        entries.append(manifest_entry(SENSOR, writer, minute, data_key, SENSOR, received=received,
+                                      deadletters=dict(sorted(codes.items())), rows=dict(sorted(per_device.items()))))
+    return entries
+
+
 def _count_tally(data: bytes) -> tuple[int, Counter]:
     """(payloads, dead letters per reason code) of a tally journal; a torn line counts as one payload."""
+    clean = data.count(_NO_REJECTS)
+    if clean * len(_NO_REJECTS) == len(data):  # the usual minute: no payload had a reject
+        return clean, Counter()
     received, codes = 0, Counter()
     for line in data.split(b"\n"):
         if not line.strip():
@@ -220,6 +246,157 @@ def _count_tally(data: bytes) -> tuple[int, Counter]:
         except (orjson.JSONDecodeError, TypeError):
             continue
     return received, codes
+
+
+@dataclass(slots=True)
+class _OpenMinute:
+    """One open minute of :class:`OpenMinutes`: the records of its journal files, in the minute file's form."""
+
+    #: (b"timestamp,device", the CSV lines of that timestamp and device), in journal order.
+    groups: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Rows per device, over ``groups``.
+    devices: Counter = field(default_factory=Counter)
+    #: Distinct timestamp and tag texts, to check they are the contract's canonical forms.
+    timestamps: set = field(default_factory=set)
+    tagsets: set = field(default_factory=set)
+    #: The tally: payloads received in this minute and their reject codes; their dead-letter lines.
+    received: int = 0
+    codes: Counter = field(default_factory=Counter)
+    letters: list = field(default_factory=list)
+
+
+class OpenMinutes:
+    """The collector's open minutes as CSV lines, kept beside the journal (a :class:`collectors.journal.MinuteMemo`).
+
+    :func:`journal_message` updates it under the journal's lock with exactly
+    the records it journals. Rows are kept as already-encoded CSV lines, one
+    bytes per (timestamp, device) of a message, so a minute of 5,000 devices
+    (300,000 messages, 900,000 rows) is some 110 MB in memory and its close is
+    a stable sort of 300,000 short keys and a join. :meth:`entries` gives the
+    bytes the journal split gives (the property test in
+    tests/collectors/test_open_minutes.py holds the two side by side); where it
+    cannot (a timestamp or tag text not in canonical form, a failed update),
+    it declines and the minute is split from the journal.
+    """
+
+    def __init__(self, writer: str) -> None:
+        self.writer = writer
+        self._minutes: dict[int, _OpenMinute] = {}
+        self._broken: set[int] = set()
+        #: Tag texts already found canonical: devices send the same tags minute after minute, and
+        #: checking 15,000 of them (5,000 devices) cost 2.5 s a close. Only :meth:`entries` uses it.
+        self._canonical_tags: set[str] = set()
+
+    def add(self, rows_by_minute: list[tuple[int, list[list[str]]]], receive_minute: int, codes: list[str],
+            letter: bytes | None) -> None:
+        """One message's records as journalled: its rows per minute (checked safe), its tally, its dead letter.
+
+        Never raises: a failure marks the minutes touched, which then close
+        from the journal.
+        """
+        try:
+            minutes = self._minutes
+            for minute, rows in rows_by_minute:
+                m = minutes.get(minute) or minutes.setdefault(minute, _OpenMinute())
+                self._add_rows(m, rows)
+            m = minutes.get(receive_minute) or minutes.setdefault(receive_minute, _OpenMinute())
+            m.received += 1
+            if codes:
+                m.codes.update(codes)
+            if letter is not None:
+                m.letters.append(letter)
+        except Exception:
+            log.exception("keeping a message in memory failed; its minutes close from the journal")
+            self._broken.update([minute for minute, _ in rows_by_minute] + [receive_minute])
+
+    @staticmethod
+    def _add_rows(m: _OpenMinute, rows: list[list[str]]) -> None:
+        first = rows[0]
+        if all(r[0] == first[0] and r[1] == first[1] for r in rows):  # the usual message: one timestamp, one device
+            groups = [rows]
+        else:
+            by_key: dict[tuple[str, str], list[list[str]]] = {}
+            for r in rows:
+                by_key.setdefault((r[0], r[1]), []).append(r)
+            groups = list(by_key.values())
+        for group in groups:
+            if len(group) > 1:
+                group = _first_of_each_identity(group)
+            ts, device = group[0][0], group[0][1]
+            m.groups.append(((ts + "," + device).encode(), "".join([",".join(r) + "\n" for r in group]).encode()))
+            m.devices[device] += len(group)
+            m.timestamps.add(ts)
+            m.tagsets.update([r[4] for r in group])
+
+    def take(self, minute: int) -> _OpenMinute | None:
+        broken = minute in self._broken
+        self._broken.discard(minute)
+        held = self._minutes.pop(minute, None)
+        return None if broken else held
+
+    def entries(self, minute: int, taken: _OpenMinute) -> list[tuple[str, str, bytes]] | None:
+        """The minute's spool entries, byte for byte what :func:`sensor_splitter` makes of its journal."""
+        new_tags = taken.tagsets - self._canonical_tags
+        if not canonical_sensor_fields(taken.timestamps, new_tags):
+            return None  # identities would need the contract's normalising: the journal split does that
+        if len(self._canonical_tags) + len(new_tags) > _CANONICAL_TAGS_KEPT:
+            self._canonical_tags.clear()
+        self._canonical_tags |= new_tags
+        groups, devices = taken.groups, taken.devices
+        # The file's order is (timestamp, device, metric, tags): the groups are sorted by
+        # b"timestamp,device", which orders as the pair does (a canonical timestamp ends in
+        # its only "Z", so it is never a prefix of another), and each group's lines by
+        # (metric, tags). Stable, so of repeated identities the first journalled stays first.
+        groups.sort(key=operator.itemgetter(0))
+        keys = list(map(operator.itemgetter(0), groups))
+        if any(map(operator.eq, keys, itertools.islice(keys, 1, None))):  # a device sent a timestamp twice
+            groups, devices = _merge_repeats(groups)
+        body = _HEADER + b"".join(map(operator.itemgetter(1), groups)) if groups else None
+        return minute_entries(self.writer, minute, body, devices, b"".join(taken.letters), taken.received,
+                              taken.codes, manifest=bool(groups or taken.received))
+
+
+def _first_of_each_identity(rows: list[list[str]]) -> list[list[str]]:
+    """Rows of one (timestamp, device) sorted by (metric, tags), the first row of each identity only."""
+    rows = sorted(rows, key=_METRIC_TAGS)  # stable: the first journalled of equal identities stays first
+    kept = [rows[0]]
+    for r in rows[1:]:
+        if _METRIC_TAGS(r) != _METRIC_TAGS(kept[-1]):
+            kept.append(r)
+    return kept
+
+
+def _merge_repeats(groups: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], Counter]:
+    """Sorted groups with each repeated (timestamp, device) merged into one, and the rows per device again."""
+    merged: list[tuple[bytes, bytes]] = []
+    devices: Counter = Counter()
+    for key, run in itertools.groupby(groups, key=operator.itemgetter(0)):
+        run = list(run)
+        if len(run) == 1:
+            lines = run[0][1]
+            rows = lines.count(b"\n")
+        else:
+            kept = _first_of_each_identity([line.split(",") for _, lines in run for line in lines.decode().splitlines()])
+            lines = "".join([",".join(r) + "\n" for r in kept]).encode()
+            rows = len(kept)
+        merged.append((key, lines))
+        devices[key.split(b",", 1)[1].decode()] += rows
+    return merged, devices
+
+
+def journal_message(store: MinuteStore, minutes: OpenMinutes, rows_by_minute: list[tuple[int, list[list[str]]]],
+                    receive_minute: int, codes: list[str], letter: bytes | None) -> int:
+    """Journal one message (its rows per minute, its dead letter, its tally) and keep it in ``minutes``.
+
+    Returns the journal sequence number its acknowledgement waits for. The
+    rows must have passed :func:`collectors.journal.rows_safe` /
+    :func:`row_problem` (no field needs CSV quoting).
+    """
+    records = [(SENSOR, minute, b"".join([encode_record(row) for row in rows])) for minute, rows in rows_by_minute]
+    if letter is not None:
+        records.append((DEADLETTER, receive_minute, letter))
+    records.append((TALLY, receive_minute, orjson.dumps(codes) + b"\n" if codes else _NO_REJECTS))
+    return store.append_many(records, then=partial(minutes.add, rows_by_minute, receive_minute, codes, letter))
 
 
 class MqttCollector:
@@ -241,6 +418,7 @@ class MqttCollector:
         self._client_factory = mqtt_client_factory
         self.limits = config.limits
         self.store: MinuteStore | None = None
+        self.minutes = OpenMinutes(config.mqtt_client_id)
         self.metrics: CollectorMetrics | None = None
         self.bridge = None
         self.client = None
@@ -273,7 +451,7 @@ class MqttCollector:
     def _start(self) -> None:
         c = self.config
         self.store, self.metrics, self.metrics_port = start_minute_store(
-            c, "mqtt", sensor_splitter(c.mqtt_client_id), landing=self._landing, clock=self.clock
+            c, "mqtt", sensor_splitter(c.mqtt_client_id), landing=self._landing, clock=self.clock, memo=self.minutes
         )
         health = self.metrics.health
         recovered = self.store.start()
@@ -461,9 +639,9 @@ class MqttCollector:
             parsed = parse_payload(payload, received, self.limits)
         except DeviceError as exc:
             device, parsed = "", Parsed(rejects=[Reject("bad_device", str(exc))])
-        # The hot path: each row is built and encoded once, the whole message is checked with
-        # one regex pass, and its journal records go in under one lock (profiled: docs/collectors.md).
-        records: list[tuple[str, int, bytes]] = []
+        # The hot path: each row is built once, the whole message is checked with one regex
+        # pass, and its journal records go in under one lock (profiled: docs/collectors.md).
+        rows_by_minute: list[tuple[int, list[list[str]]]] = []
         if parsed.readings:
             rows = [csv_row(device, reading) for reading in parsed.readings]
             if not rows_safe(rows):
@@ -472,22 +650,21 @@ class MqttCollector:
             if readings:
                 minute = int(readings[0].epoch // 60 * 60)
                 if all(int(r.epoch // 60 * 60) == minute for r in readings):  # the usual case: one minute
-                    records.append((SENSOR, minute, b"".join([encode_record(row) for row in rows])))
+                    rows_by_minute.append((minute, rows))
                 else:
-                    by_minute: dict[int, list[bytes]] = defaultdict(list)
+                    by_minute: dict[int, list[list[str]]] = defaultdict(list)
                     for reading, row in zip(readings, rows, strict=True):
-                        by_minute[int(reading.epoch // 60 * 60)].append(encode_record(row))
-                    records += [(SENSOR, m, b"".join(lines)) for m, lines in by_minute.items()]
+                        by_minute[int(reading.epoch // 60 * 60)].append(row)
+                    rows_by_minute += by_minute.items()
                 self.metrics.readings.inc(len(readings))
         receive_minute = int(received // 60 * 60)
+        letter = None
         if parsed.rejects:
-            records.append((DEADLETTER, receive_minute, self._deadletter_line(msg.topic, payload, received, parsed)))
+            letter = self._deadletter_line(msg.topic, payload, received, parsed)
             for reject in parsed.rejects:
                 self.metrics.deadletters.labels(reject.code).inc()
-            records.append((TALLY, receive_minute, orjson.dumps([r.code for r in parsed.rejects]) + b"\n"))
-        else:
-            records.append((TALLY, receive_minute, _NO_REJECTS))
-        seq = self.store.append_many(records)
+        seq = journal_message(self.store, self.minutes, rows_by_minute, receive_minute,
+                              [r.code for r in parsed.rejects], letter)
         self._forward(msg, device, received, parsed, seq, gen)
 
     @staticmethod
@@ -541,8 +718,8 @@ class MqttCollector:
         parsed = Parsed(rejects=[Reject(INTERNAL, reason)])
         receive_minute = int(received // 60 * 60)
         try:
-            self.store.append(DEADLETTER, receive_minute, self._deadletter_line(msg.topic, msg.payload, received, parsed))
-            seq = self.store.append(TALLY, receive_minute, orjson.dumps([INTERNAL]) + b"\n")
+            seq = journal_message(self.store, self.minutes, [], receive_minute, [INTERNAL],
+                                  self._deadletter_line(msg.topic, msg.payload, received, parsed))
         except Exception:  # the journal itself failed: leave the message unacknowledged, the broker redelivers it
             log.exception("could not journal the dead letter of %r; it stays unacknowledged", msg.topic)
             return

@@ -161,7 +161,12 @@ _SENSOR_KEY = operator.itemgetter(_TS, _DEVICE, _METRIC, _TAGS)
 
 
 def _canonical_sensor_rows(rows: list[list[str]]) -> bool:
-    """Whether every row's timestamp and tags are already in the contract's form.
+    """Whether every row's timestamp and tags are already in the contract's form (see below)."""
+    return canonical_sensor_fields(set(map(operator.itemgetter(_TS), rows)), set(map(operator.itemgetter(_TAGS), rows)))
+
+
+def canonical_sensor_fields(timestamps: Iterable[str], tagsets: Iterable[str]) -> bool:
+    """Whether each distinct timestamp and tag text of some sensor rows is already in the contract's form.
 
     Then :func:`include.contract.row_identity` of a row is its own
     (timestamp, device, metric, tags): the identity normalises only those two
@@ -176,10 +181,10 @@ def _canonical_sensor_rows(rows: list[list[str]]) -> bool:
         row[index] = text
         return row
 
-    for ts in set(map(operator.itemgetter(_TS), rows)):
+    for ts in timestamps:
         if row_identity(SENSOR, with_field(_TS, ts)).timestamp != ts:
             return False
-    for tags in set(map(operator.itemgetter(_TAGS), rows)):
+    for tags in tagsets:
         if row_identity(SENSOR, with_field(_TAGS, tags)).tags != tags:
             return False
     return True

@@ -1,12 +1,19 @@
 """One collector, 5,000 devices at 1 message/s (3 readings each), landing into the real MinIO.
 
 Drives the collector's landing path in real time (tests/benchmarks/landing_bench.py
-explains what runs) for 150 s: two or three minute files, one per minute for
-this writer. Asserts correctness only: every minute lands with exactly the
-rows sent, every device in the one file, and the spool stays flat (a minute's
-entries are gone before the next minute closes). Lateness and throughput are
-printed, not asserted: they are figures of this machine (the benchmark
-prints them beside their reference).
+explains what runs; each message is journalled by the MQTT handler's own
+``journal_message``) for 300 s (the issue's 5 minutes): five or six minute files, one per minute for this
+writer. The issue's "every minute lands within 10 s of its close, and the
+spool stays flat" is asserted as what it means without a clock:
+
+* every minute lands with exactly the rows sent, every device in the one file;
+* each minute closes from memory (a sort and a join), not by decoding its journal;
+* when a minute closes, the spool is empty: the minute before landed whole, file
+  and manifest, within the minute between two closes, so the spool never holds
+  more than one minute (its file and its manifest).
+
+Lateness, close seconds and throughput are printed, not asserted: they are figures
+of this machine (the benchmark prints them beside their references).
 """
 
 from __future__ import annotations
@@ -30,12 +37,12 @@ pytestmark = pytest.mark.integration
 DEVICES = 5000
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_one_collector_lands_5000_devices_every_minute_and_the_spool_stays_flat(tmp_path, minio, capsys):
     run = new_run_id()
     # Root's client: run_load reads each minute's manifest back to time it (the collector user cannot read).
     landing = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
-    result = run_load(landing, tmp_path / "state", devices=DEVICES, seconds=150, writer=f"col-{run}",
+    result = run_load(landing, tmp_path / "state", devices=DEVICES, seconds=300, writer=f"col-{run}",
                       progress=lambda line: None)
     with capsys.disabled():
         print()
@@ -50,9 +57,13 @@ def test_one_collector_lands_5000_devices_every_minute_and_the_spool_stays_flat(
     key = minute_key(SENSOR, datetime.fromtimestamp(full.minute, timezone.utc), f"col-{run}")
     rows = parse_csv(SENSOR_SCHEMA, landing.get(key))
     assert len({(r[0], r[1], r[2], r[4]) for r in rows}) == len(rows) == full.sent
-    # Flat: at most one minute's entries (its file and its manifest) ever waited in the spool.
-    # Flat: never more than two minutes in the spool at once (each minute is its file and its
-    # manifest, and the test's own last close can queue a minute while the one before still lands).
-    assert result.max_spool_depth <= 4, result.max_spool_depth
+    # Kept up: every minute closed from memory, and each close found the spool empty (the
+    # minute before had landed), so the spool never held more than one minute's file + manifest.
+    assert (result.closed_from_memo, result.closed_from_journal) == (len(result.minutes), 0)
+    assert len(result.depth_before_close) >= 3
+    assert result.depth_before_close == [0] * len(result.depth_before_close), (
+        f"spool depth before each close {result.depth_before_close}: a minute had not landed when the next closed "
+        f"(the generator fell behind by {result.behind_seconds} s: the machine may be short of CPU)")
+    assert result.max_spool_depth <= 2, result.max_spool_depth
     assert [info.key for info in landing.list("raw/sensor/")] == sorted(
         minute_key(SENSOR, datetime.fromtimestamp(m.minute, timezone.utc), f"col-{run}") for m in result.minutes)
