@@ -120,7 +120,26 @@ SECRETS: tuple[ComposeSecret, ...] = (
     ComposeSecret("kibana_system_password", "Kibana's own user kibana_system"),
     ComposeSecret("kibana_encryption_key", "Kibana's saved-objects encryption key", min_length=32),
     ComposeSecret("grafana_admin_password", "Grafana's admin (GRAFANA_ADMIN_USER in .env)"),
+    # Kafka (SASL_SSL/SCRAM-SHA-512): the brokers' admin and one user per program (KAFKA_SECRETS below).
+    ComposeSecret("kafka_admin_password", "Kafka's admin sluice-admin (the brokers' principal, kafka-init)"),
+    ComposeSecret("kafka_mqtt_collector_password", "Kafka's user sluice-mqtt-collector (collector-mqtt)"),
+    ComposeSecret("kafka_host_collector_password", "Kafka's user sluice-host-collector (collector-host)"),
+    ComposeSecret("kafka_stream_loader_password", "Kafka's user sluice-stream-loader (stream-loader)"),
+    ComposeSecret("kafka_lag_password", "Kafka's user sluice-lag (Airflow's connection kafka_lag)"),
+    ComposeSecret("kafka_airflow_password", "Kafka's user sluice-airflow (Airflow's connection kafka_default)"),
 )
+
+#: Kafka user -> the compose secret holding its password. Literal because secrets-check's image has
+#: stack/ only (include/kafka.py needs orjson); tests/stack/test_compose_secrets.py checks that the
+#: users are exactly include.kafka's ADMIN_USER and ROLES.
+KAFKA_SECRETS: dict[str, str] = {
+    "sluice-admin": "kafka_admin_password",
+    "sluice-mqtt-collector": "kafka_mqtt_collector_password",
+    "sluice-host-collector": "kafka_host_collector_password",
+    "sluice-stream-loader": "kafka_stream_loader_password",
+    "sluice-lag": "kafka_lag_password",
+    "sluice-airflow": "kafka_airflow_password",
+}
 
 #: Variables of .env the check also reads (passed to it by docker-compose.yaml); none are secret.
 CHECKED_ENV = ("MINIO_ROOT_USER", "GRAFANA_ADMIN_USER", "AIRFLOW_ADMIN_USER")

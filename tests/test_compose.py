@@ -117,7 +117,7 @@ def test_every_service_has_a_health_check_or_is_a_one_shot_awaited_by_its_depend
         for dep, cond in (svc.get("depends_on") or {}).items():
             wanted = "service_completed_successfully" if dep in one_shots else "service_healthy"
             assert cond["condition"] == wanted, f"{name} waits for {dep} with {cond['condition']}"
-    assert one_shots == {"airflow-init", "minio-init", "elasticsearch-setup", "secrets-check", "tls-init"}
+    assert one_shots == {"airflow-init", "minio-init", "kafka-init", "elasticsearch-setup", "secrets-check", "tls-init"}
     for name in set(services) - one_shots:
         test = services[name]["healthcheck"]["test"]
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
@@ -217,7 +217,7 @@ from stack.compose import CHECKED_ENV, SECRETS  # noqa: E402  (the one list of c
 
 #: Services that need a credential to run or to answer their health check.
 TAKES_A_SECRET = {
-    "postgres", "redis", "minio", "minio-init", "mosquitto", "elasticsearch", "elasticsearch-setup", "kibana",
+    "postgres", "redis", "minio", "minio-init", "kafka", "kafka-2", "kafka-3", "kafka-init", "mosquitto", "elasticsearch", "elasticsearch-setup", "kibana",
     "grafana", "collector-host", "collector-mqtt", "stream-loader", "sensor-simulator", "secrets-check",
     "airflow-init", *AIRFLOW_SERVICES, "airflow-worker",
 }
@@ -398,3 +398,114 @@ def test_every_image_is_pinned(celery_config):
 def test_the_pin_rule(image, pinned):
     tag = image.rpartition("/")[2].partition(":")[2]
     assert (bool(tag) and tag != "latest") is pinned
+
+
+# --- Kafka SASL_SSL and MinIO over TLS with least-privilege users (issue 15, items 3 and 5) -------
+
+#: Every compose program that talks to Kafka, and the user of include/kafka.py ROLES it logs in as.
+KAFKA_CLIENTS = {"collector-host": "sluice-host-collector", "collector-mqtt": "sluice-mqtt-collector",
+                 "stream-loader": "sluice-stream-loader"}
+#: Airflow's Kafka connections and their users.
+KAFKA_CONNECTIONS = {"KAFKA_DEFAULT": "sluice-airflow", "KAFKA_LAG": "sluice-lag"}
+
+
+def test_no_kafka_listener_or_client_is_plaintext(celery_config):
+    text = COMPOSE.read_text()
+    assert "PLAINTEXT" not in text, "compose's Kafka is SASL_SSL only"
+    for name in ("kafka", "kafka-2", "kafka-3"):
+        env = celery_config["services"][name]["environment"]
+        protocols = dict(pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+        assert set(protocols.values()) == {"SASL_SSL"}, name
+        listeners = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+        assert listeners == set(protocols), f"{name}: a listener without a protocol of the map"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"CLIENT://{name}:9092"
+        assert env["SLUICE_KAFKA_NODE"] == name
+        svc = celery_config["services"][name]
+        assert _mounted(svc) == {"kafka_admin_password"}, name
+        assert "--command-config /tmp/sluice-kafka/admin.properties" in _run_text(svc), name
+
+
+def test_the_broker_entrypoint_writes_the_local_stacks_security_settings():
+    """The secret-bearing settings the compose entrypoint adds are the local stack's (stack/services/kafka.py)."""
+    script = (REPO / "stack/docker/kafka/entrypoint.sh").read_text()
+    local = (REPO / "stack/services/kafka.py").read_text()
+    for setting in ("listener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+                    "listener.name.controller.sasl.enabled.mechanisms=PLAIN", "sasl.mechanism.controller.protocol=PLAIN",
+                    "ssl.keystore.type=PEM", "ssl.truststore.type=PEM", "ssl.endpoint.identification.algorithm=https",
+                    "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                    "allow.everyone.if.no.acl.found=false", "listener.name.client.scram-sha-512.sasl.jaas.config=",
+                    "listener.name.controller.plain.sasl.jaas.config="):
+        assert setting in script and setting in local, setting
+    assert "super.users=User:$admin" in script and "admin=sluice-admin" in script
+    assert "umask 077" in script and "--add-scram" in script and '"@$args"' in script
+
+
+def test_every_kafka_client_logs_in_with_its_own_user_and_a_password_file(celery_config):
+    from include.kafka import ROLES
+    from stack.compose import KAFKA_SECRETS
+
+    services = celery_config["services"]
+    for name, user in KAFKA_CLIENTS.items():
+        env, svc = services[name]["environment"], services[name]
+        assert user in ROLES, user
+        assert env["SLUICE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert env["SLUICE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["SLUICE_KAFKA_USERNAME"] == user, name
+        assert env["SLUICE_KAFKA_PASSWORD_FILE"] == f"/run/secrets/{KAFKA_SECRETS[user]}", name
+        assert env["SLUICE_KAFKA_CA_FILE"] == "/tls/ca.crt", name
+        # Its own password only, and it starts once kafka-init made the users and ACLs.
+        assert {s for s in _mounted(svc) if s.startswith("kafka_")} == {KAFKA_SECRETS[user]}, name
+        assert svc["depends_on"]["kafka-init"] == {"condition": "service_completed_successfully"}, name
+    for name in (*AIRFLOW_SERVICES, "airflow-worker"):
+        env = services[name]["environment"]
+        for conn_id, user in KAFKA_CONNECTIONS.items():
+            extra = json.loads(env[f"AIRFLOW_CONN_{conn_id}"])["extra"]
+            assert extra["security.protocol"] == "SASL_SSL" and extra["sasl.mechanism"] == "SCRAM-SHA-512", conn_id
+            assert extra["sasl.username"] == user and extra["ssl.ca.location"] == "/tls/ca.crt", conn_id
+            assert "sasl.password" not in extra, conn_id
+            assert env[f"SLUICE_CONN_{conn_id}__EXTRA__SASL__PASSWORD_FILE"] == f"/run/secrets/{KAFKA_SECRETS[user]}"
+        assert {s for s in _mounted(services[name]) if s.startswith("kafka_")} == {
+            KAFKA_SECRETS[u] for u in KAFKA_CONNECTIONS.values()}, name
+    # The users named are all the users there are: nobody shares one, none is missing.
+    assert set(KAFKA_CLIENTS.values()) | set(KAFKA_CONNECTIONS.values()) == set(ROLES)
+
+
+def test_kafka_init_makes_the_users_as_the_admin_from_the_secrets(celery_config):
+    from stack.compose import KAFKA_SECRETS
+
+    init = celery_config["services"]["kafka-init"]
+    assert init["entrypoint"] == ["python", "-m", "stack.kafka_users"]
+    assert init["command"][init["command"].index("--ca-file") + 1] == "/tls/ca.crt"
+    assert _mounted(init) == set(KAFKA_SECRETS.values())
+    assert init["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    assert init["image"] == "sluice-airflow:local"  # confluent-kafka and the project's code
+
+
+def test_minio_is_https_with_the_ca_and_nobody_but_minio_init_has_roots_key(celery_config):
+    services = celery_config["services"]
+    minio = services["minio"]
+    run = _run_text(minio)
+    assert "--certs-dir /tmp/certs" in run and "cp /tls/minio.crt /tmp/certs/public.crt" in run
+    assert "cp /tls/minio.key /tmp/certs/private.key" in run
+    assert "https://localhost:9000" in " ".join(minio["healthcheck"]["test"])
+    init = services["minio-init"]
+    assert init["command"][init["command"].index("--endpoint") + 1] == "https://minio:9000"
+    assert init["command"][init["command"].index("--ca-file") + 1] == "/tls/ca.crt"
+    for name, svc in services.items():
+        if "minio_root_password" in _mounted(svc):
+            assert name in {"minio", "minio-init", "secrets-check"}, f"{name} holds MinIO's root key"
+        env = svc.get("environment") or {}
+        if "SLUICE_S3_ENDPOINT_URL" in env:
+            assert env["SLUICE_S3_ENDPOINT_URL"] == "https://minio:9000" and env["SLUICE_S3_CA_BUNDLE"] == "/tls/ca.crt"
+            assert env["SLUICE_S3_ACCESS_KEY"] == "sluice-collector", name
+            assert env["SLUICE_S3_SECRET_KEY_FILE"] == "/run/secrets/minio_collector_secret", name
+            assert not {"minio_root_password", "minio_airflow_secret"} & _mounted(svc), f"{name} gets another MinIO key"
+    for name in (*AIRFLOW_SERVICES, "airflow-worker"):
+        env = services[name]["environment"]
+        conn = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"])
+        assert conn["login"] == "sluice-airflow" and conn["extra"]["endpoint_url"] == "https://minio:9000"
+        assert conn["extra"]["verify"] == "/tls/ca.crt" and env["AWS_CA_BUNDLE"] == "/tls/ca.crt"
+        assert env["SLUICE_CONN_AWS_DEFAULT__PASSWORD_FILE"] == "/run/secrets/minio_airflow_secret"
+        assert "minio_collector_secret" not in _mounted(services[name])
+    assert "http://minio" not in COMPOSE.read_text()

@@ -10,6 +10,10 @@ gives each Connection without its secret, plus
     SLUICE_CONN_<ID>__LOGIN_FILE=/run/secrets/<name>         -> "login"
     SLUICE_CONN_<ID>__EXTRA__<KEY>_FILE=/run/secrets/<name>  -> "extra": {"<key>": ...}
 
+where a double underscore inside <KEY> stands for a dot, which a variable name
+cannot hold: ``EXTRA__SASL__PASSWORD`` fills ``"sasl.password"`` (librdkafka's
+setting, the Kafka connections' extra), ``EXTRA__API_KEY`` fills ``"api_key"``.
+
 and this sets those fields in ``AIRFLOW_CONN_<ID>`` of this process's
 environment only, then execs its arguments (the image's own entrypoint).
 
@@ -61,7 +65,7 @@ def apply(environ: MutableMapping[str, str]) -> list[str]:
             extra = conns[target].setdefault("extra", {})
             if isinstance(extra, str):
                 extra = conns[target]["extra"] = json.loads(extra or "{}")
-            extra[field.removeprefix("EXTRA__").lower()] = value
+            extra[field.removeprefix("EXTRA__").lower().replace("__", ".")] = value
         else:
             conns[target][field.lower()] = value
         done.append(f"{target}.{field.lower()}")

@@ -195,6 +195,9 @@ def test_the_wrapper_fills_connections_from_files_then_execs_the_command(tmp_pat
         "AIRFLOW_CONN_KIBANA_DEFAULT": '{"conn_type": "http", "host": "kibana"}',
         "SLUICE_CONN_KIBANA_DEFAULT__EXTRA__API_KEY_FILE": str(tmp_path / "key"),
         "AIRFLOW_CONN_OPENTSDB_DEFAULT": '{"conn_type": "http", "host": "opentsdb"}',
+        # A double underscore in the extra's key is a dot: librdkafka's sasl.password of a Kafka connection.
+        "AIRFLOW_CONN_KAFKA_LAG": '{"conn_type": "kafka", "extra": {"sasl.username": "sluice-lag"}}',
+        "SLUICE_CONN_KAFKA_LAG__EXTRA__SASL__PASSWORD_FILE": str(tmp_path / "pw"),
     })
     assert result.returncode == 0, result.stderr
     conns = json.loads(result.stdout)
@@ -202,6 +205,31 @@ def test_the_wrapper_fills_connections_from_files_then_execs_the_command(tmp_pat
                                                  "extra": {"region_name": "us-east-1"}}
     assert conns["AIRFLOW_CONN_KIBANA_DEFAULT"]["extra"] == {"api_key": "api-key-from-a-file"}
     assert conns["AIRFLOW_CONN_OPENTSDB_DEFAULT"] == {"conn_type": "http", "host": "opentsdb"}
+    assert conns["AIRFLOW_CONN_KAFKA_LAG"]["extra"] == {"sasl.username": "sluice-lag", "sasl.password": "s3cr3t-from-a-file"}
+
+
+def test_the_compose_kafka_secrets_are_the_users_of_include_kafka():
+    from include.kafka import ADMIN_USER, ROLES
+    from stack.compose import KAFKA_SECRETS, SECRETS
+
+    assert set(KAFKA_SECRETS) == {ADMIN_USER, *ROLES}, "one compose secret per Kafka user of include/kafka.py"
+    assert set(KAFKA_SECRETS.values()) <= {s.name for s in SECRETS}
+
+
+def test_kafka_init_names_the_secret_file_it_cannot_read(tmp_path):
+    from stack.compose import KAFKA_SECRETS
+    from stack.kafka_users import read_passwords
+
+    for name in KAFKA_SECRETS.values():
+        (tmp_path / name).write_text(f"pw-of-{name}\n")
+    assert read_passwords(tmp_path)["sluice-lag"] == "pw-of-kafka_lag_password"
+    (tmp_path / "kafka_lag_password").write_text("\n")
+    with pytest.raises(SystemExit, match="kafka_lag_password .the password of sluice-lag. is empty"):
+        read_passwords(tmp_path)
+    (tmp_path / "kafka_lag_password").write_text("pw-again")
+    (tmp_path / "kafka_airflow_password").unlink()
+    with pytest.raises(SystemExit, match="cannot read the password of sluice-airflow"):
+        read_passwords(tmp_path)
 
 
 @pytest.mark.parametrize("env, message", [
