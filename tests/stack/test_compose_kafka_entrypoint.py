@@ -84,7 +84,8 @@ def test_a_new_node_is_formatted_with_the_admins_scram_credential_and_starts_sas
     assert props["ssl.keystore.type"] == "PEM" and props["ssl.truststore.location"] == str(tmp_path / "tls/ca.crt")
     # The key store is the node's key then its chain.
     store = (conf / "keystore.pem").read_text()
-    assert store.startswith("-----BEGIN PRIVATE KEY-----") and store.count("BEGIN CERTIFICATE") == 2
+    assert store == (tmp_path / "tls/kafka.key").read_text() + (tmp_path / "tls/kafka.crt").read_text()
+    assert store.count("BEGIN CERTIFICATE") == 2
     for name in ("server.properties", "admin.properties", "keystore.pem"):
         assert stat.S_IMODE((conf / name).stat().st_mode) == 0o600, name
     # The password is in the 0600 files only: not in what ran, not in any output.
