@@ -6,9 +6,11 @@
 2. MQTT collector, live: ``--rate`` messages/s (default 5,000: 5,000 devices at
    1 message/s) offered through paho into the real Mosquitto by the load
    generator (tests/benchmarks/mqtt_load.py: several processes, pre-encoded
-   payloads, QoS 1, no per-message waits). A bare paho subscriber (automatic
-   acks, no work: the reference) takes the same offer once before and once
-   after the collector (journal-gated acks, minute files and Kafka). Prints
+   payloads, QoS 1, no per-message waits, every device over TLS as its own
+   user). A bare paho subscriber (automatic acks, no work: the reference;
+   over TLS as a collector user, so it pays the same TLS cost) takes the same
+   offer once before and once after the collector (journal-gated acks, minute
+   files and Kafka over SASL_SSL). Prints
    the rate each sustained, their ratio, the rate the generator reached, and
    checks by reading id that every reading is in the minute files once and
    every message on Kafka.
@@ -47,6 +49,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO / "tests"))  # mqtt_helpers, kafka_login: the stack's users (TLS, a user per device and collector)
 
 from mqtt_load import Offer, offer_load, planned_messages  # noqa: E402
 
@@ -121,25 +124,36 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
             p.wait(30)
 
 
+# argv: host port user topics-file want receive-maximum ca-file password-file session-expiry-s.
+# It prints "subscribed" once the broker granted the subscription, then its figures as JSON.
 BARE_SUBSCRIBER = textwrap.dedent("""
     import json, sys, time
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
-    host, port, client_id, topic, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+    host, port, client_id, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[5])
+    topics = open(sys.argv[4]).read().split()
+    ca_file, password = sys.argv[7], open(sys.argv[8]).read().strip()
     seen = {"n": 0, "first": None, "last": None}
     def on_message(client, userdata, msg):
         seen["n"] += 1
         now = time.monotonic()
         seen["first"] = seen["first"] or now
         seen["last"] = now
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        if any(rc.is_failure for rc in reason_codes):
+            sys.exit(f"subscription refused: {reason_codes}")
+        print("subscribed", flush=True)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=ca_file)
+    c.username_pw_set(client_id, password)
     c.on_message = on_message
+    c.on_subscribe = on_subscribe
     props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
+    props.SessionExpiryInterval = int(sys.argv[9])
     props.ReceiveMaximum = int(sys.argv[6])
     c.connect(host, port, keepalive=30, clean_start=False, properties=props)
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     deadline = time.monotonic() + 600
     while seen["n"] < want and time.monotonic() < deadline:
         c.loop(0.05)
@@ -148,27 +162,36 @@ BARE_SUBSCRIBER = textwrap.dedent("""
 """)
 
 
-def make_session(port: int, client_id: str, topic: str) -> None:
-    """A persistent QoS 1 session subscribed to ``topic``, left without its client: the broker queues for it."""
-    import paho.mqtt.client as mqtt
+def bare_args(mq, user: str, topics: list[str], want: int, expiry_s: int) -> list[str]:
+    """Command line of :data:`BARE_SUBSCRIBER` reading ``topics`` as collector user ``user`` over TLS."""
+    password_file = mq.collector(user)
+    topics_file = mq.folder / f"topics-{user}"
+    topics_file.write_text("\n".join(topics) + "\n")
+    return [sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mq.port), user, str(topics_file), str(want),
+            "1000", mq.ca_file, str(password_file), str(expiry_s)]
+
+
+def make_session(mq, user: str, topics: list[str]) -> None:
+    """A persistent QoS 1 session of collector ``user`` on ``topics``, left without its client: the broker queues for it."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    mq.collector(user)
+    c = mq.client(user, v5=True)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    c.connect("127.0.0.1", port, keepalive=30, clean_start=True, properties=props)
+    c.connect("127.0.0.1", mq.port, keepalive=30, clean_start=True, properties=props)
     c.loop_start()
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     time.sleep(0.5)
     c.disconnect()
     c.loop_stop()
 
 
-def publish(port: int, prefix: str, run: str, messages: int, publishers: int, tag: str) -> int:
-    """Publish ``messages`` seed payloads (QoS 1) under ``prefix`` as fast as they go; returns the readings sent."""
-    sent = offer_load(Offer("127.0.0.1", port, prefix, devices=1000, rate=20_000, seconds=messages / 20_000,
-                            client_id=f"load-{run}-{tag}"), publishers)
+def publish(mq, devices: list[str], messages: int, publishers: int) -> int:
+    """Publish ``messages`` seed payloads (QoS 1) from ``devices`` as fast as they go; returns the readings sent."""
+    sent = offer_load(Offer("127.0.0.1", mq.port, str(mq.devices_file(devices)), mq.ca_file, devices=len(devices),
+                            rate=20_000, seconds=messages / 20_000), publishers)
     if sent["unacked"]:
         raise RuntimeError(f"the broker did not acknowledge {sent['unacked']} of {sent['messages']} publishes")
     return sent["readings"]
@@ -198,26 +221,33 @@ def reading_ids(landing: Path) -> tuple[int, int]:
 
 def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages."""
+    from kafka_login import env as kafka_env
+    from mqtt_helpers import MqttUsers
+
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto, device_topic
 
     cfg = StackConfig.from_env()
-    mport = cfg.ports["mosquitto"]
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
+    mq = MqttUsers(Mosquitto(cfg), tmp)
     # The machine is shared: the reference drains once before and once after the collector,
-    # each from its own queue, and the figure is their mean.
+    # each from its own queue, and the figure is their mean. The three queues are filled at
+    # once, so each has devices (and topics: a device publishes to its own only) of its own.
     col_id = f"bench-{run}"
+    devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
+    topics = {name: [device_topic(d) for d in devs] for name, devs in devices.items()}
     for name in ("r1", "r2", "c"):
-        make_session(mport, f"{name}-{run}" if name != "c" else col_id, f"{name}{run}/sensors/+")
+        make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
     print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
     for name in ("r1", "r2"):
-        publish(mport, f"{name}{run}/sensors", run, messages, publishers, name)
-    readings = publish(mport, f"c{run}/sensors", run, messages, publishers, "c")
+        publish(mq, devices[name], messages, publishers)
+    readings = publish(mq, devices["c"], messages, publishers)
 
     def bare(name: str) -> float:
         print(f"bare paho subscriber draining ({name}) ...", flush=True)
-        out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{name}-{run}",
-                              f"{name}{run}/sensors/+", str(messages), "1000"], check=True, capture_output=True, text=True, timeout=900)
+        out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
+                             check=True, capture_output=True, text=True, timeout=900)
         got = json.loads(out.stdout.strip().splitlines()[-1])
         return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
@@ -225,11 +255,11 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     print("collector draining ...", flush=True)
     port = free_port()
     cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-           "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
-           "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
+           "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, devices["c"]),
            "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
            "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
-    collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+    collector = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+                                 stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
     spy = None
     if profile is not None:
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
@@ -258,6 +288,7 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     collector.wait(180)
     col_s = (last or time.monotonic()) - (first or time.monotonic())
     ref_rates.append(bare("r2"))
+    mq.close()
     rows, distinct = reading_ids(tmp / "landing")
     ref_rate = sum(ref_rates) / len(ref_rates)
     col_rate = messages / col_s if col_s else 0.0
@@ -282,25 +313,39 @@ def metric(port: int, name: str) -> float:
 
 
 def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> dict:
-    """The collector and a bare paho subscriber, each taking ``rate`` messages/s live from Mosquitto."""
+    """The collector and a bare paho subscriber, each taking ``rate`` messages/s live from Mosquitto.
+
+    The three runs (paho, collector, paho) follow each other with the same device users, so
+    every subscriber reads the filter ``sluice/sensors/+`` (a topic list of 5,000 devices
+    does not fit on the collector's command line); on a broker where other devices publish
+    meanwhile, the counts show it (``nothing_lost`` false), they are not hidden.
+    """
+    from kafka_login import env as kafka_env
+    from kafka_login import settings as kafka_settings
+    from mqtt_helpers import MqttUsers
+
+    from include.sensors import SENSOR_TOPIC_PREFIX
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto
 
     cfg = StackConfig.from_env()
-    mport = cfg.ports["mosquitto"]
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-live-"))
-
-    def plan(tag: str) -> Offer:
-        return Offer("127.0.0.1", mport, f"{tag}{run}/sensors", devices, rate, seconds, f"load-{run}-{tag}")
+    mq = MqttUsers(Mosquitto(cfg), tmp)
+    print(f"making {devices} device users (TLS, each publishes to its own topic) ...", flush=True)
+    devices_file = str(mq.devices_file(mq.devices(run, devices)))
+    every_device = [f"{SENSOR_TOPIC_PREFIX}/+"]
+    offer = Offer("127.0.0.1", mq.port, devices_file, mq.ca_file, devices, rate, seconds)
 
     def bare(tag: str) -> dict:
-        # The session exists before the first publish, so the subscriber misses nothing.
-        make_session(mport, f"{tag}-{run}", f"{tag}{run}/sensors/+")
-        sub = subprocess.Popen([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{tag}-{run}",
-                                f"{tag}{run}/sensors/+", str(planned_messages(plan(tag), publishers)), "1000"],
+        # Session expiry 0: the session ends with the subscriber and queues nothing of the runs after it.
+        sub = subprocess.Popen(bare_args(mq, f"{tag}-{run}", every_device, planned_messages(offer, publishers), 0),
                                stdout=subprocess.PIPE, text=True)
+        if sub.stdout.readline().strip() != "subscribed":  # subscribed before the first publish: it misses nothing
+            sub.kill()
+            raise RuntimeError(f"the bare subscriber {tag}-{run} did not subscribe (its stderr says why)")
         print(f"bare paho subscriber ({tag}) taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
-        sent = offer_load(plan(tag), publishers)
+        sent = offer_load(offer, publishers)
         out, _ = sub.communicate(timeout=900)
         got = json.loads(out.strip().splitlines()[-1])
         return {"offered": sent, "messages": got["messages"], "seconds": got["seconds"],
@@ -310,14 +355,14 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
     print(f"  {before['messages_per_s']:,.0f} messages/s (generator reached {before['offered']['messages_per_s']:,} "
           f"messages/s)", flush=True)
     col_id, port = f"bench-{run}", free_port()
-    make_session(mport, col_id, f"c{run}/sensors/+")
+    make_session(mq, col_id, every_device)
     collector = subprocess.Popen(
         [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-         "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
-         "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
+         "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, filters=every_device),
          "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
          "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
-        cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+        stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -327,7 +372,7 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
             time.sleep(0.2)
     print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
     sent: dict = {}
-    publisher = threading.Thread(target=lambda: sent.update(offer_load(plan("c"), publishers)), daemon=True)
+    publisher = threading.Thread(target=lambda: sent.update(offer_load(offer, publishers)), daemon=True)
     try:
         cpu0 = psutil.Process(collector.pid).cpu_times()
         publisher.start()
@@ -359,10 +404,11 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
     publisher.join(60)
     col_s = (last or time.monotonic()) - (first or time.monotonic())
     after = bare("r2")
+    mq.close()
     rows, distinct = reading_ids(tmp / "landing")
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": f"bench-{run}"})
+    consumer = Consumer({**kafka_settings(config=cfg), "group.id": f"bench-{run}"})
     meta = consumer.list_topics(f"bench.{run}.raw", timeout=10)
     in_kafka = sum(hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
                                           for p in meta.topics[f"bench.{run}.raw"].partitions))
