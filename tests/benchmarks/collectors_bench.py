@@ -94,6 +94,7 @@ def measure(procs: dict[str, subprocess.Popen], seconds: float, warmup: float = 
 
 def bench_host(minutes: float, with_s3: bool) -> dict:
     from stack.config import LANDING_BUCKET, StackConfig
+    from stack.secrets import write_private
     from stack.services.minio import MinIO
 
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-host-"))
@@ -105,14 +106,16 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
                                           (tmp / "landing").as_uri(), "--state-dir", str(tmp / "state-file"),
                                           "--metrics-port", "0"]}
     if with_s3:
+        # As the stack runs its host collector: MinIO over TLS, as the write-only collector user.
         minio = MinIO(StackConfig.from_env())
-        creds = minio.credentials()
-        (tmp / "ak").write_text(creds["access_key"])
-        (tmp / "sk").write_text(creds["secret_key"])
+        creds = minio.credentials("collector")
+        write_private(tmp / "ak", creds["access_key"])
+        write_private(tmp / "sk", creds["secret_key"])
         runs["collectors.host (s3:// MinIO)"] = [
             sys.executable, "-m", "collectors.host", "--landing-url", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
-            "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
-            "--s3-secret-key-file", str(tmp / "sk"), "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
+            "--s3-endpoint-url", minio.endpoint_url, "--s3-ca-bundle", str(minio.ca_file),
+            "--s3-access-key-file", str(tmp / "ak"), "--s3-secret-key-file", str(tmp / "sk"),
+            "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
     for name, cmd in runs.items():
         procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)
     try:
