@@ -191,13 +191,17 @@ def make_session(mq, user: str, topics: list[str]) -> None:
     c.loop_stop()
 
 
-def publish(mq, devices: list[str], messages: int, publishers: int) -> int:
-    """Publish ``messages`` seed payloads (QoS 1) from ``devices`` as fast as they go; returns the readings sent."""
+def publish(mq, devices: list[str], messages: int, publishers: int) -> dict:
+    """Publish about ``messages`` seed payloads (QoS 1) from ``devices`` as fast as they go; what was sent.
+
+    Each publisher process sends its share of the rate rounded down, so the count can be
+    a few short of ``messages``: the receivers wait for what was sent, not for what was asked.
+    """
     sent = offer_load(Offer("127.0.0.1", mq.port, str(mq.devices_file(devices)), mq.ca_file, devices=len(devices),
                             rate=20_000, seconds=messages / 20_000), publishers)
     if sent["unacked"]:
         raise RuntimeError(f"the broker did not acknowledge {sent['unacked']} of {sent['messages']} publishes")
-    return sent["readings"]
+    return sent
 
 
 def free_port() -> int:
@@ -234,76 +238,79 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
     mq = MqttUsers(Mosquitto(cfg), tmp)
-    # The machine is shared: the reference drains once before and once after the collector,
-    # each from its own queue, and the figure is their mean. The three queues are filled at
-    # once, so each has devices (and topics: a device publishes to its own only) of its own.
-    col_id = f"bench-{run}"
-    devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
-    topics = {name: [device_topic(d) for d in devs] for name, devs in devices.items()}
-    for name in ("r1", "r2", "c"):
-        make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
-    print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
-    for name in ("r1", "r2"):
-        publish(mq, devices[name], messages, publishers)
-    readings = publish(mq, devices["c"], messages, publishers)
+    try:  # the bench's MQTT users go, whatever happens
+        # The machine is shared: the reference drains once before and once after the collector,
+        # each from its own queue, and the figure is their mean. The three queues are filled at
+        # once, so each has devices (and topics: a device publishes to its own only) of its own.
+        col_id = f"bench-{run}"
+        devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
+        topics = {name: [device_topic(d) for d in devs] for name, devs in devices.items()}
+        for name in ("r1", "r2", "c"):
+            make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
+        print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
+        for name in ("r1", "r2"):
+            publish(mq, devices[name], messages, publishers)
+        sent = publish(mq, devices["c"], messages, publishers)  # the same offer each time: the same count
+        messages, readings = sent["messages"], sent["readings"]
 
-    def bare(name: str) -> float:
-        print(f"bare paho subscriber draining ({name}) ...", flush=True)
-        out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
-                             check=True, capture_output=True, text=True, timeout=900)
-        got = json.loads(out.stdout.strip().splitlines()[-1])
-        return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
+        def bare(name: str) -> float:
+            print(f"bare paho subscriber draining ({name}) ...", flush=True)
+            out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
+                                 check=True, capture_output=True, text=True, timeout=900)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
-    ref_rates = [bare("r1")]
-    print("collector draining ...", flush=True)
-    port = free_port()
-    cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-           "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, devices["c"]),
-           "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
-           "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
-    collector = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
-                                 stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
-    spy = None
-    if profile is not None:
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
-                                "--output", str(profile), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = last = None
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        try:
-            got = metric(port, "sluice_collector_readings_received_total")
-            delivered = metric(port, "sluice_collector_kafka_delivered_total")
-        except OSError:
-            time.sleep(0.2)
-            continue
-        now = time.monotonic()
-        if got and first is None:
-            first = now
-        if got >= readings and delivered >= messages:
-            last = now
-            break
-        time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(60)
-    collector.send_signal(signal.SIGTERM)
-    collector.wait(180)
-    col_s = (last or time.monotonic()) - (first or time.monotonic())
-    ref_rates.append(bare("r2"))
-    mq.close()
-    rows, distinct = reading_ids(tmp / "landing")
-    ref_rate = sum(ref_rates) / len(ref_rates)
-    col_rate = messages / col_s if col_s else 0.0
-    return {
-        "messages_each": messages, "readings_sent": readings,
-        "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
-        "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
-        "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
-        "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
-        "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
-        "nothing_lost": rows == readings == distinct and last is not None,
-    }
+        ref_rates = [bare("r1")]
+        print("collector draining ...", flush=True)
+        port = free_port()
+        cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+               "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, devices["c"]),
+               "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+               "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
+        collector = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+                                     stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
+                                    "--output", str(profile), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = last = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            try:
+                got = metric(port, "sluice_collector_readings_received_total")
+                delivered = metric(port, "sluice_collector_kafka_delivered_total")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            now = time.monotonic()
+            if got and first is None:
+                first = now
+            if got >= readings and delivered >= messages:
+                last = now
+                break
+            time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(180)
+        col_s = (last or time.monotonic()) - (first or time.monotonic())
+        ref_rates.append(bare("r2"))
+        rows, distinct = reading_ids(tmp / "landing")
+        ref_rate = sum(ref_rates) / len(ref_rates)
+        col_rate = messages / col_s if col_s else 0.0
+        return {
+            "messages_each": messages, "readings_sent": readings,
+            "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
+            "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
+            "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
+            "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
+            "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
+            "nothing_lost": rows == readings == distinct and last is not None,
+        }
+    finally:
+        mq.close()
 
 
 def metric(port: int, name: str) -> float:
@@ -335,103 +342,105 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-live-"))
     mq = MqttUsers(Mosquitto(cfg), tmp)
-    print(f"making {devices} device users (TLS, each publishes to its own topic) ...", flush=True)
-    devices_file = str(mq.devices_file(mq.devices(run, devices)))
-    every_device = [f"{SENSOR_TOPIC_PREFIX}/+"]
-    offer = Offer("127.0.0.1", mq.port, devices_file, mq.ca_file, devices, rate, seconds)
+    try:  # the bench's MQTT users go, whatever happens
+        print(f"making {devices} device users (TLS, each publishes to its own topic) ...", flush=True)
+        devices_file = str(mq.devices_file(mq.devices(run, devices)))
+        every_device = [f"{SENSOR_TOPIC_PREFIX}/+"]
+        offer = Offer("127.0.0.1", mq.port, devices_file, mq.ca_file, devices, rate, seconds)
 
-    def bare(tag: str) -> dict:
-        # Session expiry 0: the session ends with the subscriber and queues nothing of the runs after it.
-        sub = subprocess.Popen(bare_args(mq, f"{tag}-{run}", every_device, planned_messages(offer, publishers), 0),
-                               stdout=subprocess.PIPE, text=True)
-        if sub.stdout.readline().strip() != "subscribed":  # subscribed before the first publish: it misses nothing
-            sub.kill()
-            raise RuntimeError(f"the bare subscriber {tag}-{run} did not subscribe (its stderr says why)")
-        print(f"bare paho subscriber ({tag}) taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
-        sent = offer_load(offer, publishers)
-        out, _ = sub.communicate(timeout=900)
-        got = json.loads(out.strip().splitlines()[-1])
-        return {"offered": sent, "messages": got["messages"], "seconds": got["seconds"],
-                "messages_per_s": got["messages"] / got["seconds"] if got["seconds"] else 0.0}
+        def bare(tag: str) -> dict:
+            # Session expiry 0: the session ends with the subscriber and queues nothing of the runs after it.
+            sub = subprocess.Popen(bare_args(mq, f"{tag}-{run}", every_device, planned_messages(offer, publishers), 0),
+                                   stdout=subprocess.PIPE, text=True)
+            if sub.stdout.readline().strip() != "subscribed":  # subscribed before the first publish: it misses nothing
+                sub.kill()
+                raise RuntimeError(f"the bare subscriber {tag}-{run} did not subscribe (its stderr says why)")
+            print(f"bare paho subscriber ({tag}) taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
+            sent = offer_load(offer, publishers)
+            out, _ = sub.communicate(timeout=900)
+            got = json.loads(out.strip().splitlines()[-1])
+            return {"offered": sent, "messages": got["messages"], "seconds": got["seconds"],
+                    "messages_per_s": got["messages"] / got["seconds"] if got["seconds"] else 0.0}
 
-    before = bare("r1")
-    print(f"  {before['messages_per_s']:,.0f} messages/s (generator reached {before['offered']['messages_per_s']:,} "
-          f"messages/s)", flush=True)
-    col_id, port = f"bench-{run}", free_port()
-    make_session(mq, col_id, every_device)
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-         "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, filters=every_device),
-         "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
-         "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
-        cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
-        stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            metric(port, "sluice_collector_readings_received_total")
-            break
-        except OSError:
-            time.sleep(0.2)
-    print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
-    sent: dict = {}
-    publisher = threading.Thread(target=lambda: sent.update(offer_load(offer, publishers)), daemon=True)
-    try:
-        cpu0 = psutil.Process(collector.pid).cpu_times()
-        publisher.start()
-        first = last = None
-        seen = 0.0
-        deadline = time.monotonic() + seconds + 600
+        before = bare("r1")
+        print(f"  {before['messages_per_s']:,.0f} messages/s (generator reached {before['offered']['messages_per_s']:,} "
+              f"messages/s)", flush=True)
+        col_id, port = f"bench-{run}", free_port()
+        make_session(mq, col_id, every_device)
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+             "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, filters=every_device),
+             "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+             "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
+            cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+            stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                got = metric(port, "sluice_collector_readings_received_total")
-                delivered = metric(port, "sluice_collector_kafka_delivered_total")
-            except OSError:  # a starved collector answers its scrape late: ask again
-                continue
-            now = time.monotonic()
-            if got and first is None:
-                first = now
-            if got > seen:
-                seen, last = got, now
-            # The counter counts redeliveries too (after a reconnect the broker sends the
-            # unacknowledged messages again), so reaching the count is not the end: wait
-            # until nothing more comes for 3 s. The files then show what was received.
-            if sent and got >= sent["readings"] and delivered >= sent["messages"] and now - last >= 3:
+                metric(port, "sluice_collector_readings_received_total")
                 break
-            time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
-        cpu1 = psutil.Process(collector.pid).cpu_times()
-        rss = peak_rss_mb(collector.pid)
-    finally:
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(180)
-    publisher.join(60)
-    col_s = (last or time.monotonic()) - (first or time.monotonic())
-    after = bare("r2")
-    mq.close()
-    rows, distinct = reading_ids(tmp / "landing")
-    from confluent_kafka import Consumer, TopicPartition
+            except OSError:
+                time.sleep(0.2)
+        print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
+        sent: dict = {}
+        publisher = threading.Thread(target=lambda: sent.update(offer_load(offer, publishers)), daemon=True)
+        try:
+            cpu0 = psutil.Process(collector.pid).cpu_times()
+            publisher.start()
+            first = last = None
+            seen = 0.0
+            deadline = time.monotonic() + seconds + 600
+            while time.monotonic() < deadline:
+                try:
+                    got = metric(port, "sluice_collector_readings_received_total")
+                    delivered = metric(port, "sluice_collector_kafka_delivered_total")
+                except OSError:  # a starved collector answers its scrape late: ask again
+                    continue
+                now = time.monotonic()
+                if got and first is None:
+                    first = now
+                if got > seen:
+                    seen, last = got, now
+                # The counter counts redeliveries too (after a reconnect the broker sends the
+                # unacknowledged messages again), so reaching the count is not the end: wait
+                # until nothing more comes for 3 s. The files then show what was received.
+                if sent and got >= sent["readings"] and delivered >= sent["messages"] and now - last >= 3:
+                    break
+                time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+            cpu1 = psutil.Process(collector.pid).cpu_times()
+            rss = peak_rss_mb(collector.pid)
+        finally:
+            collector.send_signal(signal.SIGTERM)
+            collector.wait(180)
+        publisher.join(60)
+        col_s = (last or time.monotonic()) - (first or time.monotonic())
+        after = bare("r2")
+        rows, distinct = reading_ids(tmp / "landing")
+        from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({**kafka_settings(config=cfg), "group.id": f"bench-{run}"})
-    meta = consumer.list_topics(f"bench.{run}.raw", timeout=10)
-    in_kafka = sum(hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
-                                          for p in meta.topics[f"bench.{run}.raw"].partitions))
-    consumer.close()
-    ref = (before["messages_per_s"] + after["messages_per_s"]) / 2
-    col_rate = sent["messages"] / col_s if col_s > 0 else 0.0
-    return {
-        "offered_messages_per_s": rate, "seconds": seconds, "devices": devices, "publisher_processes": publishers,
-        "generator_reached_messages_per_s": [before["offered"]["messages_per_s"], sent["messages_per_s"],
-                                             after["offered"]["messages_per_s"]],
-        "paho_bare_messages_per_s_before_after": [round(before["messages_per_s"]), round(after["messages_per_s"])],
-        "paho_bare_messages_per_s": round(ref),
-        "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(3 * col_rate),
-        "ratio_collector_to_paho": round(col_rate / ref, 3) if ref else None,
-        "collector_cpu_percent_of_one_core": round(100 * (sum(cpu1[:2]) - sum(cpu0[:2])) / col_s, 1) if col_s > 0 else None,
-        "collector_peak_rss_mb": round(rss, 1),
-        "readings_sent": sent["readings"], "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
-        "records_in_kafka": in_kafka,
-        "nothing_lost": rows == distinct == sent["readings"] and in_kafka >= sent["messages"] and last is not None,
-    }
+        consumer = Consumer({**kafka_settings(config=cfg), "group.id": f"bench-{run}"})
+        meta = consumer.list_topics(f"bench.{run}.raw", timeout=10)
+        in_kafka = sum(hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
+                                              for p in meta.topics[f"bench.{run}.raw"].partitions))
+        consumer.close()
+        ref = (before["messages_per_s"] + after["messages_per_s"]) / 2
+        col_rate = sent["messages"] / col_s if col_s > 0 else 0.0
+        return {
+            "offered_messages_per_s": rate, "seconds": seconds, "devices": devices, "publisher_processes": publishers,
+            "generator_reached_messages_per_s": [before["offered"]["messages_per_s"], sent["messages_per_s"],
+                                                 after["offered"]["messages_per_s"]],
+            "paho_bare_messages_per_s_before_after": [round(before["messages_per_s"]), round(after["messages_per_s"])],
+            "paho_bare_messages_per_s": round(ref),
+            "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(3 * col_rate),
+            "ratio_collector_to_paho": round(col_rate / ref, 3) if ref else None,
+            "collector_cpu_percent_of_one_core": round(100 * (sum(cpu1[:2]) - sum(cpu0[:2])) / col_s, 1) if col_s > 0 else None,
+            "collector_peak_rss_mb": round(rss, 1),
+            "readings_sent": sent["readings"], "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
+            "records_in_kafka": in_kafka,
+            "nothing_lost": rows == distinct == sent["readings"] and in_kafka >= sent["messages"] and last is not None,
+        }
+    finally:
+        mq.close()
 
 
 def main() -> int:
