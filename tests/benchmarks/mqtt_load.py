@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import queue
 import selectors
 import sys
 import time
@@ -206,12 +207,19 @@ def offer_load(offer: Offer, processes: int) -> dict:
     for proc in procs:
         proc.start()
     outs = []
-    for _ in procs:
+    deadline = time.monotonic() + offer.seconds + 300
+    while len(outs) < len(procs):
         try:
-            outs.append(results.get(timeout=offer.seconds + 300))
-        except Exception:  # queue.Empty: a publisher died (its traceback is on stderr) or hung
-            dead = [p.exitcode for p in procs if p.exitcode]
-            raise RuntimeError(f"a publisher process gave no result (exit codes {dead or 'none yet'})") from None
+            outs.append(results.get(timeout=1))
+            continue
+        except queue.Empty:
+            pass
+        failed = [p.exitcode for p in procs if p.exitcode]  # e.g. a device refused: its traceback is on stderr
+        if failed or time.monotonic() > deadline:
+            for proc in procs:
+                proc.terminate()
+            raise RuntimeError(f"{len(procs) - len(outs)} of {len(procs)} publisher processes gave no result"
+                               + (f" (exit codes {failed}; their errors are above)" if failed else " in time"))
     for proc in procs:
         proc.join(30)
     messages = sum(o["messages"] for o in outs)
