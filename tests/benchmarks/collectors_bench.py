@@ -6,9 +6,11 @@
 2. MQTT collector, live: ``--rate`` messages/s (default 5,000: 5,000 devices at
    1 message/s) offered through paho into the real Mosquitto by the load
    generator (tests/benchmarks/mqtt_load.py: several processes, pre-encoded
-   payloads, QoS 1, no per-message waits). A bare paho subscriber (automatic
-   acks, no work: the reference) takes the same offer once before and once
-   after the collector (journal-gated acks, minute files and Kafka). Prints
+   payloads, QoS 1, no per-message waits, every device over TLS as its own
+   user). A bare paho subscriber (automatic acks, no work: the reference;
+   over TLS as a collector user, so it pays the same TLS cost) takes the same
+   offer once before and once after the collector (journal-gated acks, minute
+   files and Kafka over SASL_SSL). Prints
    the rate each sustained, their ratio, the rate the generator reached, and
    checks by reading id that every reading is in the minute files once and
    every message on Kafka.
@@ -47,6 +49,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO / "tests"))  # mqtt_helpers, kafka_login: the stack's users (TLS, a user per device and collector)
 
 from mqtt_load import Offer, offer_load, planned_messages  # noqa: E402
 
@@ -91,6 +94,7 @@ def measure(procs: dict[str, subprocess.Popen], seconds: float, warmup: float = 
 
 def bench_host(minutes: float, with_s3: bool) -> dict:
     from stack.config import LANDING_BUCKET, StackConfig
+    from stack.secrets import write_private
     from stack.services.minio import MinIO
 
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-host-"))
@@ -102,14 +106,16 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
                                           (tmp / "landing").as_uri(), "--state-dir", str(tmp / "state-file"),
                                           "--metrics-port", "0"]}
     if with_s3:
+        # As the stack runs its host collector: MinIO over TLS, as the write-only collector user.
         minio = MinIO(StackConfig.from_env())
-        creds = minio.credentials()
-        (tmp / "ak").write_text(creds["access_key"])
-        (tmp / "sk").write_text(creds["secret_key"])
+        creds = minio.credentials("collector")
+        write_private(tmp / "ak", creds["access_key"])
+        write_private(tmp / "sk", creds["secret_key"])
         runs["collectors.host (s3:// MinIO)"] = [
             sys.executable, "-m", "collectors.host", "--landing-url", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
-            "--s3-endpoint-url", minio.config.url("minio"), "--s3-access-key-file", str(tmp / "ak"),
-            "--s3-secret-key-file", str(tmp / "sk"), "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
+            "--s3-endpoint-url", minio.endpoint_url, "--s3-ca-bundle", str(minio.ca_file),
+            "--s3-access-key-file", str(tmp / "ak"), "--s3-secret-key-file", str(tmp / "sk"),
+            "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
     for name, cmd in runs.items():
         procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)
     try:
@@ -121,25 +127,36 @@ def bench_host(minutes: float, with_s3: bool) -> dict:
             p.wait(30)
 
 
+# argv: host port user topics-file want receive-maximum ca-file password-file session-expiry-s.
+# It prints "subscribed" once the broker granted the subscription, then its figures as JSON.
 BARE_SUBSCRIBER = textwrap.dedent("""
     import json, sys, time
     import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
-    host, port, client_id, topic, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+    host, port, client_id, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[5])
+    topics = open(sys.argv[4]).read().split()
+    ca_file, password = sys.argv[7], open(sys.argv[8]).read().strip()
     seen = {"n": 0, "first": None, "last": None}
     def on_message(client, userdata, msg):
         seen["n"] += 1
         now = time.monotonic()
         seen["first"] = seen["first"] or now
         seen["last"] = now
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        if any(rc.is_failure for rc in reason_codes):
+            sys.exit(f"subscription refused: {reason_codes}")
+        print("subscribed", flush=True)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=ca_file)
+    c.username_pw_set(client_id, password)
     c.on_message = on_message
+    c.on_subscribe = on_subscribe
     props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
+    props.SessionExpiryInterval = int(sys.argv[9])
     props.ReceiveMaximum = int(sys.argv[6])
     c.connect(host, port, keepalive=30, clean_start=False, properties=props)
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     deadline = time.monotonic() + 600
     while seen["n"] < want and time.monotonic() < deadline:
         c.loop(0.05)
@@ -148,30 +165,43 @@ BARE_SUBSCRIBER = textwrap.dedent("""
 """)
 
 
-def make_session(port: int, client_id: str, topic: str) -> None:
-    """A persistent QoS 1 session subscribed to ``topic``, left without its client: the broker queues for it."""
-    import paho.mqtt.client as mqtt
+def bare_args(mq, user: str, topics: list[str], want: int, expiry_s: int) -> list[str]:
+    """Command line of :data:`BARE_SUBSCRIBER` reading ``topics`` as collector user ``user`` over TLS."""
+    password_file = mq.collector(user)
+    topics_file = mq.folder / f"topics-{user}"
+    topics_file.write_text("\n".join(topics) + "\n")
+    return [sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mq.port), user, str(topics_file), str(want),
+            "1000", mq.ca_file, str(password_file), str(expiry_s)]
+
+
+def make_session(mq, user: str, topics: list[str]) -> None:
+    """A persistent QoS 1 session of collector ``user`` on ``topics``, left without its client: the broker queues for it."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    mq.collector(user)
+    c = mq.client(user, v5=True)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    c.connect("127.0.0.1", port, keepalive=30, clean_start=True, properties=props)
+    c.connect("127.0.0.1", mq.port, keepalive=30, clean_start=True, properties=props)
     c.loop_start()
-    c.subscribe(topic, qos=1)
+    c.subscribe([(t, 1) for t in topics])
     time.sleep(0.5)
     c.disconnect()
     c.loop_stop()
 
 
-def publish(port: int, prefix: str, run: str, messages: int, publishers: int, tag: str) -> int:
-    """Publish ``messages`` seed payloads (QoS 1) under ``prefix`` as fast as they go; returns the readings sent."""
-    sent = offer_load(Offer("127.0.0.1", port, prefix, devices=1000, rate=20_000, seconds=messages / 20_000,
-                            client_id=f"load-{run}-{tag}"), publishers)
+def publish(mq, devices: list[str], messages: int, publishers: int) -> dict:
+    """Publish about ``messages`` seed payloads (QoS 1) from ``devices`` as fast as they go; what was sent.
+
+    Each publisher process sends its share of the rate rounded down, so the count can be
+    a few short of ``messages``: the receivers wait for what was sent, not for what was asked.
+    """
+    sent = offer_load(Offer("127.0.0.1", mq.port, str(mq.devices_file(devices)), mq.ca_file, devices=len(devices),
+                            rate=20_000, seconds=messages / 20_000), publishers)
     if sent["unacked"]:
         raise RuntimeError(f"the broker did not acknowledge {sent['unacked']} of {sent['messages']} publishes")
-    return sent["readings"]
+    return sent
 
 
 def free_port() -> int:
@@ -198,78 +228,89 @@ def reading_ids(landing: Path) -> tuple[int, int]:
 
 def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages."""
+    from kafka_login import env as kafka_env
+    from mqtt_helpers import MqttUsers
+
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto, device_topic
 
     cfg = StackConfig.from_env()
-    mport = cfg.ports["mosquitto"]
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
-    # The machine is shared: the reference drains once before and once after the collector,
-    # each from its own queue, and the figure is their mean.
-    col_id = f"bench-{run}"
-    for name in ("r1", "r2", "c"):
-        make_session(mport, f"{name}-{run}" if name != "c" else col_id, f"{name}{run}/sensors/+")
-    print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
-    for name in ("r1", "r2"):
-        publish(mport, f"{name}{run}/sensors", run, messages, publishers, name)
-    readings = publish(mport, f"c{run}/sensors", run, messages, publishers, "c")
+    mq = MqttUsers(Mosquitto(cfg), tmp)
+    try:  # the bench's MQTT users go, whatever happens
+        # The machine is shared: the reference drains once before and once after the collector,
+        # each from its own queue, and the figure is their mean. The three queues are filled at
+        # once, so each has devices (and topics: a device publishes to its own only) of its own.
+        col_id = f"bench-{run}"
+        devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
+        topics = {name: [device_topic(d) for d in devs] for name, devs in devices.items()}
+        for name in ("r1", "r2", "c"):
+            make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
+        print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
+        for name in ("r1", "r2"):
+            publish(mq, devices[name], messages, publishers)
+        sent = publish(mq, devices["c"], messages, publishers)  # the same offer each time: the same count
+        messages, readings = sent["messages"], sent["readings"]
 
-    def bare(name: str) -> float:
-        print(f"bare paho subscriber draining ({name}) ...", flush=True)
-        out = subprocess.run([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{name}-{run}",
-                              f"{name}{run}/sensors/+", str(messages), "1000"], check=True, capture_output=True, text=True, timeout=900)
-        got = json.loads(out.stdout.strip().splitlines()[-1])
-        return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
+        def bare(name: str) -> float:
+            print(f"bare paho subscriber draining ({name}) ...", flush=True)
+            out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
+                                 check=True, capture_output=True, text=True, timeout=900)
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
-    ref_rates = [bare("r1")]
-    print("collector draining ...", flush=True)
-    port = free_port()
-    cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-           "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
-           "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
-           "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
-           "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
-    collector = subprocess.Popen(cmd, cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
-    spy = None
-    if profile is not None:
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
-                                "--output", str(profile), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = last = None
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        try:
-            got = metric(port, "sluice_collector_readings_received_total")
-            delivered = metric(port, "sluice_collector_kafka_delivered_total")
-        except OSError:
-            time.sleep(0.2)
-            continue
-        now = time.monotonic()
-        if got and first is None:
-            first = now
-        if got >= readings and delivered >= messages:
-            last = now
-            break
-        time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(60)
-    collector.send_signal(signal.SIGTERM)
-    collector.wait(180)
-    col_s = (last or time.monotonic()) - (first or time.monotonic())
-    ref_rates.append(bare("r2"))
-    rows, distinct = reading_ids(tmp / "landing")
-    ref_rate = sum(ref_rates) / len(ref_rates)
-    col_rate = messages / col_s if col_s else 0.0
-    return {
-        "messages_each": messages, "readings_sent": readings,
-        "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
-        "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
-        "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
-        "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
-        "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
-        "nothing_lost": rows == readings == distinct and last is not None,
-    }
+        ref_rates = [bare("r1")]
+        print("collector draining ...", flush=True)
+        port = free_port()
+        cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+               "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, devices["c"]),
+               "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+               "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
+        collector = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+                                     stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        spy = None
+        if profile is not None:
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
+                                    "--output", str(profile), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = last = None
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            try:
+                got = metric(port, "sluice_collector_readings_received_total")
+                delivered = metric(port, "sluice_collector_kafka_delivered_total")
+            except OSError:
+                time.sleep(0.2)
+                continue
+            now = time.monotonic()
+            if got and first is None:
+                first = now
+            if got >= readings and delivered >= messages:
+                last = now
+                break
+            time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(180)
+        col_s = (last or time.monotonic()) - (first or time.monotonic())
+        ref_rates.append(bare("r2"))
+        rows, distinct = reading_ids(tmp / "landing")
+        ref_rate = sum(ref_rates) / len(ref_rates)
+        col_rate = messages / col_s if col_s else 0.0
+        return {
+            "messages_each": messages, "readings_sent": readings,
+            "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
+            "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
+            "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
+            "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
+            "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
+            "nothing_lost": rows == readings == distinct and last is not None,
+        }
+    finally:
+        mq.close()
 
 
 def metric(port: int, name: str) -> float:
@@ -282,107 +323,124 @@ def metric(port: int, name: str) -> float:
 
 
 def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> dict:
-    """The collector and a bare paho subscriber, each taking ``rate`` messages/s live from Mosquitto."""
+    """The collector and a bare paho subscriber, each taking ``rate`` messages/s live from Mosquitto.
+
+    The three runs (paho, collector, paho) follow each other with the same device users, so
+    every subscriber reads the filter ``sluice/sensors/+`` (a topic list of 5,000 devices
+    does not fit on the collector's command line); on a broker where other devices publish
+    meanwhile, the counts show it (``nothing_lost`` false), they are not hidden.
+    """
+    from kafka_login import env as kafka_env
+    from kafka_login import settings as kafka_settings
+    from mqtt_helpers import MqttUsers
+
+    from include.sensors import SENSOR_TOPIC_PREFIX
     from stack.config import StackConfig
+    from stack.services.mosquitto import Mosquitto
 
     cfg = StackConfig.from_env()
-    mport = cfg.ports["mosquitto"]
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-live-"))
+    mq = MqttUsers(Mosquitto(cfg), tmp)
+    try:  # the bench's MQTT users go, whatever happens
+        print(f"making {devices} device users (TLS, each publishes to its own topic) ...", flush=True)
+        devices_file = str(mq.devices_file(mq.devices(run, devices)))
+        every_device = [f"{SENSOR_TOPIC_PREFIX}/+"]
+        offer = Offer("127.0.0.1", mq.port, devices_file, mq.ca_file, devices, rate, seconds)
 
-    def plan(tag: str) -> Offer:
-        return Offer("127.0.0.1", mport, f"{tag}{run}/sensors", devices, rate, seconds, f"load-{run}-{tag}")
+        def bare(tag: str) -> dict:
+            # Session expiry 0: the session ends with the subscriber and queues nothing of the runs after it.
+            sub = subprocess.Popen(bare_args(mq, f"{tag}-{run}", every_device, planned_messages(offer, publishers), 0),
+                                   stdout=subprocess.PIPE, text=True)
+            if sub.stdout.readline().strip() != "subscribed":  # subscribed before the first publish: it misses nothing
+                sub.kill()
+                raise RuntimeError(f"the bare subscriber {tag}-{run} did not subscribe (its stderr says why)")
+            print(f"bare paho subscriber ({tag}) taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
+            sent = offer_load(offer, publishers)
+            out, _ = sub.communicate(timeout=900)
+            got = json.loads(out.strip().splitlines()[-1])
+            return {"offered": sent, "messages": got["messages"], "seconds": got["seconds"],
+                    "messages_per_s": got["messages"] / got["seconds"] if got["seconds"] else 0.0}
 
-    def bare(tag: str) -> dict:
-        # The session exists before the first publish, so the subscriber misses nothing.
-        make_session(mport, f"{tag}-{run}", f"{tag}{run}/sensors/+")
-        sub = subprocess.Popen([sys.executable, "-c", BARE_SUBSCRIBER, "127.0.0.1", str(mport), f"{tag}-{run}",
-                                f"{tag}{run}/sensors/+", str(planned_messages(plan(tag), publishers)), "1000"],
-                               stdout=subprocess.PIPE, text=True)
-        print(f"bare paho subscriber ({tag}) taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
-        sent = offer_load(plan(tag), publishers)
-        out, _ = sub.communicate(timeout=900)
-        got = json.loads(out.strip().splitlines()[-1])
-        return {"offered": sent, "messages": got["messages"], "seconds": got["seconds"],
-                "messages_per_s": got["messages"] / got["seconds"] if got["seconds"] else 0.0}
-
-    before = bare("r1")
-    print(f"  {before['messages_per_s']:,.0f} messages/s (generator reached {before['offered']['messages_per_s']:,} "
-          f"messages/s)", flush=True)
-    col_id, port = f"bench-{run}", free_port()
-    make_session(mport, col_id, f"c{run}/sensors/+")
-    collector = subprocess.Popen(
-        [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-         "--state-dir", str(tmp / "state"), "--mqtt-port", str(mport),
-         "--mqtt-client-id", col_id, "--mqtt-topics", f"c{run}/sensors/+",
-         "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
-         "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
-        cwd=REPO, stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            metric(port, "sluice_collector_readings_received_total")
-            break
-        except OSError:
-            time.sleep(0.2)
-    print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
-    sent: dict = {}
-    publisher = threading.Thread(target=lambda: sent.update(offer_load(plan("c"), publishers)), daemon=True)
-    try:
-        cpu0 = psutil.Process(collector.pid).cpu_times()
-        publisher.start()
-        first = last = None
-        seen = 0.0
-        deadline = time.monotonic() + seconds + 600
+        before = bare("r1")
+        print(f"  {before['messages_per_s']:,.0f} messages/s (generator reached {before['offered']['messages_per_s']:,} "
+              f"messages/s)", flush=True)
+        col_id, port = f"bench-{run}", free_port()
+        make_session(mq, col_id, every_device)
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+             "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, filters=every_device),
+             "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+             "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"],
+            cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+            stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                got = metric(port, "sluice_collector_readings_received_total")
-                delivered = metric(port, "sluice_collector_kafka_delivered_total")
-            except OSError:  # a starved collector answers its scrape late: ask again
-                continue
-            now = time.monotonic()
-            if got and first is None:
-                first = now
-            if got > seen:
-                seen, last = got, now
-            # The counter counts redeliveries too (after a reconnect the broker sends the
-            # unacknowledged messages again), so reaching the count is not the end: wait
-            # until nothing more comes for 3 s. The files then show what was received.
-            if sent and got >= sent["readings"] and delivered >= sent["messages"] and now - last >= 3:
+                metric(port, "sluice_collector_readings_received_total")
                 break
-            time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
-        cpu1 = psutil.Process(collector.pid).cpu_times()
-        rss = peak_rss_mb(collector.pid)
-    finally:
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(180)
-    publisher.join(60)
-    col_s = (last or time.monotonic()) - (first or time.monotonic())
-    after = bare("r2")
-    rows, distinct = reading_ids(tmp / "landing")
-    from confluent_kafka import Consumer, TopicPartition
+            except OSError:
+                time.sleep(0.2)
+        print(f"collector taking {rate:,.0f} messages/s for {seconds:.0f} s ...", flush=True)
+        sent: dict = {}
+        publisher = threading.Thread(target=lambda: sent.update(offer_load(offer, publishers)), daemon=True)
+        try:
+            cpu0 = psutil.Process(collector.pid).cpu_times()
+            publisher.start()
+            first = last = None
+            seen = 0.0
+            deadline = time.monotonic() + seconds + 600
+            while time.monotonic() < deadline:
+                try:
+                    got = metric(port, "sluice_collector_readings_received_total")
+                    delivered = metric(port, "sluice_collector_kafka_delivered_total")
+                except OSError:  # a starved collector answers its scrape late: ask again
+                    continue
+                now = time.monotonic()
+                if got and first is None:
+                    first = now
+                if got > seen:
+                    seen, last = got, now
+                # The counter counts redeliveries too (after a reconnect the broker sends the
+                # unacknowledged messages again), so reaching the count is not the end: wait
+                # until nothing more comes for 3 s. The files then show what was received.
+                if sent and got >= sent["readings"] and delivered >= sent["messages"] and now - last >= 3:
+                    break
+                time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
+            cpu1 = psutil.Process(collector.pid).cpu_times()
+            rss = peak_rss_mb(collector.pid)
+        finally:
+            collector.send_signal(signal.SIGTERM)
+            collector.wait(180)
+        publisher.join(60)
+        col_s = (last or time.monotonic()) - (first or time.monotonic())
+        after = bare("r2")
+        rows, distinct = reading_ids(tmp / "landing")
+        from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": cfg.kafka_bootstrap, "group.id": f"bench-{run}"})
-    meta = consumer.list_topics(f"bench.{run}.raw", timeout=10)
-    in_kafka = sum(hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
-                                          for p in meta.topics[f"bench.{run}.raw"].partitions))
-    consumer.close()
-    ref = (before["messages_per_s"] + after["messages_per_s"]) / 2
-    col_rate = sent["messages"] / col_s if col_s > 0 else 0.0
-    return {
-        "offered_messages_per_s": rate, "seconds": seconds, "devices": devices, "publisher_processes": publishers,
-        "generator_reached_messages_per_s": [before["offered"]["messages_per_s"], sent["messages_per_s"],
-                                             after["offered"]["messages_per_s"]],
-        "paho_bare_messages_per_s_before_after": [round(before["messages_per_s"]), round(after["messages_per_s"])],
-        "paho_bare_messages_per_s": round(ref),
-        "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(3 * col_rate),
-        "ratio_collector_to_paho": round(col_rate / ref, 3) if ref else None,
-        "collector_cpu_percent_of_one_core": round(100 * (sum(cpu1[:2]) - sum(cpu0[:2])) / col_s, 1) if col_s > 0 else None,
-        "collector_peak_rss_mb": round(rss, 1),
-        "readings_sent": sent["readings"], "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
-        "records_in_kafka": in_kafka,
-        "nothing_lost": rows == distinct == sent["readings"] and in_kafka >= sent["messages"] and last is not None,
-    }
+        consumer = Consumer({**kafka_settings(config=cfg), "group.id": f"bench-{run}"})
+        meta = consumer.list_topics(f"bench.{run}.raw", timeout=10)
+        in_kafka = sum(hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(f"bench.{run}.raw", p), timeout=10)
+                                              for p in meta.topics[f"bench.{run}.raw"].partitions))
+        consumer.close()
+        ref = (before["messages_per_s"] + after["messages_per_s"]) / 2
+        col_rate = sent["messages"] / col_s if col_s > 0 else 0.0
+        return {
+            "offered_messages_per_s": rate, "seconds": seconds, "devices": devices, "publisher_processes": publishers,
+            "generator_reached_messages_per_s": [before["offered"]["messages_per_s"], sent["messages_per_s"],
+                                                 after["offered"]["messages_per_s"]],
+            "paho_bare_messages_per_s_before_after": [round(before["messages_per_s"]), round(after["messages_per_s"])],
+            "paho_bare_messages_per_s": round(ref),
+            "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(3 * col_rate),
+            "ratio_collector_to_paho": round(col_rate / ref, 3) if ref else None,
+            "collector_cpu_percent_of_one_core": round(100 * (sum(cpu1[:2]) - sum(cpu0[:2])) / col_s, 1) if col_s > 0 else None,
+            "collector_peak_rss_mb": round(rss, 1),
+            "readings_sent": sent["readings"], "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
+            "records_in_kafka": in_kafka,
+            "nothing_lost": rows == distinct == sent["readings"] and in_kafka >= sent["messages"] and last is not None,
+        }
+    finally:
+        mq.close()
 
 
 def main() -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -88,6 +89,8 @@ def rows_and_ids(landing: Path) -> tuple[int, int]:
 
 def drain(mq, user: str, tls: bool, readings: int, messages: int, kafka: str, tmp: Path) -> dict:
     """Run the collector as ``user`` until it has every queued reading (and Kafka confirmed every record)."""
+    from kafka_login import env as kafka_env
+
     broker = mq.broker
     port = broker.config.ports["mosquitto_tls" if tls else "mosquitto"]
     metrics_port = free_port()
@@ -101,7 +104,9 @@ def drain(mq, user: str, tls: bool, readings: int, messages: int, kafka: str, tm
            *(["--kafka-bootstrap", kafka, "--kafka-topic", f"bench.{user}.raw",
               "--kafka-deadletter-topic", f"bench.{user}.dl"] if kafka else ["--kafka-bootstrap", ""])]
     folder.mkdir(parents=True)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=(folder / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+    # Kafka is the local stack's (SASL_SSL): the collector logs in as the admin, who may make the bench's topics.
+    env = {**os.environ, **(kafka_env() if kafka else {})}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(folder / "collector.log").open("ab"), stderr=subprocess.STDOUT)
     first = last = None
     deadline = time.monotonic() + 900
     try:
