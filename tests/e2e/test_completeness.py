@@ -45,6 +45,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from collectors.config import default_host
+from collectors.simulate_sensors import device_ids
 from include.alerts import IncidentBook
 from include.landing import open_landing
 from include.manifests import read_heartbeats, read_manifests
@@ -55,6 +56,7 @@ from stack.airflow_api import MINUTE_DAGS
 from stack.connections import landing_url
 from stack.services.collectors import HostCollector, MqttCollector, Simulator
 from stack.services.minio import MinIO
+from stack.services.mosquitto import DEVICE, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
@@ -79,12 +81,17 @@ def _publish_once(stack_config, device_prefix: str) -> None:
     the last word on what differs: argparse keeps the last value of a repeated option.
     """
     sim = Simulator(stack_config)
-    proc = subprocess.run(
-        [sys.executable, "-m", "collectors.simulate_sensors", *sim.args(), "--devices", "1", "--messages", "1",
-         "--duration", "0", "--qos", "1", "--device-prefix", device_prefix,
-         "--client-id", f"sluice-test-{device_prefix}"],
-        env=sim.env(), capture_output=True, text=True, timeout=120,
-    )
+    # The device is a user of the broker (TLS, its own password in the registry the simulator reads).
+    broker, devices = Mosquitto(stack_config), device_ids(device_prefix, 1)
+    broker.ensure_users(devices, DEVICE)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "collectors.simulate_sensors", *sim.args(), "--devices", "1", "--messages", "1",
+             "--duration", "0", "--qos", "1", "--device-prefix", device_prefix],
+            env=sim.env(), capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        broker.remove_users(devices)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '"messages":1' in proc.stdout.replace(" ", ""), proc.stdout
 
@@ -155,7 +162,8 @@ def _first_run_after(client, dag: str, after: datetime, timeout: float) -> tuple
 
 @pytest.fixture(scope="module")
 def landing(minio, stack_config):
-    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).client())
+    # Root's client on purpose: the test reads manifests, heartbeats and load records of every writer.
+    return open_landing(landing_url(stack_config), s3_client=MinIO(stack_config).admin_client())
 
 
 def _wait_live(landing, source: str, writer: str, timeout: float = 180) -> None:
