@@ -305,20 +305,14 @@ class Elasticsearch(Service):
         return f"cluster {health['cluster_name']} {health['status']}, Elasticsearch {VERSION}, HTTPS + API keys"
 
     def after_start(self) -> None:
-        """Install the default prefix's templates, check (or make) its API keys; drop other prefixes' keys.
+        """Install the default prefix's templates and check (or make) its API keys.
 
-        Keys of other prefixes (tests and benchmarks make them for their own
-        prefixes) are invalidated at each start, so they do not pile up.
+        Keys made for other prefixes (tests and benchmarks make them for their own)
+        are left as they are: Elasticsearch keeps them across a restart, and a client
+        holding one (a test that stops and restores the node mid-run) keeps working.
         """
         self.install_templates_as_admin(ES_INDEX_PREFIX)
         self.api_keys(ES_INDEX_PREFIX, verify=True)
-        from include import elasticsearch_security as sec
-
-        with self.admin() as admin:
-            for path in self.dir.glob("api-keys-*.json"):
-                if path != self.keys_file(ES_INDEX_PREFIX):
-                    sec.invalidate_api_keys(admin, [k["id"] for k in json.loads(path.read_text()).values()])
-                    path.unlink()
 
     def install_templates_as_admin(self, prefix: str) -> None:
         with self.admin() as admin:
