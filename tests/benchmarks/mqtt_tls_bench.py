@@ -23,30 +23,19 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+from collectors_bench import free_port, metric, reading_ids  # noqa: E402  (one copy of each)
 
 
 def make_session(mq, user: str, port: int, tls: bool) -> None:
@@ -71,20 +60,6 @@ def make_session(mq, user: str, port: int, tls: bool) -> None:
     c.loop_stop()
     if not granted or any(rc.is_failure for rc in granted):
         raise RuntimeError(f"the broker did not grant {user}'s subscription: {granted}")
-
-
-def rows_and_ids(landing: Path) -> tuple[int, int]:
-    from include.contract import row_identity
-    from include.schemas import SENSOR
-
-    rows, ids = 0, set()
-    for path in landing.rglob("raw/sensor/**/*.csv"):
-        with path.open() as fh:
-            fh.readline()
-            for line in fh:
-                rows += 1
-                ids.add(row_identity(SENSOR, line.rstrip("\n").split(",")).id)
-    return rows, len(ids)
 
 
 def drain(mq, user: str, tls: bool, readings: int, messages: int, kafka: str, tmp: Path) -> dict:
@@ -128,7 +103,7 @@ def drain(mq, user: str, tls: bool, readings: int, messages: int, kafka: str, tm
         proc.send_signal(signal.SIGTERM)
         proc.wait(180)
     seconds = (last or time.monotonic()) - (first or time.monotonic())
-    rows, distinct = rows_and_ids(folder / "landing")
+    rows, distinct = reading_ids(folder / "landing")
     return {"listener": "TLS" if tls else "plaintext", "seconds": round(seconds, 2),
             "readings_per_s": round(readings / seconds) if seconds and last else 0,
             "nothing_lost": last is not None and rows == distinct == readings,
