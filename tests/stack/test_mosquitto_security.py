@@ -146,6 +146,16 @@ def test_anonymous_wrong_password_and_removed_users_are_refused(mqtt_users):
     assert connack(mqtt_users.client(device, password=password, v5=True), host, port) == "Not authorized"
 
 
+def publish_three_as(mqtt_users, device: str, col) -> None:
+    """Three readings from ``device`` on its own topic, over TLS as itself; wait until the collector has them."""
+    source = mqtt_users.client(device, v5=True)
+    assert connack(source, mqtt_users.broker.config.host, mqtt_users.port) == "Success"
+    for n in range(3):
+        source.publish(device_topic(device), reading(device, n), qos=1).wait_for_publish(10)
+    close(source)
+    wait_until(lambda: col.collector.messages >= 3, 10, "the messages at the collector")
+
+
 def test_plaintext_is_not_served(mqtt_users, tmp_path):
     broker = mqtt_users.broker
     host = broker.config.host
@@ -225,12 +235,7 @@ def test_a_device_cannot_read_other_devices_data(mqtt_users, tmp_path):
         spy.subscribe([(device_topic(b), 1), (device_topic("+"), 1), ("sluice/#", 1), ("#", 1),
                        (f"$share/spy/{device_topic('+')}", 1)])
         print("SUBACK to a device in 2.0.11:", granted.get(timeout=5))
-        source = mqtt_users.client(b, v5=True)
-        assert connack(source, host, mqtt_users.port) == "Success"
-        for n in range(3):
-            source.publish(device_topic(b), reading(b, n), qos=1).wait_for_publish(10)
-        close(source)
-        wait_until(lambda: col.collector.messages >= 3, 10, "the messages at the collector")
+        publish_three_as(mqtt_users, b, col)
         time.sleep(1.0)
         close(spy)
     assert inbox.empty(), f"a device received {inbox.get()!r}"
@@ -249,12 +254,7 @@ def test_a_device_cannot_take_over_the_collectors_client_id(mqtt_users, tmp_path
         intruder.on_message = lambda c, u, msg: inbox.put(msg.topic)
         assert connack(intruder, host, mqtt_users.port) == "Success"
         intruder.subscribe(device_topic(b), qos=1)
-        source = mqtt_users.client(b, v5=True)
-        assert connack(source, host, mqtt_users.port) == "Success"
-        for n in range(3):
-            source.publish(device_topic(b), reading(b, n), qos=1).wait_for_publish(10)
-        close(source)
-        wait_until(lambda: col.collector.messages >= 3, 10, "the messages at the collector")
+        publish_three_as(mqtt_users, b, col)
         time.sleep(0.5)
         assert col.collector.connected.is_set() and col.disconnects == 0, "the collector was kicked off"
         # The broker knows the intruder by its user name, not the id it asked for.
