@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from collectors.config import ConfigError, KafkaClientOptions, default_state_dir, describe, option, require
-from include.landing import S3_REQUEST_CHECKSUMS, LandingZone, open_landing
+from include.landing import LandingZone, MinioLanding, open_landing
 from include.spool import LanderMetrics, SpoolEntry
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ class CommonConfig(KafkaClientOptions):
     state_dir: str = option("", "Folder for the journal and the spool (default: ~/.local/state/sluice/<collector>).")
     s3_endpoint_url: str = option("", "S3 endpoint for s3:// landing URLs, e.g. https://127.0.0.1:9000 for the local stack's MinIO (with --s3-ca-bundle; empty: AWS).")
     s3_region: str = option("us-east-1", "S3 region.")
-    s3_access_key: str = option("", "S3 access key id (else the AWS_* environment/boto3 chain).", secret=True)
-    s3_secret_key: str = option("", "S3 secret access key (else the AWS_* environment/boto3 chain).", secret=True)
+    s3_access_key: str = option("", "S3 access key id (else the AWS chain: AWS_* variables, the AWS files, the instance role).", secret=True)
+    s3_secret_key: str = option("", "S3 secret access key (else the AWS chain).", secret=True)
     s3_ca_bundle: str = option("", "CA certificate (PEM) the S3 endpoint's TLS certificate is verified with, e.g. the local stack's runtime/tls/ca.crt (empty: the system's trust store).")
     kafka_message_timeout: float = option(30.0, "Seconds librdkafka tries to deliver a record before reporting failure.")
     metrics_addr: str = option("127.0.0.1", "Address the Prometheus /metrics endpoint listens on.")
@@ -124,27 +124,32 @@ class CommonConfig(KafkaClientOptions):
 
 
 def open_store(config: CommonConfig) -> LandingZone:
-    """The landing zone of ``config``; for s3:// a boto3 client that fails fast.
+    """The landing zone of ``config``; for s3:// the MinIO client (light; see include/landing.py), failing fast.
 
     One attempt per call and short timeouts: the Lander retries with backoff
-    itself, and a collector must not hang on a store that is down.
+    itself, and a collector must not hang on a store that is down. Without
+    keys the usual AWS chain applies (``AWS_*`` variables, the AWS files, the
+    instance role).
     """
     if not config.landing_url.startswith("s3://"):
         return open_landing(config.landing_url)
-    import boto3
-    from botocore.config import Config
+    from urllib.parse import urlparse
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=config.s3_endpoint_url or None,
-        region_name=config.s3_region,
-        aws_access_key_id=config.s3_access_key or None,
-        aws_secret_access_key=config.s3_secret_key or None,
-        verify=config.s3_ca_bundle or None,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2, read_timeout=10,
-                      request_checksum_calculation=S3_REQUEST_CHECKSUMS),
-    )
-    return open_landing(config.landing_url, s3_client=client)
+    import certifi
+    import urllib3
+    from minio import Minio
+    from minio.credentials import AWSConfigProvider, ChainedProvider, EnvAWSProvider, IamAwsProvider
+
+    endpoint = urlparse(config.s3_endpoint_url or "https://s3.amazonaws.com")
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False, maxsize=4,
+                               cert_reqs="CERT_REQUIRED", ca_certs=config.s3_ca_bundle or certifi.where())
+    keys = ({"access_key": config.s3_access_key, "secret_key": config.s3_secret_key} if config.s3_access_key
+            else {"credentials": ChainedProvider([EnvAWSProvider(), AWSConfigProvider(), IamAwsProvider()])})
+    client = Minio(endpoint.netloc, secure=endpoint.scheme == "https", region=config.s3_region, http_client=http, **keys)
+    bucket, _, prefix = config.landing_url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ConfigError(f"landing URL {config.landing_url!r} names no bucket; use s3://bucket[/prefix]")
+    return MinioLanding(client, bucket, prefix)
 
 
 class MetricsEndpoint:
@@ -193,14 +198,28 @@ class MetricsEndpoint:
 
         self._server = ThreadingHTTPServer((addr, port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="metrics-endpoint", daemon=True).start()
+        # serve_forever wakes every poll_interval to look for shutdown(); its default (0.5 s) cost an
+        # idle host sampler a fifth of its CPU. A request wakes it at once, so close() makes one.
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 3600}, name="metrics-endpoint",
+                         daemon=True).start()
         return self._server.server_port
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._server is None:
+            return
+        import socket
+
+        server, self._server = self._server, None
+        stopper = threading.Thread(target=server.shutdown, name="metrics-endpoint-stop", daemon=True)
+        stopper.start()
+        while stopper.is_alive():  # until the loop has seen the request flag
+            try:
+                with socket.create_connection(server.server_address[:2], timeout=1):
+                    pass
+            except OSError:
+                pass
+            stopper.join(0.05)
+        server.server_close()
 
 
 class CollectorMetrics(LanderMetrics, MetricsEndpoint):

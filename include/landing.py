@@ -1,8 +1,13 @@
 """The landing zone: where collectors put minute files and DAGs find them.
 
 One URL decides the store: ``s3://bucket/prefix`` (S3 or MinIO; the endpoint
-comes from the injected boto3 client or ``SLUICE_S3_ENDPOINT_URL``) or
-``file:///path`` (the embedded default). The key of a minute file is
+comes from the injected client or ``SLUICE_S3_ENDPOINT_URL``) or
+``file:///path`` (the embedded default). Two S3 clients stand behind the one
+protocol: boto3 (:class:`S3Landing`) where it is loaded anyway, in Airflow
+through its S3Hook, and the much lighter MinIO client (:class:`MinioLanding`)
+in the collectors, which run for months beside the thing they measure: boto3
+and its service models cost a collector about 25 MB of memory, the MinIO
+client about 8 MB (tests/benchmarks/host_bench.py measures the sampler with each). The key of a minute file is
 deterministic (:func:`include.contract.minute_key`), so rewriting a minute
 replaces the file instead of adding one::
 
@@ -179,6 +184,70 @@ class S3Landing:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
+
+class MinioLanding:
+    """S3 or MinIO through the MinIO client (``minio``); ``client`` is a ``minio.Minio``."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        import io
+
+        # One PUT whatever the size (up to S3's 5 GiB), as boto3's put_object: the client would
+        # otherwise cut a large minute file into a multipart upload.
+        result = self.client.put_object(self.bucket, self.prefix + key, io.BytesIO(data), len(data),
+                                        content_type="text/csv", metadata=metadata or None,
+                                        part_size=max(len(data), _MIN_PART_BYTES))
+        return ObjectInfo(key, len(data), result.etag.strip('"'), datetime.now(timezone.utc), dict(metadata or {}))
+
+    def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            response = self.client.get_object(self.bucket, self.prefix + key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                raise KeyError(f"{key} is not in the landing zone {self.url}") from None
+            raise
+        try:
+            body: bytes = response.read()
+            return body
+        finally:
+            response.close()
+            response.release_conn()
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from minio.error import S3Error
+
+        try:
+            stat = self.client.stat_object(self.bucket, self.prefix + key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise
+        # The MinIO client returns every response header; the user metadata are the x-amz-meta-* ones,
+        # named as boto3 names them (the prefix cut, lower case).
+        meta = {name.lower()[len(_USER_META):]: value for name, value in (stat.metadata or {}).items()
+                if name.lower().startswith(_USER_META)}
+        return ObjectInfo(key, stat.size, stat.etag.strip('"'), stat.last_modified, meta)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for obj in self.client.list_objects(self.bucket, prefix=self.prefix + prefix, recursive=True):
+            if obj.is_dir:
+                continue
+            yield ObjectInfo(obj.object_name[len(self.prefix):], obj.size, obj.etag.strip('"'), obj.last_modified, {})
+
+    def delete(self, key: str) -> None:
+        self.client.remove_object(self.bucket, self.prefix + key)
+
+
+_USER_META = "x-amz-meta-"
+_MIN_PART_BYTES = 5 * 2**20  # the MinIO client's smallest part size
 
 
 def open_landing(url: str, *, s3_client: Any = None) -> LandingZone:

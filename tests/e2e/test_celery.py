@@ -6,7 +6,7 @@ Celery; it stays so for the rest of the session), then: scheduled minutes of
 both minute DAGs over the collectors' landed files, and a fast backfill over
 four hours of landed host files, load exact counts (landed rows = Elasticsearch
 documents = OpenTSDB points), and the task instances' ``hostname`` (REST API)
-names both workers, the backfill's mapped hours included.
+names only the workers, and both of them.
 """
 
 from __future__ import annotations
@@ -126,6 +126,6 @@ def test_scheduled_minutes_and_a_fast_backfill_load_exact_counts_on_both_workers
     hostnames["sluice_backfill_fast.load_hour"] = {ti["hostname"] for ti in hours}
     every = set().union(*hostnames.values())
     assert every <= workers, f"task instances ran on {every}, not only on the workers {workers}"
+    # Both workers took tasks. Which one takes a given task is Celery's choice: the four mapped
+    # hours fit in one worker's four slots, and a CI run saw them all go to one worker.
     assert every == workers, f"by DAG: {hostnames}"
-    assert hostnames["sluice_backfill_fast.load_hour"] == workers, (
-        f"the backfill's mapped hours all ran on {hostnames['sluice_backfill_fast.load_hour']}")
