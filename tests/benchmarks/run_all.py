@@ -77,12 +77,8 @@ def progress(message: str) -> None:
 
 
 def hop_mqtt(cfg: StackConfig, quick: bool) -> list[Row]:
-    import collectors_bench
+    from collectors_bench import bench_drain as drain
 
-    drain = getattr(collectors_bench, "bench_drain", None)
-    if drain is None:
-        return [Row("MQTT collector", "not measured", "paho receive limit: not measured", None,
-                    note="collectors_bench.py of this checkout has no bench_drain (the paho receive limit)")]
     messages = 20_000 if quick else 100_000
     progress(f"mqtt: the collector and a bare paho subscriber each drain {messages:,} queued QoS 1 messages")
     got = drain(messages, 2, None)
