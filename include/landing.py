@@ -141,14 +141,18 @@ class FileLanding:
         path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
 
 
-class S3Landing:
-    """S3 or MinIO through boto3; ``client`` is a boto3 S3 client (injected)."""
+class _Bucket:
+    """A landing zone in an S3 bucket under a key prefix; ``client`` is the S3 client of a subclass."""
 
     def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
+
+
+class S3Landing(_Bucket):
+    """S3 or MinIO through boto3; ``client`` is a boto3 S3 client (injected)."""
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         resp = self.client.put_object(
@@ -186,14 +190,8 @@ class S3Landing:
         self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
 
-class MinioLanding:
+class MinioLanding(_Bucket):
     """S3 or MinIO through the MinIO client (``minio``); ``client`` is a ``minio.Minio``."""
-
-    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
-        self.client = client
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.url = f"s3://{bucket}/{self.prefix}"
 
     def put(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> ObjectInfo:
         import io
