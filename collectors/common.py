@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from collectors.config import ConfigError, KafkaClientOptions, default_state_dir, describe, option, require
-from include.landing import LandingZone, MinioLanding, open_landing
+from include.landing import LandingZone, MinioLanding, open_landing, s3_location
 from include.spool import LanderMetrics, SpoolEntry
 
 if TYPE_CHECKING:
@@ -146,9 +146,10 @@ def open_store(config: CommonConfig) -> LandingZone:
     keys = ({"access_key": config.s3_access_key, "secret_key": config.s3_secret_key} if config.s3_access_key
             else {"credentials": ChainedProvider([EnvAWSProvider(), AWSConfigProvider(), IamAwsProvider()])})
     client = Minio(endpoint.netloc, secure=endpoint.scheme == "https", region=config.s3_region, http_client=http, **keys)
-    bucket, _, prefix = config.landing_url[len("s3://"):].partition("/")
-    if not bucket:
-        raise ConfigError(f"landing URL {config.landing_url!r} names no bucket; use s3://bucket[/prefix]")
+    try:
+        bucket, prefix = s3_location(config.landing_url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return MinioLanding(client, bucket, prefix)
 
 

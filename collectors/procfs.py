@@ -48,7 +48,7 @@ class ProcSampler:
         self._disks: frozenset[str] = frozenset()
         self._disks_second = -1
         # The reference point of the first cpu_percent, as psutil's first call sets it.
-        self._cpu: list[int] | None = [int(v) for v in _read("/proc/stat").split(b"\n")[0].split()[1:]]
+        self._cpu: list[int] = [int(v) for v in _read("/proc/stat").split(b"\n")[0].split()[1:]]
 
     def __call__(self, host: str, second: int) -> list[str]:
         stat = _read("/proc/stat").split(b"\n")
@@ -83,8 +83,6 @@ class ProcSampler:
         # user nice system idle iowait irq softirq steal guest guest_nice; guest time is inside user
         # and nice already, idle and iowait are not busy (psutil's _cpu_tot_time, _cpu_busy_time).
         previous, self._cpu = self._cpu, times
-        if previous is None:
-            return 0.0
         delta = [max(0, now - then) for now, then in zip(times, previous, strict=True)]
         total = sum(delta) - sum(delta[8:10])
         busy = total - delta[3] - (delta[4] if len(delta) > 4 else 0)

@@ -248,6 +248,14 @@ _USER_META = "x-amz-meta-"
 _MIN_PART_BYTES = 5 * 2**20  # the MinIO client's smallest part size
 
 
+def s3_location(url: str) -> tuple[str, str]:
+    """The bucket and key prefix of an ``s3://bucket[/prefix]`` landing URL; ValueError without a bucket."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"landing URL {url!r} names no bucket; use s3://bucket[/prefix]")
+    return parsed.netloc, parsed.path
+
+
 def open_landing(url: str, *, s3_client: Any = None) -> LandingZone:
     """The landing zone behind ``url``.
 
@@ -261,13 +269,12 @@ def open_landing(url: str, *, s3_client: Any = None) -> LandingZone:
             raise ValueError(f"landing URL {url!r}: file URLs take no host; use file:///absolute/path")
         return FileLanding(Path(parsed.path), url)
     if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ValueError(f"landing URL {url!r} names no bucket; use s3://bucket[/prefix]")
+        bucket, prefix = s3_location(url)
         if s3_client is None:
             import boto3
             from botocore.config import Config
 
             s3_client = boto3.client("s3", endpoint_url=os.environ.get("SLUICE_S3_ENDPOINT_URL") or None,
                                      config=Config(request_checksum_calculation=S3_REQUEST_CHECKSUMS))
-        return S3Landing(s3_client, parsed.netloc, parsed.path)
+        return S3Landing(s3_client, bucket, prefix)
     raise ValueError(f"landing URL {url!r}: the scheme must be s3:// or file://")
