@@ -44,6 +44,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -130,6 +131,12 @@ def format_tags(tags: Mapping[str, str]) -> str:
 
 def parse_tags(text: str) -> dict[str, str]:
     """Inverse of :func:`format_tags`; ContractError on a pair that is not ``name=name``."""
+    return dict(_tag_pairs(text))
+
+
+@lru_cache(maxsize=4096)
+def _tag_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    # A device sends the same tags in every reading: checked once (a tuple, so no caller shares a dict).
     tags: dict[str, str] = {}
     for pair in text.split(" ") if text else ():
         key, sep, value = pair.partition("=")
@@ -138,7 +145,7 @@ def parse_tags(text: str) -> dict[str, str]:
         if key in tags:
             raise ContractError(f"tag key {key!r} appears twice")
         tags[key] = value
-    return tags
+    return tuple(tags.items())
 
 
 # --- Timestamps --------------------------------------------------------------------------------

@@ -120,6 +120,10 @@ class BulkResult:
         return len(self.failed)
 
 
+#: The parts of a _bulk answer the helper and :func:`bulk_index` read (each item's status, error and id).
+BULK_FILTER_PATH = "errors,items.*.status,items.*.error,items.*._id"
+
+
 def bulk_actions(
     source: str, ids: Sequence[str], timestamps: Sequence[str], documents: Sequence[bytes], *, prefix: str = ES_INDEX_PREFIX
 ) -> Iterator[tuple[bytes, bytes]]:
@@ -169,6 +173,8 @@ def bulk_index(
                 initial_backoff=initial_backoff,
                 max_backoff=max_backoff,
                 retry_on_status=RETRY_STATUSES,
+                # Only what is read back: the answer shrinks from ~200 bytes an item to ~20.
+                filter_path=BULK_FILTER_PATH,
             ):
                 if ok:
                     result.accepted += 1
@@ -254,10 +260,14 @@ def connect(
     connection errors and timeouts; it does not connect until the first request.
     """
     from elasticsearch import Elasticsearch
+    from elasticsearch.serializer import OrjsonSerializer
 
     tls: dict[str, Any] = {"ca_certs": ca_certs} if ca_certs else {}
     return Elasticsearch(
         url,
+        # orjson, not the standard library, reads the answers: a 5,000-item _bulk answer took a tenth
+        # of the stream loader's time to parse (profiled).
+        serializer=OrjsonSerializer(),
         api_key=api_key or None,
         basic_auth=basic_auth,
         request_timeout=request_timeout,

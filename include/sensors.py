@@ -392,14 +392,14 @@ def format_value(value: int | float) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _stamp(epoch: float) -> str:
-    # Readings of one payload share their timestamp: format it once.
+def reading_stamp(epoch: float) -> str:
+    """The canonical timestamp text of a reading's epoch (readings of one payload share it: made once)."""
     return timestamp_text(epoch)
 
 
 def csv_row(device: str, reading: Reading) -> list[str]:
     """The sensor CSV row (SENSOR_SCHEMA order) of one reading."""
-    return [_stamp(reading.epoch), device, reading.metric, format_value(reading.value), reading.tags]
+    return [reading_stamp(reading.epoch), device, reading.metric, format_value(reading.value), reading.tags]
 
 
 def csv_line(device: str, reading: Reading) -> str:

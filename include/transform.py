@@ -37,6 +37,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -249,10 +250,12 @@ def document_id(source: str, doc: Mapping[str, Any]) -> str:
     raise ValueError(f"source {source!r} is not one of {', '.join(SOURCES)}")
 
 
+@lru_cache(maxsize=4096)
 def opentsdb_timestamp(timestamp: str) -> int:
     """Epoch seconds of a canonical timestamp, or milliseconds when it has a fraction.
 
-    OpenTSDB tells the two apart by their size (10 vs 13 digits).
+    OpenTSDB tells the two apart by their size (10 vs 13 digits). Cached: the readings of a
+    payload, and the rows of a second, share their timestamp.
     """
     # fromisoformat, not strptime: the same result for the canonical form, 8x faster (the stream loader's hot path).
     dt = datetime.fromisoformat(timestamp[:19]).replace(tzinfo=timezone.utc)

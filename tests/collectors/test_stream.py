@@ -65,10 +65,8 @@ def test_stream_documents_equal_the_batch_path(payload):
     data = (",".join(SENSOR_SCHEMA.names) + "\n" + "".join(csv_line("dev-1", r) for r in parsed.readings)).encode()
     batch = transform_file(SENSOR, data)
     docs, rejects = sensor_documents(b"dev-1", payload, received_time([(HEADER_RECEIVED_AT, header)], None)[0], Limits())
-    assert [orjson.loads(d) for d in batch.documents] == docs
-    from include.transform import document_id
-
-    assert [document_id(SENSOR, d) for d in docs] == batch.ids
+    assert [orjson.loads(d) for d in batch.documents] == [doc for _, doc in docs]
+    assert [doc_id for doc_id, _ in docs] == batch.ids
     assert sum(rejects.values()) == len(parsed.rejects)
 
 
