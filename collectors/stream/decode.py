@@ -41,6 +41,8 @@ from include.sensors import Limits, Reading, parse_payload, reading_stamp
 from include.transform import TIME_FIELD, document_id, host_document
 
 _HOST_COLUMNS = frozenset(HOST_SCHEMA.names)
+#: The reject tally of a payload whose readings all passed (most of them), shared: never written to.
+_NO_REJECTS: Tally = Tally()
 
 
 class Undecodable(ValueError):
@@ -158,7 +160,8 @@ def sensor_documents(key: bytes | None, value: bytes | None, received: float, li
     if not parsed.readings:
         code = parsed.rejects[0].code if parsed.rejects else "no_readings"
         raise Undecodable(code, parsed.reason or "no readings")
-    return [reading_document(device, r) for r in parsed.readings], Tally(r.code for r in parsed.rejects)
+    rejects = Tally(r.code for r in parsed.rejects) if parsed.rejects else _NO_REJECTS
+    return [reading_document(device, r) for r in parsed.readings], rejects
 
 
 def reading_document(device: str, reading: Reading) -> tuple[str, dict]:

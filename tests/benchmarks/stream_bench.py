@@ -19,7 +19,7 @@ Every run uses its own topics, consumer group, index prefix and metric names
 and removes its indices at the end. Needs the local stack (``python -m stack up``); every Kafka
 client logs in as the stack's admin over SASL_SSL (the loader and collector through
 ``SLUICE_KAFKA_*``, password by file). ``stream_security_bench.py`` compares SASL_SSL with PLAINTEXT.
-Run: ``.venv/bin/python tests/benchmarks/stream_bench.py [--messages 20000] [--rate 1000] [--seconds 30]``
+Run: ``.venv/bin/python tests/benchmarks/stream_bench.py [--messages 20000] [--loaders 1] [--rate 1000] [--seconds 30]``
 """
 
 from __future__ import annotations
@@ -154,33 +154,42 @@ def bench_topics(run: str) -> list[str]:
 
 
 def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: KafkaTarget | None = None,
-                     prepared=None) -> dict:
-    """``messages`` payloads put in the run's own topics, then loaded by a loader process: its readings/s.
+                     prepared=None, loaders: int = 1) -> dict:
+    """``messages`` payloads put in the run's own topics, then loaded by ``loaders`` loader processes of
+    one consumer group: their readings/s together.
 
-    ``target`` is the Kafka the loader reads (default: the stack's, as its
+    ``target`` is the Kafka the loaders read (default: the stack's, as its
     admin); the topics are filled by :func:`fill` before the clock starts, then
     ``prepared(run, group)`` is called (e.g. to grant the loader's user its rights).
+    The sensor topic has two partitions a loader (at least three), so a group splits it evenly.
     """
     target = target or stack_target(cfg)
     bootstrap = target.bootstrap
     run = uuid.uuid4().hex[:8]
     raw = f"bench.{run}.raw"
     group = f"bench-{run}"
-    fill(target, run, messages)
+    fill(target, run, messages, partitions=max(3, 2 * loaders))
     if prepared is not None:
         prepared(run, group)
-    port = free_port()
-    proc = spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
-                                                  port, extra), tmp / f"loader-{run}.log", target.env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
+    ports = [free_port() for _ in range(loaders)]
+    procs = [spawn("collectors.stream", loader_args(bootstrap, run, raw, Elasticsearch(cfg), cfg.url("opentsdb"),
+                                                    port, [*extra, "--kafka-instance-id", f"bench-{run}-{n}"]),
+                   tmp / f"loader-{run}-{n}.log", target.env)
+             for n, port in enumerate(ports)]
+
+    def consumed() -> float:
+        total = 0.0
+        for port in ports:
             try:
-                if scrape(port, "sluice_stream_records_consumed_total") > 0:
-                    break
+                total += scrape(port, "sluice_stream_records_consumed_total")
             except OSError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
+        return total
+
+    try:
+        deadline = time.monotonic() + 120
+        while consumed() == 0:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"loader did not start; see {tmp}")
             time.sleep(0.02)
         t0 = time.monotonic()
@@ -193,16 +202,18 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
             elapsed = time.monotonic() - t0
         finally:
             lag.close()
-        loaded = {sink: scrape(port, "sluice_stream_documents_loaded_total", sink=sink)
+        loaded = {sink: sum(scrape(port, "sluice_stream_documents_loaded_total", sink=sink) for port in ports)
                   for sink in ("elasticsearch", "opentsdb")}
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
         from include import elasticsearch as es
 
         es.drop_prefix(Elasticsearch(cfg).admin(), f"bench{run}")
     return {
         "messages": messages,
         "readings": 3 * messages,
+        "loaders": loaders,
         "seconds": round(elapsed, 2),
         "messages_per_s": round(messages / elapsed),
         "readings_per_s_into_both_sinks": round(3 * messages / elapsed),
@@ -211,8 +222,9 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
     }
 
 
-def fill(target: KafkaTarget, run: str, messages: int) -> None:
-    """Make the run's topics and put ``messages`` seed payloads (three readings each) in its sensor topic."""
+def fill(target: KafkaTarget, run: str, messages: int, *, partitions: int = 3) -> None:
+    """Make the run's topics (``partitions`` each) and put ``messages`` seed payloads (three readings each)
+    in its sensor topic."""
     from confluent_kafka import Producer
 
     from include.contract import timestamp_text as iso_utc
@@ -220,7 +232,7 @@ def fill(target: KafkaTarget, run: str, messages: int) -> None:
 
     bootstrap = target.admin["bootstrap.servers"]
     raw = f"bench.{run}.raw"
-    ensure_topics(bootstrap, bench_topics(run), settings=target.admin_security())
+    ensure_topics(bootstrap, bench_topics(run), partitions=partitions, settings=target.admin_security())
     producer = Producer(producer_config(bootstrap, client_id="bench", **target.admin_security()))
     metric = f"bench.{run}.m"
     ts0 = int(time.time() * 1000) - 3_600_000
@@ -404,6 +416,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30, help="duration of the latency run")
     parser.add_argument("--skip", choices=("throughput", "latency"), action="append", default=[])
     parser.add_argument("--loader-arg", action="append", default=[], help="extra option for the loader, e.g. --batch-wait=0.1")
+    parser.add_argument("--loaders", type=int, default=1, help="loader processes in the group for the throughput run")
     args = parser.parse_args()
     from stack.config import StackConfig
 
@@ -411,7 +424,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-stream-"))
     results = {"logs": str(tmp), "loader_args": args.loader_arg, "cores": os.cpu_count()}
     if "throughput" not in args.skip:
-        results["throughput"] = bench_throughput(cfg, args.messages, tmp, args.loader_arg)
+        results["throughput"] = bench_throughput(cfg, args.messages, tmp, args.loader_arg, loaders=args.loaders)
         print(json.dumps({"throughput": results["throughput"]}), flush=True)
         results["plain_bulk_reference"] = bench_plain_bulk(cfg, args.messages)
         print(json.dumps({"plain_bulk_reference": results["plain_bulk_reference"]}), flush=True)
