@@ -272,10 +272,10 @@ def bench_plain_bulk(cfg, messages: int, *, chunk: int = 15000) -> dict:
     for i in range(messages):
         device = f"dev{i % 20}"
         docs, _ = sensor_documents(device.encode(), payload(f"bench.{run}.m", device, ts0 + i, i), time.time(), Limits())
-        for k, doc in enumerate(docs):
+        for doc_id, doc in docs:  # the loader's documents under the loader's ids
             index = daily_index("sensor", doc["@timestamp"], prefix=prefix)
-            lines.append(b'{"index":{"_index":"%s","_id":"%s-%d"}}\n%s\n' % (index.encode(), f"{i}".encode(), k,
-                                                                          orjson.dumps(doc)))
+            lines.append(b'{"index":{"_index":"%s","_id":"%s"}}\n%s\n' % (index.encode(), doc_id.encode(),
+                                                                       orjson.dumps(doc)))
     bodies = [b"".join(lines[i:i + chunk]) for i in range(0, len(lines), chunk)]
     try:
         start = time.monotonic()

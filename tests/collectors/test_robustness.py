@@ -70,8 +70,11 @@ def pills(now_ms: int) -> dict[str, tuple[str, bytes, set[str]]]:
 def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_path, mqtt_users, kafka, minio):
     run = new_run_id()
     bootstrap = kafka.config.kafka_bootstrap
-    # The collector lands as MinIO's collector user (write-only); the test reads as root.
-    landing = S3Landing(minio.client("collector"), LANDING_BUCKET, f"test-{run}")
+    # The collector lands as MinIO's collector user (write-only) through the store it opens itself
+    # (the MinIO client, as in production); the test reads as root.
+    creds = minio.credentials("collector")
+    store = {"s3_endpoint_url": minio.endpoint_url, "s3_access_key": creds["access_key"],
+             "s3_secret_key": creds["secret_key"], "s3_ca_bundle": str(minio.ca_file)}
     seen = S3Landing(minio.admin_client(), LANDING_BUCKET, f"test-{run}")
     now_ms = int(time.time() // 60 * 60 * 1000) + 1000
     sent = pills(now_ms)
@@ -79,9 +82,10 @@ def test_poison_pills_leave_the_collector_up_and_the_good_payloads_flowing(tmp_p
     name = {d: f"d{run}-{d}" for d in [*(device for device, _, _ in sent.values()), "good", "odd"]}
     mqtt_users.devices(run, names=list(name.values()))
     cfg = mqtt_config(tmp_path, run, mqtt_users, list(name.values()), bootstrap,
-                      landing_url=f"s3://{LANDING_BUCKET}/test-{run}", fsync_interval=0, heartbeat_interval=1.0)
+                      landing_url=f"s3://{LANDING_BUCKET}/test-{run}", fsync_interval=0, heartbeat_interval=1.0,
+                      **store)
     good = []
-    with Running(cfg, landing=landing) as collector:
+    with Running(cfg) as collector:
         clients = {d: mqtt_users.client(user) for d, user in name.items()}
         for client in clients.values():
             client.connect("127.0.0.1", mqtt_users.port)

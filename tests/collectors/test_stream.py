@@ -9,6 +9,7 @@ keeps serving the other engineers.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -375,3 +376,49 @@ def test_elasticsearch_outage_pauses_and_resumes_without_loss(tmp_path, stack_co
         import shutil
 
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+class HeldSink:
+    """A sink plugin that holds its first load until released, then accepts everything: a probe of the
+    loop's order in front of no store (the real sinks are exercised by every other test here)."""
+
+    name = "held"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.loads: list[int] = []
+
+    def load(self, source, batches):
+        from include.sinks import SinkFileResult
+
+        self.loads.append(sum(len(docs.ids) for _, docs in batches))
+        self.entered.set()
+        assert self.release.wait(60), "never released"
+        return {key: SinkFileResult(accepted=len(docs.ids)) for key, docs in batches}
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_the_next_batch_is_decoded_while_the_sinks_load_and_commits_stay_in_order(kafka):
+    run = new_run_id()
+    t = Topics(f"{kafka.config.host}:{kafka.port}", run)
+    cfg = config(run, t, sinks=("elasticsearch",), batch_messages=30, batch_wait=0.2)
+    metric = f"t.{run}.m"
+    ts0 = int(time.time() * 1000)
+    sink = HeldSink()
+    t.sensor_records(metric, ts0, 30, devices=1)  # one partition: a batch is exactly these 30
+    t.flush()
+    with Running(cfg, sinks=[sink]) as loader:
+        assert sink.entered.wait(30), "the first batch never reached the sink"
+        t.sensor_records(metric, ts0, 30, start=30, devices=1)
+        t.flush()
+        # The second batch is gathered and decoded while the first is held in the sink ...
+        wait_for(lambda: counter(loader.metrics.records) == 60, 30, "the second batch decoded meanwhile")
+        # ... but it goes to the sinks, and is committed, only after the first: nothing is committed yet.
+        time.sleep(0.5)
+        assert sink.loads == [90] and lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 60
+        sink.release.set()
+        wait_for(lambda: lag(t.bootstrap, cfg.kafka_group, cfg.topics) == 0, 30, "both batches committed")
+        assert sink.loads == [90, 90] and loader.committed_batches == 2
