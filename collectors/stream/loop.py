@@ -282,6 +282,10 @@ class StreamLoader:
         """
         pending = [s for s in self.sinks if s.name not in batch.done]
         if not pending or not batch.docs:
+            # Every record was revoked meanwhile: the loads already running (of records the new owner
+            # loads again) end before the next batch goes to the same sinks.
+            for future in self._loading.values():
+                future.exception()
             return None
         futures = {s.name: self._loading.pop(s.name, None) or self._pool.submit(self._load_one, s, batch)
                    for s in pending}
