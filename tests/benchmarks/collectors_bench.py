@@ -1,9 +1,9 @@
 """Benchmarks of the collectors; prints figures, asserts nothing.
 
-1. Host sampler at 1 Hz: CPU % of one core and peak RSS of
-   ``python -m collectors.host`` over several minutes, side by side with a
-   minimal Python psutil loop writing one CSV a minute (the baseline).
-2. MQTT collector, live: ``--rate`` messages/s (default 5,000: 5,000 devices at
+The host sampler is measured beside collectd by ``host_bench.py``; this file
+keeps :func:`measure` (a process's CPU and peak RSS), which it uses.
+
+1. MQTT collector, live: ``--rate`` messages/s (default 5,000: 5,000 devices at
    1 message/s) offered through paho into the real Mosquitto by the load
    generator (tests/benchmarks/mqtt_load.py: several processes, pre-encoded
    payloads, QoS 1, no per-message waits, every device over TLS as its own
@@ -14,7 +14,7 @@
    the rate each sustained, their ratio, the rate the generator reached, and
    checks by reading id that every reading is in the minute files once and
    every message on Kafka.
-3. MQTT receive limit (``--drain``): the same number of QoS 1 messages is
+2. MQTT receive limit (``--drain``): the same number of QoS 1 messages is
    queued in two persistent sessions while their clients are away, then a
    bare paho subscriber (automatic acks, no work: the reference) and the
    collector (journal-gated acks, minute files and Kafka) each drain theirs.
@@ -23,7 +23,7 @@
    and checks by reading id that every reading is in the minute files once.
 
 Needs the local stack (``python -m stack up``). Run:
-``.venv/bin/python tests/benchmarks/collectors_bench.py [--host-minutes 3] [--mqtt-seconds 20]``
+``.venv/bin/python tests/benchmarks/collectors_bench.py [--mqtt-seconds 20] [--drain 60000]``
 """
 
 from __future__ import annotations
@@ -53,26 +53,6 @@ sys.path.insert(0, str(REPO / "tests"))  # mqtt_helpers, kafka_login: the stack'
 
 from mqtt_load import Offer, offer_load, planned_messages  # noqa: E402
 
-MINIMAL_LOOP = textwrap.dedent("""
-    import csv, os, sys, time, psutil
-    out = sys.argv[1]
-    rows, minute = [], None
-    psutil.cpu_percent()
-    next_t = time.time() // 1 + 1
-    while True:
-        time.sleep(max(0, next_t - time.time()))
-        now = next_t; next_t += 1
-        c, m = psutil.cpu_stats(), psutil.virtual_memory()
-        rows.append([time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now)), psutil.cpu_percent(), c.ctx_switches,
-                     c.interrupts, c.soft_interrupts, c.syscalls, m.total, m.available, m.percent, m.used, m.free])
-        if minute is not None and int(now // 60) != minute:
-            with open(os.path.join(out, f'{minute}.csv'), 'w', newline='') as fh:
-                csv.writer(fh).writerows(rows[:-1])
-            rows = rows[-1:]
-        minute = int(now // 60)
-""")
-
-
 def peak_rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+)", text).group(1)) / 1024
@@ -90,41 +70,6 @@ def measure(procs: dict[str, subprocess.Popen], seconds: float, warmup: float = 
                "peak_rss_mb": round(peak_rss_mb(h.pid), 1)}
         for name, h in handles.items()
     }
-
-
-def bench_host(minutes: float, with_s3: bool) -> dict:
-    from stack.config import LANDING_BUCKET, StackConfig
-    from stack.secrets import write_private
-    from stack.services.minio import MinIO
-
-    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-host-"))
-    procs = {}
-    logs = (tmp / "log").open("ab")
-    env = dict(os.environ)
-    runs = {"minimal_psutil_loop": [sys.executable, "-c", MINIMAL_LOOP, str(tmp)],
-            "collectors.host (file://)": [sys.executable, "-m", "collectors.host", "--landing-url",
-                                          (tmp / "landing").as_uri(), "--state-dir", str(tmp / "state-file"),
-                                          "--metrics-port", "0"]}
-    if with_s3:
-        # As the stack runs its host collector: MinIO over TLS, as the write-only collector user.
-        minio = MinIO(StackConfig.from_env())
-        creds = minio.credentials("collector")
-        write_private(tmp / "ak", creds["access_key"])
-        write_private(tmp / "sk", creds["secret_key"])
-        runs["collectors.host (s3:// MinIO)"] = [
-            sys.executable, "-m", "collectors.host", "--landing-url", f"s3://{LANDING_BUCKET}/bench-{uuid.uuid4().hex[:6]}",
-            "--s3-endpoint-url", minio.endpoint_url, "--s3-ca-bundle", str(minio.ca_file),
-            "--s3-access-key-file", str(tmp / "ak"), "--s3-secret-key-file", str(tmp / "sk"),
-            "--state-dir", str(tmp / "state-s3"), "--metrics-port", "0"]
-    for name, cmd in runs.items():
-        procs[name] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logs, stderr=subprocess.STDOUT)
-    try:
-        return measure(procs, minutes * 60)
-    finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            p.wait(30)
 
 
 # argv: host port user topics-file want receive-maximum ca-file password-file session-expiry-s.
@@ -445,8 +390,6 @@ def bench_live(seconds: float, devices: int, rate: float, publishers: int) -> di
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host-minutes", type=float, default=3.0, help="minutes to measure the host sampler (default 3)")
-    parser.add_argument("--no-s3", action="store_true", help="skip the host sampler landing in MinIO")
     parser.add_argument("--mqtt-seconds", type=float, default=30.0, help="seconds the live load lasts (default 30)")
     parser.add_argument("--devices", type=int, default=5000, help="devices of the live load (default 5000)")
     parser.add_argument("--rate", type=float, default=5000.0, help="messages/s over all devices (default 5000)")
@@ -454,7 +397,6 @@ def main() -> int:
     parser.add_argument("--drain", type=int, default=0, metavar="N",
                         help="also measure the receive limit: N queued messages for paho and for the collector")
     parser.add_argument("--profile", type=Path, help="with --drain: py-spy raw profile of the collector to this file")
-    parser.add_argument("--skip-host", action="store_true")
     parser.add_argument("--skip-mqtt", action="store_true")
     args = parser.parse_args()
     results = {}
@@ -464,9 +406,6 @@ def main() -> int:
     if not args.skip_mqtt:
         results["mqtt"] = bench_live(args.mqtt_seconds, args.devices, args.rate, args.publishers)
         print(json.dumps({"mqtt": results["mqtt"]}, indent=2), flush=True)
-    if not args.skip_host:
-        results["host"] = bench_host(args.host_minutes, not args.no_s3)
-        print(json.dumps({"host": results["host"]}, indent=2), flush=True)
     return 0
 
 
