@@ -204,14 +204,15 @@ def sensor_document(row: Mapping[str, str | None]) -> dict[str, Any]:
 
     ``tags`` may be empty; a tag without ``=`` rejects the row (ContractError).
     """
-    return _sensor_document(
+    return sensor_document_of(
         canonical_timestamp(_field(row, "timestamp")), _field(row, "device"), _field(row, "metric"),
         parse_float("value", _field(row, "value")), row.get("tags") or "",
     )
 
 
-def _sensor_document(stamp: str, device: str, metric: str, value: float, tags_text: str) -> dict[str, Any]:
-    """The sensor document of checked parts; both engines build it here."""
+def sensor_document_of(stamp: str, device: str, metric: str, value: float, tags_text: str) -> dict[str, Any]:
+    """The sensor document of checked parts (a canonical timestamp, a finite value); the row engine,
+    the columnar engine and the stream loader all build it here."""
     try:
         tags = parse_tags(tags_text)
     except ContractError as exc:
@@ -560,7 +561,7 @@ def _transform_frame(source: str, frame: pl.DataFrame, header: list[str], typed:
         "_row", TIME_FIELD, "device", "metric", "value", "tags"
     ).iter_rows():
         try:
-            doc = _sensor_document(stamp_text, device, metric, value, tags_text)
+            doc = sensor_document_of(stamp_text, device, metric, value, tags_text)
         except ContractError:
             bad_rows.add(index)
             continue

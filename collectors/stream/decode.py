@@ -32,13 +32,12 @@ from include.contract import (
     ContractError,
     check_device,
     internal_reason,
-    parse_tags,
     parse_timestamp,
     reading_id,
 )
 from include.schemas import HOST, HOST_SCHEMA, REQUIRED, SENSOR
 from include.sensors import Limits, Reading, parse_payload, reading_stamp
-from include.transform import TIME_FIELD, document_id, host_document
+from include.transform import document_id, host_document, sensor_document_of
 
 _HOST_COLUMNS = frozenset(HOST_SCHEMA.names)
 #: The reject tally of a payload whose readings all passed (most of them), shared: never written to.
@@ -168,15 +167,14 @@ def reading_document(device: str, reading: Reading) -> tuple[str, dict]:
     """``(document id, document)`` of one reading :func:`include.sensors.parse_payload` accepted.
 
     The same as :func:`include.transform.sensor_document` and ``document_id``
-    make of the reading's CSV row (:func:`include.sensors.csv_row`), built
-    without writing that text and reading it back, which was half of the
-    loader's decoding (profiled): the timestamp is canonical as made, the value
-    a finite number, the metric and tags names ``parse_payload`` checked, the
-    tags text sorted. ``test_stream_decode`` holds the two paths equal.
+    make of the reading's CSV row (:func:`include.sensors.csv_row`), built by
+    the same :func:`include.transform.sensor_document_of` without writing that
+    text and reading it back, which was half of the loader's decoding
+    (profiled): the timestamp is canonical as made, the value a finite number,
+    the tags text sorted. ``test_stream_decode`` holds the two paths equal.
     """
     stamp = reading_stamp(reading.epoch)
-    doc = {TIME_FIELD: stamp, "device": device, "metric": reading.metric, "value": float(reading.value),
-           "tags": parse_tags(reading.tags)}
+    doc = sensor_document_of(stamp, device, reading.metric, float(reading.value), reading.tags)
     return reading_id(SENSOR, device, stamp, reading.metric, reading.tags), doc
 
 

@@ -154,15 +154,20 @@ class StreamLoader:
             kept = [m for m in records if partition_of(m) not in gone]
             dropped += len(records) - len(kept)
             records[:] = kept
-        for attribute in ("_next", "_batch"):  # the sinks hold a superset of a batch they are loading: harmless
-            batch = getattr(self, attribute)
-            if batch is not None:
-                before = len(batch.messages)
-                setattr(self, attribute, batch.drop(gone, self.rules))
-                dropped += before - len(getattr(self, attribute).messages)
+        # The batch waiting and the one in the sinks (which hold a superset of it now: harmless).
+        self._next, lost_next = self._without(self._next, gone)
+        self._batch, lost_batch = self._without(self._batch, gone)
+        dropped += lost_next + lost_batch
         self.metrics.dropped.inc(dropped)
         log.info("revoked %s (%d uncommitted record(s) dropped; their new owner reads them again)",
                  ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing", dropped)
+
+    def _without(self, batch: Batch | None, gone: set[Partition]) -> tuple[Batch | None, int]:
+        """``batch`` without the records of ``gone``, and how many it lost."""
+        if batch is None:
+            return None, 0
+        rest = batch.drop(gone, self.rules)
+        return rest, len(batch.messages) - len(rest.messages)
 
     def _client_error(self, err) -> None:
         """librdkafka's error_cb (called inside poll): only refusals matter here, outages it logs itself."""
