@@ -82,12 +82,15 @@ BARE_SUBSCRIBER = textwrap.dedent("""
     host, port, client_id, want = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[5])
     topics = open(sys.argv[4]).read().split()
     ca_file, password = sys.argv[7], open(sys.argv[8]).read().strip()
-    seen = {"n": 0, "first": None, "last": None}
+    seen = {"n": 0, "first": None, "last": None, "cpu_first": 0.0, "cpu_last": 0.0}
     def on_message(client, userdata, msg):
         seen["n"] += 1
         now = time.monotonic()
-        seen["first"] = seen["first"] or now
+        if seen["first"] is None:
+            seen["first"], seen["cpu_first"] = now, time.process_time()
         seen["last"] = now
+        if seen["n"] == want:
+            seen["cpu_last"] = time.process_time()
     def on_subscribe(client, userdata, mid, reason_codes, properties):
         if any(rc.is_failure for rc in reason_codes):
             sys.exit(f"subscription refused: {reason_codes}")
@@ -106,7 +109,8 @@ BARE_SUBSCRIBER = textwrap.dedent("""
     while seen["n"] < want and time.monotonic() < deadline:
         c.loop(0.05)
     c.disconnect()
-    print(json.dumps({"messages": seen["n"], "seconds": (seen["last"] or 0) - (seen["first"] or 0)}))
+    print(json.dumps({"messages": seen["n"], "seconds": (seen["last"] or 0) - (seen["first"] or 0),
+                      "cpu_seconds": seen["cpu_last"] - seen["cpu_first"]}))
 """)
 
 
@@ -171,8 +175,29 @@ def reading_ids(landing: Path) -> tuple[int, int]:
     return rows, len(ids)
 
 
-def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
-    """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages."""
+def warn_of_broker_backlog(mosquitto) -> None:
+    """Say so when Mosquitto's persistence file is large: the broker rewrites it every second.
+
+    Every benchmark device publishes under ``sluice/sensors/``, so a persistent
+    session subscribed there whose client is away (the stack's own collector,
+    stopped for a quiet run) queues every benchmark message; at 0.5 GB the
+    broker's saves took a third of a core and halved the bare subscriber.
+    """
+    db = mosquitto.data_dir / "mosquitto.db"
+    size = db.stat().st_size if db.exists() else 0
+    if size > 50 * 2**20:
+        print(f"WARNING: {db} is {size / 2**20:,.0f} MiB: a persistent session whose client is away queues what "
+              "the benchmark publishes, and the broker saves it every second, which skews every MQTT figure. "
+              "Start the stack's mqtt-collector to drain it, or stop mosquitto and remove the file.", flush=True)
+
+
+def bench_drain(messages: int, publishers: int, profile: Path | None, collectors: int = 1) -> dict:
+    """Receive limit: a bare paho subscriber and the collector each drain ``messages`` queued QoS 1 messages.
+
+    With ``collectors`` > 1 the collector's queue is a shared subscription
+    (``$share/<group>/…``) of that many collectors, each with its own
+    session, and they drain it together: the scale-out of docs/scale.md.
+    """
     from kafka_login import env as kafka_env
     from mqtt_helpers import MqttUsers
 
@@ -182,75 +207,97 @@ def bench_drain(messages: int, publishers: int, profile: Path | None) -> dict:
     cfg = StackConfig.from_env()
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-drain-"))
+    warn_of_broker_backlog(Mosquitto(cfg))
     mq = MqttUsers(Mosquitto(cfg), tmp)
     try:  # the bench's MQTT users go, whatever happens
         # The machine is shared: the reference drains once before and once after the collector,
         # each from its own queue, and the figure is their mean. The three queues are filled at
         # once, so each has devices (and topics: a device publishes to its own only) of its own.
-        col_id = f"bench-{run}"
+        group = f"bench{run}" if collectors > 1 else ""
+        col_ids = [f"bench-{run}-{i}" for i in range(collectors)]
         devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
         topics = {name: [device_topic(d) for d in devs] for name, devs in devices.items()}
-        for name in ("r1", "r2", "c"):
-            make_session(mq, f"{name}-{run}" if name != "c" else col_id, topics[name])
+        for name in ("r1", "r2"):
+            make_session(mq, f"{name}-{run}", topics[name])
+        for col_id in col_ids:  # the broker spreads a shared group's messages over its sessions, present or away
+            make_session(mq, col_id, [f"$share/{group}/{t}" for t in topics["c"]] if group else topics["c"])
         print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
         for name in ("r1", "r2"):
             publish(mq, devices[name], messages, publishers)
         sent = publish(mq, devices["c"], messages, publishers)  # the same offer each time: the same count
         messages, readings = sent["messages"], sent["readings"]
 
+        ref_cpu: list[float] = []  # CPU µs per message of each bare drain
+
         def bare(name: str) -> float:
             print(f"bare paho subscriber draining ({name}) ...", flush=True)
             out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
                                  check=True, capture_output=True, text=True, timeout=900)
             got = json.loads(out.stdout.strip().splitlines()[-1])
+            ref_cpu.append(1e6 * got["cpu_seconds"] / max(got["messages"], 1))
             return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
 
         ref_rates = [bare("r1")]
-        print("collector draining ...", flush=True)
-        port = free_port()
-        cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
-               "--state-dir", str(tmp / "state"), *mq.collector_args(col_id, devices["c"]),
-               "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
-               "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(port), "--log-level", "WARNING"]
-        collector = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
-                                     stdout=(tmp / "collector.log").open("ab"), stderr=subprocess.STDOUT)
+        print(f"{collectors} collector(s) draining ...", flush=True)
+        ports, procs = [], []
+        for col_id in col_ids:
+            ports.append(free_port())
+            shared = ["--mqtt-shared-group", group] if group else []
+            cmd = [sys.executable, "-m", "collectors.mqtt", "--landing-url", (tmp / "landing").as_uri(),
+                   "--state-dir", str(tmp / f"state-{col_id}"), *mq.collector_args(col_id, devices["c"]), *shared,
+                   "--kafka-bootstrap", cfg.kafka_bootstrap, "--kafka-topic", f"bench.{run}.raw",
+                   "--kafka-deadletter-topic", f"bench.{run}.dl", "--metrics-port", str(ports[-1]),
+                   "--log-level", "WARNING"]
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **kafka_env(config=cfg)},
+                                          stdout=(tmp / f"{col_id}.log").open("ab"), stderr=subprocess.STDOUT))
         spy = None
         if profile is not None:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(collector.pid), "--rate", "50", "--format", "raw",
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(procs[0].pid), "--rate", "50", "--format", "raw",
                                     "--output", str(profile), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = last = None
+        cpu_first = cpu_last = 0.0
+        watched = [psutil.Process(p.pid) for p in procs]
+
+        def cpu() -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in watched)
+
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             try:
-                got = metric(port, "sluice_collector_readings_received_total")
-                delivered = metric(port, "sluice_collector_kafka_delivered_total")
+                got = sum(metric(port, "sluice_collector_readings_received_total") for port in ports)
+                delivered = sum(metric(port, "sluice_collector_kafka_delivered_total") for port in ports)
             except OSError:
                 time.sleep(0.2)
                 continue
             now = time.monotonic()
             if got and first is None:
-                first = now
+                first, cpu_first = now, cpu()
             if got >= readings and delivered >= messages:
-                last = now
+                last, cpu_last = now, cpu()
                 break
             time.sleep(0.25)  # a scrape costs the collector CPU: keep them rare
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(180)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(180)
         col_s = (last or time.monotonic()) - (first or time.monotonic())
         ref_rates.append(bare("r2"))
         rows, distinct = reading_ids(tmp / "landing")
         ref_rate = sum(ref_rates) / len(ref_rates)
         col_rate = messages / col_s if col_s else 0.0
         return {
-            "messages_each": messages, "readings_sent": readings,
+            "collectors": collectors, "messages_each": messages, "readings_sent": readings,
             "paho_bare_messages_per_s_before_after": [round(r) for r in ref_rates],
             "paho_bare_messages_per_s": round(ref_rate), "paho_bare_readings_per_s": round(3 * ref_rate),
             "collector_messages_per_s": round(col_rate), "collector_readings_per_s": round(readings / col_s) if col_s else 0,
             "ratio_collector_to_paho": round(col_rate / ref_rate, 3) if ref_rate else None,
+            # CPU of the process per message over its drain (user + system, every thread).
+            "paho_bare_cpu_us_per_message_before_after": [round(c) for c in ref_cpu],
+            "collector_cpu_us_per_message": round(1e6 * (cpu_last - cpu_first) / messages) if last else None,  # all of them
             "rows_in_minute_files": rows, "distinct_reading_ids": distinct,
             "nothing_lost": rows == readings == distinct and last is not None,
         }
@@ -396,12 +443,14 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=3, help="load generator processes (default 3)")
     parser.add_argument("--drain", type=int, default=0, metavar="N",
                         help="also measure the receive limit: N queued messages for paho and for the collector")
-    parser.add_argument("--profile", type=Path, help="with --drain: py-spy raw profile of the collector to this file")
+    parser.add_argument("--profile", type=Path, help="with --drain: py-spy raw profile of the (first) collector to this file")
+    parser.add_argument("--collectors", type=int, default=1, metavar="N",
+                        help="with --drain: N collectors drain one shared subscription together (default 1)")
     parser.add_argument("--skip-mqtt", action="store_true")
     args = parser.parse_args()
     results = {}
     if args.drain:
-        results["drain"] = bench_drain(args.drain, args.publishers, args.profile)
+        results["drain"] = bench_drain(args.drain, args.publishers, args.profile, args.collectors)
         print(json.dumps({"drain": results["drain"]}, indent=2), flush=True)
     if not args.skip_mqtt:
         results["mqtt"] = bench_live(args.mqtt_seconds, args.devices, args.rate, args.publishers)
