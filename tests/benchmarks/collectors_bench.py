@@ -15,9 +15,12 @@ keeps :func:`measure` (a process's CPU and peak RSS), which it uses.
    checks by reading id that every reading is in the minute files once and
    every message on Kafka.
 2. MQTT receive limit (``--drain``): the same number of QoS 1 messages is
-   queued in two persistent sessions while their clients are away, then a
-   bare paho subscriber (automatic acks, no work: the reference) and the
-   collector (journal-gated acks, minute files and Kafka) each drain theirs.
+   queued in a persistent session while its client is away, then drained:
+   by a bare paho subscriber (automatic acks, no work: the reference), by the
+   collector (journal-gated acks, minute files and Kafka; ``--collectors N``:
+   N of them on one shared subscription), by the bare subscriber again. Each
+   queue is filled just before its drain, so each receiver meets the broker
+   holding its queue alone. Prints each rate and CPU per message.
    Draining a queue measures what the receiver takes, not what a publisher on
    the same two cores manages to offer. Prints both rates and their ratio,
    and checks by reading id that every reading is in the minute files once.
@@ -211,8 +214,10 @@ def bench_drain(messages: int, publishers: int, profile: Path | None, collectors
     mq = MqttUsers(Mosquitto(cfg), tmp)
     try:  # the bench's MQTT users go, whatever happens
         # The machine is shared: the reference drains once before and once after the collector,
-        # each from its own queue, and the figure is their mean. The three queues are filled at
-        # once, so each has devices (and topics: a device publishes to its own only) of its own.
+        # each from its own queue, and the figure is their mean. Each queue has devices (and
+        # topics: a device publishes to its own only) of its own, and is filled just before it
+        # is drained: every receiver meets the same broker, holding only its own queue (the
+        # broker saves what it holds every second, and that costs it more the more it holds).
         group = f"bench{run}" if collectors > 1 else ""
         col_ids = [f"bench-{run}-{i}" for i in range(collectors)]
         devices = {name: mq.devices(f"{name}{run}", 1000) for name in ("r1", "r2", "c")}
@@ -221,23 +226,24 @@ def bench_drain(messages: int, publishers: int, profile: Path | None, collectors
             make_session(mq, f"{name}-{run}", topics[name])
         for col_id in col_ids:  # the broker spreads a shared group's messages over its sessions, present or away
             make_session(mq, col_id, [f"$share/{group}/{t}" for t in topics["c"]] if group else topics["c"])
-        print(f"queueing {messages} messages for each of three sessions (paho twice, the collector once) ...", flush=True)
-        for name in ("r1", "r2"):
-            publish(mq, devices[name], messages, publishers)
-        sent = publish(mq, devices["c"], messages, publishers)  # the same offer each time: the same count
-        messages, readings = sent["messages"], sent["readings"]
-
         ref_cpu: list[float] = []  # CPU µs per message of each bare drain
 
+        def fill(name: str) -> dict:
+            print(f"queueing {messages:,} messages for {name} ...", flush=True)
+            return publish(mq, devices[name], messages, publishers)  # the same offer each time: the same count
+
         def bare(name: str) -> float:
+            want = fill(name)["messages"]
             print(f"bare paho subscriber draining ({name}) ...", flush=True)
-            out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], messages, 3600),
+            out = subprocess.run(bare_args(mq, f"{name}-{run}", topics[name], want, 3600),
                                  check=True, capture_output=True, text=True, timeout=900)
             got = json.loads(out.stdout.strip().splitlines()[-1])
             ref_cpu.append(1e6 * got["cpu_seconds"] / max(got["messages"], 1))
-            return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == messages else 0.0
+            return got["messages"] / got["seconds"] if got["seconds"] and got["messages"] == want else 0.0
 
         ref_rates = [bare("r1")]
+        sent = fill("c")
+        messages, readings = sent["messages"], sent["readings"]
         print(f"{collectors} collector(s) draining ...", flush=True)
         ports, procs = [], []
         for col_id in col_ids:

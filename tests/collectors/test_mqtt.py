@@ -274,6 +274,33 @@ def test_sigterm_flushes_partial_minute_and_restart_merges(tmp_path, mqtt_users,
     assert len(got[f"t.{run}.raw"]) == 60
 
 
+def test_the_end_of_a_burst_is_acknowledged_with_no_message_after_it(tmp_path, mqtt_users, kafka):
+    """While messages flow, paho's thread acknowledges between them; after the last one the pump
+    thread must: a SIGKILL a moment later then finds nothing unacknowledged, so the restarted
+    collector is sent nothing again (a redelivery would be forwarded to Kafka a second time)."""
+    run = new_run_id()
+    bootstrap = f"{kafka.config.host}:{kafka.port}"
+    devices = mqtt_users.devices(run, 3)
+    args = cli_args(tmp_path, run, mqtt_users, devices, bootstrap)
+    log = tmp_path / "collector.log"
+    proc = spawn("collectors.mqtt", args, log)
+    try:
+        wait_for(lambda: "subscribed to" in log.read_text(), 30, "the subscription")
+        publish(mqtt_users, devices, 300)
+        wait_for(lambda: journalled_rows(tmp_path / "state") >= 900, 60, "readings journalled")
+        assert len(kafka_count(bootstrap, [f"t.{run}.raw"], 300, timeout=60)[f"t.{run}.raw"]) == 300
+        time.sleep(1.0)  # some 20 ms without traffic hand the acknowledging to the pump thread
+    finally:
+        terminate(proc, signal.SIGKILL)
+    proc = spawn("collectors.mqtt", args, log)
+    try:
+        wait_for(lambda: log.read_text().count("subscribed to") >= 2, 30, "the restarted collector's subscription")
+        time.sleep(2.0)  # a present session's unacknowledged messages come right after the CONNACK
+    finally:
+        assert terminate(proc) == 0, log.read_text()[-2000:]
+    assert len(kafka_count(bootstrap, [f"t.{run}.raw"], 300, timeout=30)[f"t.{run}.raw"]) == 300
+
+
 def test_kill_9_loses_nothing_journalled(tmp_path, mqtt_users, kafka):
     run = new_run_id()
     bootstrap = f"{kafka.config.host}:{kafka.port}"
