@@ -612,7 +612,7 @@ class MqttCollector:
             self._pump_stop.set()
             if self._pump_thread is not None:
                 self._pump_thread.join(timeout=10)
-            self._pump_once(0)  # flush and acknowledge what is left
+            self._pump_round(0)  # flush and acknowledge what is left
             if self.client is not None:
                 self.client.disconnect()
                 self.client.loop_stop()
@@ -759,7 +759,7 @@ class MqttCollector:
     # acknowledgements are then queued inside paho's callback and written by the same loop
     # that reads, and the Kafka delivery callbacks run there too, instead of two threads
     # taking the GIL from each other for every message and waking paho's select for every
-    # acknowledgement (profiled: 299 -> 207 µs of CPU a message, docs/performance.md). The
+    # acknowledgement (alternating A/B: 260-298 -> 160-202 µs of CPU a message, docs/performance.md). The
     # pump thread checks the caps (pausing means stopping paho's thread, which only another
     # thread can) and pumps itself when the network thread has not lately: no traffic.
     def _pump(self) -> None:
@@ -794,12 +794,6 @@ class MqttCollector:
         if self.bridge is not None:
             reasons.append(self._caps.check("Kafka backlog", self.bridge.backlog.size(), c.kafka_backlog_max_bytes))
         return "; ".join(r for r in reasons if r) or None
-
-    def _pump_once(self, poll_timeout: float) -> bool:
-        """One round and the cap check; True when something was acknowledged."""
-        acked = self._pump_round(poll_timeout)
-        self._check_caps()
-        return acked
 
     def _check_caps(self) -> None:
         """Hold acknowledgements at a byte cap (disconnect), resume below every cap."""

@@ -20,10 +20,10 @@ keeps :func:`measure` (a process's CPU and peak RSS), which it uses.
    collector (journal-gated acks, minute files and Kafka; ``--collectors N``:
    N of them on one shared subscription), by the bare subscriber again. Each
    queue is filled just before its drain, so each receiver meets the broker
-   holding its queue alone. Prints each rate and CPU per message.
-   Draining a queue measures what the receiver takes, not what a publisher on
-   the same two cores manages to offer. Prints both rates and their ratio,
-   and checks by reading id that every reading is in the minute files once.
+   holding its queue alone. Draining a queue measures what the receiver
+   takes, not what a publisher on the same two cores manages to offer. Prints
+   each rate, their ratio and each receiver's CPU per message, and checks by
+   reading id that every reading is in the minute files once.
 
 Needs the local stack (``python -m stack up``). Run:
 ``.venv/bin/python tests/benchmarks/collectors_bench.py [--mqtt-seconds 20] [--drain 60000]``
