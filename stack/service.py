@@ -386,15 +386,40 @@ class Service:
                 return True
         return False
 
-    def run_checked(self, cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
-        """Run an install/prepare step; a failure becomes a StackError with its output."""
+    def run_checked(self, cmd: list[str], what: str, *, timeout: float | None = None, heartbeat_s: float = 30.0,
+                    **kwargs) -> subprocess.CompletedProcess:
+        """Run an install/prepare step; a failure (or ``timeout`` seconds) becomes a StackError with its output.
+
+        A step that takes longer than ``heartbeat_s`` says so every ``heartbeat_s``
+        seconds (a MinIO build is four silent minutes otherwise).
+        """
         try:
-            return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
         except FileNotFoundError:
             raise StackError(self.name, f"{what}: {cmd[0]} is not installed (run `make bootstrap`)") from None
-        except subprocess.CalledProcessError as exc:
-            output = "\n".join((exc.stdout or "").splitlines()[-20:] + (exc.stderr or "").splitlines()[-20:])
-            raise StackError(self.name, f"{what} failed (exit {exc.returncode}): {' '.join(cmd)}", output) from None
+        started = time.monotonic()
+        while True:
+            try:
+                wait = heartbeat_s if timeout is None else min(heartbeat_s, max(0.1, timeout - (time.monotonic() - started)))
+                stdout, stderr = proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:  # still running: communicate() may be called again
+                elapsed = time.monotonic() - started
+                if timeout is not None and elapsed >= timeout:
+                    proc.kill()
+                    stdout, stderr = proc.communicate()
+                    raise StackError(self.name, f"{what} did not finish within {timeout:g} s: {' '.join(cmd)}",
+                                     _last_lines(stdout, stderr)) from None
+                log.info("%s: still %s (%.0f s so far)", self.name, what, elapsed)
+        if proc.returncode != 0:
+            raise StackError(self.name, f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}",
+                             _last_lines(stdout, stderr))
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _last_lines(stdout: str | None, stderr: str | None, lines: int = 20) -> str:
+    """The end of a step's output and of its errors, for the StackError it becomes."""
+    return "\n".join((stdout or "").splitlines()[-lines:] + (stderr or "").splitlines()[-lines:])
 
 
 def _others_can_traverse(path: Path) -> bool:
