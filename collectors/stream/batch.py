@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from collectors.stream.deadletter import STAGE_DECODE, DeadLetter
-from collectors.stream.decode import INTERNAL, DecodeRules, Rejected, decode_record
+from collectors.stream.decode import INTERNAL, Decoded, DecodeRules, Rejected, Undecodable, decode_record, received_time
 from include.transform import TIME_FIELD, FileDocuments
 
 Partition = tuple[str, int]
@@ -44,6 +44,9 @@ class Batch:
     internal: list[DeadLetter] = field(default_factory=list)
     #: Records whose received_at header gave way to their Kafka timestamp, by why (decode.RECEIVED_AT_*).
     untrusted_received_at: Tally = field(default_factory=Tally)
+    #: Receive time of each record that has one (:func:`~collectors.stream.decode.received_time`), for the
+    #: delay metric at commit: taken from decoding where it was parsed already (the header's text is not cheap).
+    received: list[float] = field(default_factory=list)
 
     @classmethod
     def of(cls, messages: Sequence, rules: DecodeRules, *, started: float = 0.0) -> Batch:
@@ -53,6 +56,14 @@ class Batch:
             batch.per_topic[msg.topic()] += 1
             ts_type, ts = msg.timestamp()
             result = decode_record(rules, msg.topic(), msg.key(), msg.value(), msg.headers(), ts if ts_type else None)
+            received = result.received if isinstance(result, Decoded) else None
+            if received is None:
+                try:
+                    received, _ = received_time(msg.headers(), ts if ts_type else None, rules)
+                except Undecodable:
+                    pass  # neither a header nor a Kafka timestamp: no delay to observe
+            if received is not None:
+                batch.received.append(received)
             if isinstance(result, Rejected):
                 dl = DeadLetter(msg, STAGE_DECODE, result.code, result.reason)
                 batch.deadletters.append(dl)

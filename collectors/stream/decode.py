@@ -80,6 +80,8 @@ class Decoded:
     rejected: Tally = field(default_factory=Tally)
     #: Why the record's received_at header was not trusted (RECEIVED_AT_*), None when it was or there was none.
     untrusted_received_at: str | None = None
+    #: The record's receive time (:func:`received_time`) when decoding needed it (a sensor record), else None.
+    received: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def decode_record(rules: DecodeRules, topic: str, key: bytes | None, value: byte
         if topic == rules.sensor_topic:
             received, untrusted = received_time(headers, kafka_timestamp_ms, rules)
             docs, rejects = sensor_documents(key, value, received, rules.limits)
-            return Decoded(SENSOR, docs, rejects, untrusted)
+            return Decoded(SENSOR, docs, rejects, untrusted, received)
         if topic == rules.host_topic:
             docs = host_documents(value, rules.limits)
             return Decoded(HOST, [(document_id(HOST, d), d) for d in docs])

@@ -233,7 +233,10 @@ class StreamLoader:
             if messages and deadline is None:
                 started = self.clock.monotonic()
                 deadline = started + c.batch_wait
+        decoding = self.clock.monotonic()
         batch = Batch.of(messages, self.rules, started=started)
+        if messages:
+            self.metrics.decode_seconds.observe(self.clock.monotonic() - decoding)
         self._gathering.clear()
         self.metrics.decoded(batch)
         return batch
@@ -327,12 +330,13 @@ class StreamLoader:
         for index in sorted({i for indexes in batch.owners.values() for i in indexes}):
             batch.deadletters.append(DeadLetter(batch.messages[index], sink_stage(name), INTERNAL, reason))
 
-    @staticmethod
-    def _load_one(sink, batch: Batch) -> dict[str, str]:
+    def _load_one(self, sink, batch: Batch) -> dict[str, str]:
         refused: dict[str, str] = {}
+        started = self.clock.monotonic()
         for source, docs in batch.docs.items():
             for result in sink.load(source, [("stream", docs)]).values():
                 refused.update(result.failed)
+        self.metrics.sink_seconds.labels(sink.name).observe(self.clock.monotonic() - started)
         return refused
 
     def _send_deadletters(self, batch: Batch) -> str | None:
@@ -366,8 +370,7 @@ class StreamLoader:
             self.metrics.commit_failures.inc()
             log.warning("offset commit failed (%s); the batch may be loaded again", problem)
         elif offsets:
-            self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started,
-                                   rules=self.rules)
+            self.metrics.committed(batch, now=self.clock.time(), elapsed=self.clock.monotonic() - batch.started)
             self.committed_batches += 1
 
     # -- pausing ---------------------------------------------------------------------------

@@ -109,6 +109,19 @@ def scrape(port: int, name: str, **labels: str) -> float:
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
+def batch_steps(ports: list[int]) -> dict[str, float]:
+    """Mean seconds a batch spent decoding and in each sink, over the loaders' whole run (their histograms)."""
+    def mean(name: str, **labels: str) -> float:
+        count = sum(scrape(port, f"{name}_count", **labels) for port in ports)
+        return round(sum(scrape(port, f"{name}_sum", **labels) for port in ports) / count, 3) if count else 0.0
+
+    steps = {"decode": mean("sluice_stream_decode_seconds")}
+    for sink in ("elasticsearch", "opentsdb"):
+        steps[sink] = mean("sluice_stream_sink_load_seconds", sink=sink)
+    steps["batch"] = mean("sluice_stream_batch_seconds")
+    return steps
+
+
 class GroupLag:
     """Records of ``topics`` ``group`` has not committed, asked through one consumer kept open.
 
@@ -206,6 +219,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
         elapsed = time.monotonic() - t0
         loaded = {sink: sum(scrape(port, "sluice_stream_documents_loaded_total", sink=sink) for port in ports)
                   for sink in ("elasticsearch", "opentsdb")}
+        steps = batch_steps(ports)
     finally:
         lag.close()
         for proc in procs:
@@ -222,6 +236,7 @@ def bench_throughput(cfg, messages: int, tmp: Path, extra: list[str], target: Ka
         "messages_per_s": round(left / elapsed),
         "readings_per_s_into_both_sinks": round(3 * left / elapsed),
         "documents_loaded": loaded,
+        "mean_seconds_a_batch": steps,
         "run": run,
     }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import orjson
-from test_stream_decode import HEADERS, HOSTS, RAW, RULES, Record, seed
+from test_stream_decode import HEADERS, HOSTS, NOW, RAW, RULES, Record, seed
 
 from collectors.stream.batch import Batch
 from collectors.stream.deadletter import DeadLetter, sink_stage
@@ -44,6 +44,24 @@ def test_the_same_reading_twice_is_one_document_the_later_wins():
     docs = batch.docs["sensor"]
     assert len(docs.ids) == 1 and orjson.loads(docs.documents[0])["value"] == 2.0
     assert batch.owners[docs.ids[0]] == [0, 1] and len(batch.deadletters) == 1
+
+
+def test_each_record_with_a_receive_time_gives_one_delay_at_commit():
+    """The delay metric's receive times come from decoding: the header of a sensor record (already parsed
+    there), else the Kafka timestamp; a record with neither gives no delay, and nothing fails."""
+    kafka_ms = int((NOW - 5) * 1000)
+    records = [PartRecord(0, RAW, b"dev0", seed(value=1.0), HEADERS, offset=1, timestamp_ms=kafka_ms),
+               PartRecord(0, RAW, b"dev0", b"{oops", None, offset=2, timestamp_ms=kafka_ms),
+               PartRecord(0, HOSTS, b"h", b"[]", None, offset=3, timestamp_ms=kafka_ms),
+               PartRecord(0, RAW, b"dev0", b"{oops", None, offset=4)]
+    batch = Batch.of(records, RULES)
+    assert batch.received == [NOW, NOW - 5, NOW - 5]
+    metrics = StreamMetrics(idle_after_s=30, clock=lambda: NOW)
+    metrics.committed(batch, now=NOW + 10, elapsed=1.0)
+    sample = metrics.registry.get_sample_value
+    assert sample("sluice_stream_delay_seconds_count") == 3
+    assert sample("sluice_stream_delay_seconds_sum") == 10 + 15 + 15
+    assert sample("sluice_stream_records_committed_total") == 4
 
 
 def test_health_names_a_sink_down_longer_than_the_limit():

@@ -68,6 +68,23 @@ def test_template_is_created_once_and_types_the_fields(es, prefix):
     assert sensor_props["value"]["type"] == "double"
 
 
+def test_a_long_lived_sink_checks_the_template_once_in_a_while_and_puts_back_a_removed_one(es, prefix):
+    from include.contract import template_name
+    from include.sinks import ElasticsearchSink
+
+    sink = ElasticsearchSink(es, prefix=prefix)
+    docs = transform_file("host", host_csv("web-1", "2020-09-03", range(2)))
+    name = template_name("host", prefix=prefix)
+    sink.load("host", [("a", docs)])
+    assert es.indices.exists_index_template(name=name)
+    es.indices.delete_index_template(name=name)
+    sink.load("host", [("a", docs)])
+    assert not es.indices.exists_index_template(name=name), "checked a moment ago: not asked before every batch"
+    sink.TEMPLATE_RECHECK_S = 0.0  # the check's time has come
+    assert sink.load("host", [("a", docs)])["a"].accepted == 2
+    assert es.indices.exists_index_template(name=name), "a removed template is put back at the next check"
+
+
 def test_daily_indices_and_reloading_overwrites(es, prefix, loader):
     # 23:59:58 .. 00:00:01 the next day: two daily indices.
     data = host_csv("web-1", "2020-09-03", range(58, 60)) + host_csv("web-1", "2020-09-04", range(0, 2)).split(b"\n", 1)[1].replace(b"T23:59:", b"T00:00:")
