@@ -156,6 +156,12 @@ class OpenTSDB(Service):
             # No web UIs: two fewer ports, less memory.
             "hbase.master.info.port": "-1",
             "hbase.regionserver.info.port": "-1",
+            # No "responseTooSlow/TooLarge" logging: it renders the request as protobuf text, and a TSD's
+            # multi-put of thousands of cells that took over 10 s (an HBase flush under a sustained put)
+            # made a string larger than the heap: the region server died of OutOfMemoryError (seen
+            # 2026-12-02 under the stream benchmark). Slow puts still show in the TSD's own log.
+            "hbase.ipc.warn.response.time": "-1",
+            "hbase.ipc.warn.response.size": "-1",
         }))
         (conf / "log4j2.properties").write_text(
             "# Written by `python -m stack`; edits are replaced at the next start.\n"
