@@ -552,7 +552,11 @@ class MqttCollector:
         # What is journalled is acknowledged before leaving: else, when a cap is reached faster than
         # a pump round comes, the broker delivers the same messages again after every resume, the
         # journal fills with them before any is acknowledged, and the collector never gets past them.
-        self._pump_round(0)
+        try:
+            self._pump_round(0)
+        except Exception:  # the pause must happen all the same: the broker redelivers what is not acknowledged
+            self.metrics.internal_errors.labels("pump").inc()
+            log.exception("pump round before pausing failed; its messages are delivered again after the resume")
         with self._ready_lock:
             self._gen += 1
             self._ready.clear()

@@ -6,6 +6,8 @@ import orjson
 from test_stream_decode import HEADERS, HOSTS, NOW, RAW, RULES, Record, seed
 
 from collectors.stream.batch import Batch
+from include.kafka import HEADER_RECEIVED_AT
+from include.contract import timestamp_text
 from collectors.stream.deadletter import DeadLetter, sink_stage
 from collectors.stream.metrics import StreamMetrics
 
@@ -62,6 +64,23 @@ def test_each_record_with_a_receive_time_gives_one_delay_at_commit():
     assert sample("sluice_stream_delay_seconds_count") == 3
     assert sample("sluice_stream_delay_seconds_sum") == 10 + 15 + 15
     assert sample("sluice_stream_records_committed_total") == 4
+
+
+def test_hostile_received_at_headers_fall_back_to_the_kafka_time_and_the_next_device_still_loads():
+    """A received_at header that is no timestamp (not UTF-8, a control character, a trailing newline,
+    100 KB, a date that does not exist) gives way to the record's Kafka timestamp for the delay, the
+    batch decodes, and a good record of another device after them still becomes a document."""
+    kafka_ms = int((NOW - 5) * 1000)
+    hostile = [b"\xff\xfe", b"2026-01-01T00:00:00\x00Z", timestamp_text(NOW).encode() + b"\n", b"9" * 100_000,
+               b"2026-02-30T00:00:00Z"]
+    records = [PartRecord(0, RAW, b"dev0", seed(value=float(i)), [(HEADER_RECEIVED_AT, h)], offset=i,
+                          timestamp_ms=kafka_ms) for i, h in enumerate(hostile)]
+    records.append(PartRecord(0, RAW, b"dev1", seed(value=9.0), HEADERS, offset=len(hostile), timestamp_ms=kafka_ms))
+    batch = Batch.of(records, RULES)
+    assert batch.received == [NOW - 5] * len(hostile) + [NOW]
+    assert sum(batch.untrusted_received_at.values()) == len(hostile)
+    values = sorted(orjson.loads(d)["value"] for d in batch.docs["sensor"].documents)
+    assert 9.0 in values and not batch.internal
 
 
 def test_health_names_a_sink_down_longer_than_the_limit():
